@@ -1,0 +1,1 @@
+"""Peripheral drivers: frames, protocol and typed API per device; never imports gateway."""

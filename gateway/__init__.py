@@ -1,0 +1,3 @@
+"""edge-gateway: the kiosk edge daemon."""
+
+__version__ = "0.1.0"
