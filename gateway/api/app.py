@@ -1,0 +1,139 @@
+"""The aiohttp application: middlewares (problems, peer credentials, metrics) and route tables."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway.api.context import ApiContext
+from gateway.api.problems import Problem, from_http_exception
+
+log = structlog.get_logger(__name__)
+
+CONTEXT = web.AppKey("context", ApiContext)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
+
+_PEERCRED = struct.Struct("3i")
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The connecting process's uid over a Unix socket (SO_PEERCRED), else None."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(raw)
+    return int(uid)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as application/problem+json; nothing escapes as a bare 500."""
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response(request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return from_http_exception(exc).response(request.path)
+    except Exception:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return Problem(500, "internal", "Internal error", "see the gateway log").response(request.path)
+
+
+def make_peer_middleware(ctx: ApiContext) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        allowed = ctx.config.api.allowed_uids
+        if allowed:
+            uid = peer_uid(request)
+            if uid is not None and uid not in allowed:
+                raise Problem(
+                    403,
+                    "peer-not-allowed",
+                    "Peer not allowed",
+                    f"uid {uid} is not in api.allowed_uids",
+                )
+        return await handler(request)
+
+    return peer_middleware
+
+
+def make_metrics_middleware(ctx: ApiContext) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            route = request.match_info.route.resource
+            name = route.canonical if route is not None else "unmatched"
+            ctx.observe_request(request.method, name, status, time.perf_counter() - start)
+
+    return metrics_middleware
+
+
+async def read_json(request: web.Request, model: type[T], *, optional: bool = False) -> T:
+    """Decode and validate a JSON body into `model`; 400 for malformed, 422 for invalid."""
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return msgspec.convert({}, model)
+        raise Problem(400, "malformed-body", "Malformed body", "a JSON body is required")
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "") and not ctype.endswith("+json"):
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"send application/json, not {ctype}",
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
+    try:
+        return msgspec.convert(data, model)
+    except msgspec.ValidationError as err:
+        raise Problem(422, "invalid-body", "Invalid body", str(err)) from err
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def build_app(ctx: ApiContext, route_tables: list[web.RouteTableDef]) -> web.Application:
+    app = web.Application(
+        middlewares=[
+            make_metrics_middleware(ctx),
+            problem_middleware,
+            make_peer_middleware(ctx),
+        ],
+        client_max_size=ctx.config.api.max_body_bytes,
+    )
+    app[CONTEXT] = ctx
+    for table in route_tables:
+        app.router.add_routes(table)
+    return app

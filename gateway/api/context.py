@@ -1,0 +1,29 @@
+"""What API handlers reach: the live config and the daemon's parts, wired by the composition root."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import GatewayConfig
+
+RequestObserver = Callable[[str, str, int, float], None]
+
+
+@dataclass
+class ApiContext:
+    """Handlers read parts from here; the daemon sets them. No module-level singletons."""
+
+    config: GatewayConfig
+    started_at: float = field(default_factory=time.time)
+    health: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    metrics: Callable[[], bytes] | None = None
+    request_observer: RequestObserver | None = None
+    services: dict[str, Any] = field(default_factory=dict)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        if self.request_observer is not None:
+            self.request_observer(method, route, status, seconds)

@@ -1,0 +1,144 @@
+"""structlog set-up: JSON lines off a terminal, readable on one, personal data masked in every event."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import re
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+# An 18-character resident ID number: 17 digits and a check character.
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])(\d{3})(\d{11})(\d{3}[\dXx])(?![0-9A-Za-z])")
+# Card numbers (bank PAN, social security card numbers): long digit runs.
+_LONG_DIGITS = re.compile(r"(?<![0-9])(\d{3})(\d{5,})(\d{4})(?![0-9])")
+
+# Keys whose values are personal whatever they look like.
+PERSONAL_KEYS = frozenset(
+    {
+        "name",
+        "id_number",
+        "address",
+        "birth_date",
+        "photo",
+        "fingerprint",
+        "card_number",
+        "pan",
+        "phone",
+        "holder",
+        "nation",
+    }
+)
+
+
+def mask_id(value: str) -> str:
+    """Keep the first 3 and last 4 characters of an identifier, star the rest."""
+    if len(value) <= 7:
+        return "*" * len(value)
+    return value[:3] + "*" * (len(value) - 7) + value[-4:]
+
+
+def mask_text(text: str) -> str:
+    """Mask every ID number or long card number found inside free text."""
+    text = _ID_NUMBER.sub(lambda m: m.group(1) + "*" * 11 + m.group(3)[-4:], text)
+    return _LONG_DIGITS.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
+
+
+def mask_value(key: str | None, value: Any) -> Any:
+    """Mask one value; personal keys are masked whatever their content."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if key in PERSONAL_KEYS and value not in (None, ""):
+        return mask_id(str(value)) if key in ("id_number", "card_number", "pan") else "<masked>"
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {k: mask_value(k if isinstance(k, str) else None, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value(None, v) for v in value]
+    return value
+
+
+def mask_personal_data(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no log event leaves with an unmasked ID number, name or card number."""
+    for key in list(event_dict):
+        event_dict[key] = mask_value(key, event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    file: Path | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Send all logs (ours and libraries') through structlog's processors, masking first."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    pre_chain: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    final_chain: list[Any] = [
+        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        structlog.processors.format_exc_info,
+        mask_personal_data,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *pre_chain,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    console = logging.StreamHandler(stream)
+    console.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processors=[*final_chain, renderer], foreign_pre_chain=pre_chain)
+    )
+    root.addHandler(console)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            file, maxBytes=5_000_000, backupCount=3, encoding="utf-8"
+        )
+        rotating.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[*final_chain, structlog.processors.JSONRenderer(ensure_ascii=False)],
+                foreign_pre_chain=pre_chain,
+            )
+        )
+        root.addHandler(rotating)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """Change the level live (SIGHUP reload)."""
+    numeric = logging.getLevelName(level.upper())
+    logging.getLogger().setLevel(numeric)
+    # aiohttp's access log is per request: keep it at warning unless debugging.
+    logging.getLogger("aiohttp.access").setLevel(
+        logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
+    )
