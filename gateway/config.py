@@ -200,17 +200,19 @@ class GatewayConfig(_Section):
         return self.state_dir / "keys" / "node.ed25519"
 
 
+_DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _PATH_RE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 
 
-def _friendly(err: msgspec.ValidationError) -> str:
+def _friendly(err: msgspec.ValidationError, prefix: str = "") -> str:
     """Turn msgspec's message into `key.path: reason`."""
     text = str(err)
     match = _PATH_RE.search(text)
-    path = ""
+    path = prefix
     if match:
         text = text[: match.start()]
-        path = re.sub(r"\[(\d+)\]", r"[\1]", match.group("path")).lstrip(".")
+        inner = match.group("path").lstrip(".")
+        path = f"{prefix}.{inner}" if prefix and inner else prefix or inner
     unknown = re.match(r"Object contains unknown field `(?P<key>[^`]+)`", text)
     if unknown:
         key = unknown.group("key")
@@ -229,11 +231,22 @@ def parse_config(text: str, *, source: str) -> GatewayConfig:
         raise ConfigError(f"{source}: not valid TOML: {err}") from err
     if "source" in raw:
         raise ConfigError(f"{source}: source: unknown key")
+    devices_raw = raw.pop("devices", {})
+    if not isinstance(devices_raw, dict):
+        raise ConfigError(f"{source}: devices: must be a table of [devices.NAME] tables")
+    devices: dict[str, DeviceConfig] = {}
+    for name, value in devices_raw.items():
+        if not _DEVICE_NAME.match(name):
+            raise ConfigError(f"{source}: devices.{name}: device names are lowercase [a-z0-9_]")
+        try:
+            devices[name] = msgspec.convert(value, DeviceConfig)  # type: ignore[arg-type]
+        except msgspec.ValidationError as err:
+            raise ConfigError(f"{source}: {_friendly(err, f'devices.{name}')}") from err
     try:
         config = msgspec.convert(raw, GatewayConfig)
     except msgspec.ValidationError as err:
         raise ConfigError(f"{source}: {_friendly(err)}") from err
-    return msgspec.structs.replace(config, source=source)
+    return msgspec.structs.replace(config, source=source, devices=devices)
 
 
 def embedded_default_text() -> str:

@@ -87,7 +87,9 @@ class Daemon:
         config_path: str | None = None,
         notifier: Notifier | None = None,
         announce: Callable[[str], None] | None = None,
+        install_signals: bool = True,
     ) -> None:
+        self.install_signals = install_signals
         self.config = config
         self.config_path = config_path
         self.notifier = notifier or Notifier()
@@ -166,12 +168,13 @@ class Daemon:
             self.notifier.notify("READY=1", "STATUS=reload rejected: kept the running config")
             return
         effective, applied, restart = merge_reload(self.config, new)
+        # Logged before the new level applies, so a quieter level still records the reload.
+        log.warning("reloaded", applied=applied, needs_restart=restart)
         self.config = effective
         self.ctx.config = effective
         set_level(effective.log.level)
         for hook in self._reload_hooks:
             hook(effective)
-        log.info("reloaded", applied=applied, needs_restart=restart)
         note = f"reloaded: {len(applied)} applied" + (
             f", restart needed for {', '.join(restart)}" if restart else ""
         )
@@ -179,9 +182,10 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             async with AsyncExitStack() as stack:
                 await self._start(stack)
@@ -189,8 +193,9 @@ class Daemon:
                 log.info("stopping")
                 self.notifier.stopping("draining requests")
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            if self.install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
             self.notifier.close()
         log.info("stopped")
         return self.exit_code

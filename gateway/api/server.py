@@ -87,19 +87,19 @@ class ApiServer:
         try:
             if self.inherited:
                 for sock in self.inherited:
-                    site: web.BaseSite = web.SockSite(runner, sock, shutdown_timeout=self.drain_timeout)
+                    site: web.BaseSite = web.SockSite(runner, sock)
                     await site.start()
                     self.listening.append(f"fd:{sock.fileno()}")
             else:
                 prepare_socket_path(self.socket_path)
-                site = web.UnixSite(runner, self.socket_path, shutdown_timeout=self.drain_timeout)
+                site = web.UnixSite(runner, self.socket_path)
                 await site.start()
                 self._owns_path = True
                 os.chmod(self.socket_path, self.socket_mode)
                 self.listening.append(str(self.socket_path))
             if self.debug_tcp:
                 host, port = debug_tcp_address(self.debug_tcp)
-                tcp = web.TCPSite(runner, host, port, shutdown_timeout=self.drain_timeout)
+                tcp = web.TCPSite(runner, host, port)
                 await tcp.start()
                 self.listening.append(f"http://{host}:{port}")
         except OSError as err:
