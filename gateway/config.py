@@ -239,7 +239,7 @@ def parse_config(text: str, *, source: str) -> GatewayConfig:
         if not _DEVICE_NAME.match(name):
             raise ConfigError(f"{source}: devices.{name}: device names are lowercase [a-z0-9_]")
         try:
-            devices[name] = msgspec.convert(value, DeviceConfig)  # type: ignore[arg-type]
+            devices[name] = msgspec.convert(value, DeviceConfig)
         except msgspec.ValidationError as err:
             raise ConfigError(f"{source}: {_friendly(err, f'devices.{name}')}") from err
     try:

@@ -15,9 +15,7 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     yield
     await asyncio.sleep(0)
     current = asyncio.current_task()
-    leaked = [
-        t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done()
-    ]
+    leaked = [t for t in asyncio.all_tasks() if t not in before and t is not current and not t.done()]
     if leaked:
         for task in leaked:
             task.cancel()

@@ -1,4 +1,4 @@
-"""sd_notify, watchdog and socket activation against the real things (a datagram socket, systemd-socket-activate)."""
+"""sd_notify, watchdog and socket activation against real peers (datagram socket, socket-activate)."""
 
 from __future__ import annotations
 
@@ -139,5 +139,5 @@ async def test_socket_activation_serves_early_client(state_dir: Path) -> None:
         assert not (state_dir / "api.sock").exists(), "the configured path is not bound when activated"
     finally:
         proc.terminate()
-        out, err = await asyncio.wait_for(proc.communicate(), 15)
+        _out, err = await asyncio.wait_for(proc.communicate(), 15)
     assert b"Traceback" not in err
