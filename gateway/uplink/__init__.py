@@ -1,0 +1,1 @@
+"""Uplink: signed envelopes (keys, envelope, commands, verifier), the durable outbox and the MQTT link."""
