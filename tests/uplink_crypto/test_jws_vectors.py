@@ -89,7 +89,7 @@ def test_gateway_envelope_verifies_with_joserfc(node_key: NodeKey) -> None:
         stream="tx", seq=1, prev=GENESIS_PREV, type="service_request", body={"name": "Zhāng"}
     )
     # joserfc treats the RFC 9864 name "Ed25519" as non-default, so it must be allowed explicitly.
-    result = jws.deserialize_json(json.loads(raw), _okp(node_key.public_jwk), algorithms=["Ed25519"])
+    result = jws.deserialize_json(_flattened(raw), _okp(node_key.public_jwk), algorithms=["Ed25519"])
     assert result.headers() == {"alg": "Ed25519", "kid": node_key.kid, "typ": TYP}
     payload = json.loads(result.payload)
     assert payload["node"] == NODE
