@@ -163,6 +163,11 @@ class HttpCameraDevice(_Section, tag_field="driver", tag="http"):
 DeviceConfig = SamvDevice | EscposDevice | PcscDevice | V4l2Device | HttpCameraDevice
 
 
+def driver_name(cfg: DeviceConfig) -> str:
+    """The `driver` tag a device table was parsed with."""
+    return str(cfg.__struct_config__.tag)
+
+
 class OpsConfig(_Section):
     telemetry_interval_s: PositiveFloat = 60.0
     loop_lag_warn_s: PositiveFloat = 0.5

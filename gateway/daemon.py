@@ -15,14 +15,19 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from drivers.base import DeviceEvent
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.context import ApiContext
 from gateway.api.server import ApiServer
+from gateway.api.sessions import routes as session_routes
 from gateway.api.system import routes as system_routes
+from gateway.cloud import CloudSink, MemorySink
 from gateway.config import GatewayConfig, as_dict, load_config
+from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
+from gateway.sessions import Session, SessionRegistry
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -103,6 +108,11 @@ class Daemon:
         self._status_parts: dict[str, Callable[[], Awaitable[Any] | Any]] = {}
         self.exit_code = 0
         self.route_tables: list[web.RouteTableDef] = []
+        self.cloud: CloudSink = MemorySink()
+        self.devices = DeviceManager()
+        self.sessions = SessionRegistry(
+            max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
+        )
 
     # Registration points for parts -------------------------------------------------------
 
@@ -237,6 +247,62 @@ class Daemon:
 
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
+        config = self.config
+        self.cloud = MemorySink()
+        self.ctx.cloud = self.cloud
+
+        self.devices = DeviceManager()
+        await self.devices.start(dict(config.devices), stack)
+        self.ctx.devices = self.devices
+        self.add_health_check("devices", self.devices.health)
+        self.add_status("devices", self.devices.describe)
+
+        sessions = SessionRegistry(
+            max_sessions=config.api.max_sessions,
+            idle_timeout_s=config.api.session_idle_timeout_s,
+            idle_warning_s=config.api.idle_warning_s,
+            event_buffer=config.api.event_buffer,
+        )
+        self.sessions = sessions
+        sessions.on_end(lambda session, reason: self._release(session.id, reason))
+        sessions.on_end(self._assist_when_idle)
+        sessions.start()
+        stack.push_async_callback(sessions.close)
+        self.ctx.sessions = sessions
+        self.devices.subscribe(self._broadcast_device_event)
+        self.add_status("sessions", self._sessions_status)
+        self.on_reload(
+            lambda cfg: sessions.configure(
+                max_sessions=cfg.api.max_sessions,
+                idle_timeout_s=cfg.api.session_idle_timeout_s,
+                idle_warning_s=cfg.api.idle_warning_s,
+            )
+        )
+        self.route_tables.append(session_routes)
+
+    def _release(self, session_id: str, reason: str) -> None:
+        self.devices.cancel_session(session_id, f"the session ended ({reason})")
+
+    async def _assist_when_idle(self, session: Session, reason: str) -> None:
+        """A user left idle is handed to a human: the cloud hears about it."""
+        if reason == "idle":
+            await self.cloud.send(
+                "event",
+                "assist",
+                {"session": session.id, "kind": session.kind, "reason": "idle_timeout"},
+            )
+
+    def _broadcast_device_event(self, event: DeviceEvent) -> None:
+        for session in self.sessions:
+            session.hub.publish(event.kind, device=event.device, **dict(event.data))
+
+    def _sessions_status(self) -> dict[str, Any]:
+        return {
+            "open": len(self.sessions),
+            "max": self.sessions.max_sessions,
+            "created_total": self.sessions.created_total,
+            "ended_total": dict(self.sessions.ended_total),
+        }
 
 
 def run_daemon(config_path: str | None) -> int:

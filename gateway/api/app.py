@@ -47,7 +47,12 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status < 400:
             raise
         return from_http_exception(exc).response(request.path)
-    except Exception:
+    except Exception as err:
+        from gateway.api.errors import to_problem
+
+        mapped = to_problem(err)
+        if mapped is not None:
+            return mapped.response(request.path)
         log.exception("request_failed", path=request.path, method=request.method)
         return Problem(500, "internal", "Internal error", "see the gateway log").response(request.path)
 
@@ -134,6 +139,13 @@ def build_app(ctx: ApiContext, route_tables: list[web.RouteTableDef]) -> web.App
         client_max_size=ctx.config.api.max_body_bytes,
     )
     app[CONTEXT] = ctx
+
+    async def close_streams(_app: web.Application) -> None:
+        # Event streams never finish on their own: end them so the drain is not held up.
+        for sub in list(ctx.streams):
+            sub.close("the gateway is stopping")
+
+    app.on_shutdown.append(close_streams)
     for table in route_tables:
         app.router.add_routes(table)
     return app

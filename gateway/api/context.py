@@ -5,9 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
+
+if TYPE_CHECKING:
+    from gateway.cloud import CloudSink
+    from gateway.devices import DeviceManager
+    from gateway.events import Subscription
+    from gateway.sessions import SessionRegistry
 
 RequestObserver = Callable[[str, str, int, float], None]
 
@@ -22,7 +28,11 @@ class ApiContext:
     status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     metrics: Callable[[], bytes] | None = None
     request_observer: RequestObserver | None = None
+    sessions: SessionRegistry | None = None
+    devices: DeviceManager | None = None
+    cloud: CloudSink | None = None
     services: dict[str, Any] = field(default_factory=dict)
+    streams: set[Subscription] = field(default_factory=set)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if self.request_observer is not None:

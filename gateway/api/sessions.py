@@ -1,0 +1,316 @@
+"""Session routes: create/inspect/end, device work through the queues, jobs, server-sent events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import Any, Literal
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from gateway.api.app import CONTEXT, json_response, read_json
+from gateway.api.context import ApiContext
+from gateway.api.problems import Problem
+from gateway.devices import DeviceManager, ManagedDevice
+from gateway.queueing import Position
+from gateway.sessions import Job, Session, SessionRegistry
+
+log = structlog.get_logger(__name__)
+
+routes = web.RouteTableDef()
+
+MAX_PRINT_LINES = 200
+MAX_LINE_CHARS = 256
+MAX_QR_CHARS = 700
+
+
+class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
+    kind: Literal["citizen", "technician"] = "citizen"
+
+
+class PrintRequest(msgspec.Struct, forbid_unknown_fields=True):
+    lines: list[str]
+    qr: str | None = None
+    cut: bool = True
+
+
+def registry(ctx: ApiContext) -> SessionRegistry:
+    if ctx.sessions is None:
+        raise Problem(503, "not-ready", "Sessions unavailable", "the gateway is starting or stopping")
+    return ctx.sessions
+
+
+def devices(ctx: ApiContext) -> DeviceManager:
+    if ctx.devices is None:
+        raise Problem(503, "not-ready", "Devices unavailable", "the gateway is starting or stopping")
+    return ctx.devices
+
+
+def session_of(request: web.Request) -> Session:
+    ctx = request.app[CONTEXT]
+    return registry(ctx).authenticate(request.match_info["session_id"], request.headers.get("Authorization"))
+
+
+def deadline_of(request: web.Request, managed: ManagedDevice) -> float:
+    """The request's deadline: `?deadline_s=` if given (bounded by config), else the device default."""
+    raw = request.query.get("deadline_s")
+    if raw is None:
+        return managed.queue.deadline_s
+    try:
+        value = float(raw)
+    except ValueError as err:
+        raise Problem(400, "bad-parameter", "Bad parameter", "deadline_s must be a number") from err
+    if not 0 < value <= 600:
+        raise Problem(400, "bad-parameter", "Bad parameter", "deadline_s must be in (0, 600]")
+    return value
+
+
+def position_reporter(session: Session, device: str, request_id: str) -> Any:
+    def report(position: Position) -> None:
+        session.hub.publish(
+            "queue_position",
+            device=device,
+            request=request_id,
+            ahead=position.ahead,
+            estimated_wait_s=position.estimated_wait_s,
+        )
+
+    return report
+
+
+def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
+    reg = registry(ctx)
+    view: dict[str, Any] = {
+        "id": session.id,
+        "kind": session.kind,
+        "created_at": session.created_at,
+        "idle_timeout_s": reg.idle_timeout_s,
+        "idle_remaining_s": round(max(0.0, reg.idle_timeout_s - session.idle_for()), 1),
+        "jobs": len(session.jobs),
+    }
+    describe = ctx.services.get("describe_auth")
+    if describe is not None:
+        view.update(describe(session))
+    else:
+        view.update({"factors": [], "assurance": "none"})
+    return view
+
+
+@routes.post("/v1/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    body = await read_json(request, CreateSession, optional=True)
+    session, token = registry(ctx).create(body.kind)
+    init = ctx.services.get("init_auth")
+    if init is not None:
+        init(session)
+    return json_response(
+        {
+            "id": session.id,
+            "token": token,
+            "kind": session.kind,
+            "idle_timeout_s": registry(ctx).idle_timeout_s,
+        },
+        status=201,
+        headers={"Location": f"/v1/sessions/{session.id}"},
+    )
+
+
+@routes.get("/v1/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    session = session_of(request)
+    return json_response(session_view(request.app[CONTEXT], session))
+
+
+@routes.delete("/v1/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    session = session_of(request)
+    await registry(request.app[CONTEXT]).end(session, "ended_by_client")
+    return web.Response(status=204)
+
+
+@routes.get("/v1/devices")
+async def list_devices(request: web.Request) -> web.Response:
+    return json_response({"devices": devices(request.app[CONTEXT]).describe()})
+
+
+# Printing -----------------------------------------------------------------------------------
+
+
+def _print_job(body: PrintRequest) -> Any:
+    from drivers.printer.job import PrintJob
+
+    if not body.lines and not body.qr:
+        raise Problem(422, "invalid-body", "Invalid body", "a receipt needs lines or a qr")
+    if len(body.lines) > MAX_PRINT_LINES:
+        raise Problem(422, "invalid-body", "Invalid body", f"at most {MAX_PRINT_LINES} lines")
+    for number, line in enumerate(body.lines):
+        if len(line) > MAX_LINE_CHARS:
+            raise Problem(
+                422, "invalid-body", "Invalid body", f"line {number} is over {MAX_LINE_CHARS} characters"
+            )
+    if body.qr is not None and not 0 < len(body.qr.encode()) <= MAX_QR_CHARS:
+        raise Problem(422, "invalid-body", "Invalid body", f"qr must be 1..{MAX_QR_CHARS} bytes")
+    return PrintJob.from_lines(body.lines, qr=body.qr, cut=body.cut)
+
+
+async def _run_print(
+    session: Session, managed: ManagedDevice, job: Job, payload: Any, deadline: float
+) -> None:
+    printer: Any = managed.device
+
+    def on_position(position: Position) -> None:
+        job.position = position.ahead
+        job.estimated_wait_s = position.estimated_wait_s
+        session.hub.publish("job_progress", job=job.id, state=job.state, **_pos(position))
+
+    async def operation() -> Any:
+        job.state = "printing"
+        job.position = 0
+        session.hub.publish("job_progress", job=job.id, state="printing")
+        return await printer.print_job(payload, timeout=deadline)
+
+    try:
+        await managed.queue.submit(
+            operation, session=session.id, deadline_s=deadline, on_position=on_position, label=job.id
+        )
+    except asyncio.CancelledError:
+        job.state, job.error = "cancelled", "the session ended"
+        job.finished_at = time.time()
+        raise
+    except Exception as err:
+        from gateway.api.errors import to_problem
+
+        problem = to_problem(err)
+        job.state = "expired" if problem is not None and problem.status == 504 else "failed"
+        if problem is not None and problem.kind == "request-cancelled":
+            job.state = "cancelled"
+        job.error = str(err)
+        job.finished_at = time.time()
+        session.hub.publish("job_failed", job=job.id, state=job.state, error=job.error)
+    else:
+        job.state = "done"
+        job.finished_at = time.time()
+        session.hub.publish("job_done", job=job.id)
+    finally:
+        job.position = None
+        job.estimated_wait_s = None
+
+
+def _pos(position: Position) -> dict[str, Any]:
+    return {"ahead": position.ahead, "estimated_wait_s": position.estimated_wait_s}
+
+
+@routes.post("/v1/sessions/{session_id}/print")
+async def print_receipt(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    session = session_of(request)
+    body = await read_json(request, PrintRequest)
+    payload = _print_job(body)
+    managed = devices(ctx).by_kind("printer")
+    managed.require_usable()
+    deadline = deadline_of(request, managed)
+    queue = managed.queue
+    queue.check_capacity()  # answer 429 now: the job itself is queued after the 202
+    job = Job(id=secrets.token_hex(6), kind="print")
+    job.position = queue.queued
+    job.estimated_wait_s = round(queue.estimate_wait(queue.queued), 3)
+    session.jobs[job.id] = job
+    if len(session.jobs) > 100:  # keep the newest; a kiosk session prints a handful
+        for old in list(session.jobs)[:-100]:
+            if session.jobs[old].finished_at is not None:
+                del session.jobs[old]
+    session.spawn(_run_print(session, managed, job, payload, deadline), name=f"print-{job.id}")
+    return json_response(
+        job.as_dict(),
+        status=202,
+        headers={"Location": f"/v1/sessions/{session.id}/jobs/{job.id}"},
+    )
+
+
+@routes.get("/v1/sessions/{session_id}/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    session = session_of(request)
+    job = session.jobs.get(request.match_info["job_id"])
+    if job is None:
+        raise Problem(404, "job-not-found", "No such job", "no job with that id in this session")
+    return json_response(job.as_dict())
+
+
+# Device reads through the queue --------------------------------------------------------------
+
+
+async def queued_device_call(
+    request: web.Request, session: Session, kind: str, call: Any, *, label: str
+) -> Any:
+    """Run `call(device, timeout)` on the device of `kind` through its queue, as this request."""
+    ctx = request.app[CONTEXT]
+    managed = devices(ctx).by_kind(kind)
+    managed.require_usable()
+    deadline = deadline_of(request, managed)
+    request_id = secrets.token_hex(4)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def operation() -> Any:
+        remaining = max(0.05, deadline - (loop.time() - started))
+        return await call(managed.device, remaining)
+
+    return await managed.queue.submit(
+        operation,
+        session=session.id,
+        deadline_s=deadline,
+        on_position=position_reporter(session, managed.name, request_id),
+        label=label,
+    )
+
+
+# Events --------------------------------------------------------------------------------------
+
+
+@routes.get("/v1/sessions/{session_id}/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    session = session_of(request)
+    sub = session.hub.subscribe()
+    ctx.streams.add(sub)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await response.write(b": connected\nretry: 2000\n\n")
+        heartbeat = ctx.config.api.sse_heartbeat_s
+        while True:
+            event = await sub.next(heartbeat)
+            if event is not None:
+                chunk = event.sse()
+            elif sub.closed_reason is not None:
+                data = msgspec.json.encode({"type": "stream_closed", "reason": sub.closed_reason})
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await response.write(b"event: stream_closed\ndata: " + data + b"\n\n")
+                break
+            else:
+                chunk = b": heartbeat\n\n"
+            try:
+                # A reader that does not drain its socket is dropped, not buffered for.
+                async with asyncio.timeout(10):
+                    await response.write(chunk)
+            except TimeoutError:
+                sub.close("slow_consumer: the client stopped reading")
+                break
+    except ConnectionError:
+        pass
+    finally:
+        session.hub.unsubscribe(sub)
+        ctx.streams.discard(sub)
+    return response

@@ -1,0 +1,216 @@
+"""The device manager: builds drivers (and sim:// simulators) from config, one queue per device."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from drivers.base import Device, DeviceEvent, DeviceState, DeviceUnavailable
+from gateway.config import (
+    DeviceConfig,
+    EscposDevice,
+    HttpCameraDevice,
+    PcscDevice,
+    SamvDevice,
+    V4l2Device,
+    driver_name,
+)
+from gateway.errors import GatewayError
+from gateway.queueing import DeviceQueue
+
+log = structlog.get_logger(__name__)
+
+SIM_PREFIX = "sim://"
+
+# The kind of peripheral each driver serves; API routes look devices up by kind.
+KIND_OF_DRIVER = {
+    "samv": "idcard",
+    "escpos": "printer",
+    "pcsc": "cardreader",
+    "v4l2": "camera",
+    "http": "camera",
+}
+
+
+class NoSuchDevice(GatewayError):
+    """No configured device of the kind a request needs."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"no {kind} device is configured on this gateway")
+        self.kind = kind
+
+
+@dataclass
+class ManagedDevice:
+    """A device with its queue and config."""
+
+    name: str
+    kind: str
+    device: Device
+    queue: DeviceQueue
+    config: DeviceConfig
+    simulator: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        status = self.device.status
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "driver": self.device.driver,
+            "simulated": self.simulator is not None,
+            **status.as_dict(),
+            "queue": self.queue.snapshot(),
+        }
+
+    def require_usable(self) -> None:
+        """Raise at once, with the state, when the device cannot take work."""
+        status = self.device.status
+        if not status.state.usable:
+            raise DeviceUnavailable(
+                f"{self.name} is {status.state.value}: {status.reason}",
+                device=self.name,
+                state=status.state,
+            )
+
+
+async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[Device, Any]:
+    """Create the driver (starting the simulator first for sim:// ports)."""
+    simulator: Any = None
+    if isinstance(cfg, SamvDevice):
+        from drivers.idcard.driver import SamvReader
+
+        port = cfg.port
+        if port.startswith(SIM_PREFIX):
+            from drivers.idcard.simulator import IdCardSimulator
+
+            simulator = IdCardSimulator(auto_present=True)
+            port = await simulator.start()
+            stack.push_async_callback(simulator.stop)
+        return (
+            SamvReader(
+                name,
+                port,
+                baudrate=cfg.baudrate,
+                poll_interval=cfg.poll_interval_s,
+                read_timeout=cfg.read_timeout_s,
+            ),
+            simulator,
+        )
+    if isinstance(cfg, EscposDevice):
+        from drivers.printer.driver import EscPosPrinter
+
+        port = cfg.port
+        if port.startswith(SIM_PREFIX):
+            from drivers.printer.simulator import PrinterSimulator
+
+            simulator = PrinterSimulator(print_time=cfg.sim_print_time_s)
+            port = await simulator.start()
+            stack.push_async_callback(simulator.stop)
+        return EscPosPrinter(name, port, baudrate=cfg.baudrate, status_back=cfg.status_back), simulator
+    if isinstance(cfg, PcscDevice):
+        from drivers.cardreader.driver import PcscCardReader
+
+        return (
+            PcscCardReader(
+                name,
+                reader=cfg.reader,
+                poll_interval=cfg.poll_interval_s,
+                apdu_timeout=cfg.apdu_timeout_s,
+            ),
+            None,
+        )
+    if isinstance(cfg, HttpCameraDevice):
+        from drivers.camera.http import HttpCamera
+
+        url = cfg.url
+        if url.startswith(SIM_PREFIX):
+            from drivers.camera.simulator import CameraSimulator
+
+            simulator = CameraSimulator()
+            url = await simulator.start()
+            stack.push_async_callback(simulator.stop)
+        return (
+            HttpCamera(
+                name,
+                url,
+                username=cfg.username or None,
+                password=cfg.password or None,
+                auth=cfg.auth,
+                timeout=cfg.timeout_s,
+                max_bytes=cfg.max_bytes,
+            ),
+            simulator,
+        )
+    if isinstance(cfg, V4l2Device):
+        from drivers.camera.v4l2 import V4l2Camera
+
+        return V4l2Camera(name, cfg.device, timeout=cfg.timeout_s, max_bytes=cfg.max_bytes), None
+    raise GatewayError(f"devices.{name}: unsupported driver")
+
+
+class DeviceManager:
+    """Owns every configured device and its queue; relays device events to one listener."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, ManagedDevice] = {}
+        self._listeners: list[Callable[[DeviceEvent], None]] = []
+
+    def subscribe(self, listener: Callable[[DeviceEvent], None]) -> None:
+        self._listeners.append(listener)
+
+    def _relay(self, event: DeviceEvent) -> None:
+        if event.kind == "state":
+            log.info("device_state", device=event.device, **dict(event.data))
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("device_listener_failed", device=event.device)
+
+    async def start(self, configs: dict[str, DeviceConfig], stack: AsyncExitStack) -> None:
+        """Build and start every device; a device that fails to build is reported, not fatal."""
+        for name, cfg in configs.items():
+            device, simulator = await _build(name, cfg, stack)
+            queue = DeviceQueue(name, depth=cfg.queue.depth, deadline_s=cfg.queue.deadline_s)
+            managed = ManagedDevice(name, KIND_OF_DRIVER[driver_name(cfg)], device, queue, cfg, simulator)
+            self.devices[name] = managed
+            device.subscribe(self._relay)
+            queue.start()
+            stack.push_async_callback(queue.close)
+            await device.start()
+            stack.push_async_callback(device.close)
+            log.info("device_added", device=name, driver=driver_name(cfg), simulated=simulator is not None)
+
+    def by_kind(self, kind: str) -> ManagedDevice:
+        for managed in self.devices.values():
+            if managed.kind == kind:
+                return managed
+        raise NoSuchDevice(kind)
+
+    def find(self, kind: str) -> ManagedDevice | None:
+        with contextlib.suppress(NoSuchDevice):
+            return self.by_kind(kind)
+        return None
+
+    def cancel_session(self, session_id: str, reason: str) -> int:
+        return sum(m.queue.cancel_session(session_id, reason) for m in self.devices.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [m.describe() for m in self.devices.values()]
+
+    def health(self) -> dict[str, Any]:
+        down = {
+            name: m.device.status.state.value
+            for name, m in self.devices.items()
+            if m.device.status.state not in (DeviceState.ONLINE, DeviceState.BUSY)
+        }
+        return {
+            "status": "degraded" if down else "ok",
+            "devices": {name: m.device.status.state.value for name, m in self.devices.items()},
+            **({"down": down} if down else {}),
+        }
