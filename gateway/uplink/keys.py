@@ -10,6 +10,7 @@ import json
 import os
 import re
 import stat
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -206,8 +207,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
     """Write a 0600 file atomically: a temp file beside it, fsync, then link (no clobber) or replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
     try:
         try:
             os.fchmod(fd, 0o600)

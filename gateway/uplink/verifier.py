@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from gateway.uplink.keys import (
 )
 
 ROTATION_TYPE = "key_rotated"
+_THUMBPRINT_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 @dataclass(frozen=True)
@@ -160,8 +162,8 @@ def _kind_of(err: EnvelopeError) -> str:
 
 def _kid_node(kid: str) -> str | None:
     """The node part of a node kid `<node>:<thumbprint>`; None for other kid forms (cloud keys)."""
-    node, sep, _ = kid.rpartition(":")
-    return node if sep else None
+    node, sep, thumbprint = kid.rpartition(":")
+    return node if sep and _THUMBPRINT_RE.match(thumbprint) else None
 
 
 def _learn_rotation(env: Envelope, ring: KeyRing) -> str | None:
