@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 
 
@@ -25,6 +26,70 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
         return 2
     print(f"ok: {config.source} (node {config.node.id}, {len(config.devices)} devices)")
     return 0
+
+
+def _load_or_exit(path: str | None) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"edge-gateway: invalid configuration: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from gateway.uplink.keys import KeyStoreError, init_key, load_key, rotate_key
+
+    config = _load_or_exit(args.config)
+    path = config.key_path
+    try:
+        if args.keys_command == "init":
+            key = init_key(path, config.node.id)
+            print(f"created {path} (kid {key.kid})")
+        elif args.keys_command == "show":
+            key = load_key(path, config.node.id)
+            if args.public:
+                print(json.dumps(key.public_jwk, indent=2))
+            else:
+                print(f"file: {path}\nkid: {key.kid}\nthumbprint: {key.thumbprint}")
+        else:
+            rotation = rotate_key(path, config.node.id, overlap_s=config.uplink.key_overlap_s)
+            from gateway.uplink.rotation import write_pending_announcement
+
+            write_pending_announcement(config.state_dir, rotation)
+            print(
+                f"rotated: new kid {rotation.new.kid}; old kid {rotation.old.kid} stays valid until "
+                f"{rotation.old_not_after.isoformat()}; the daemon announces the rotation (signed by "
+                "the old key) on its next start or SIGHUP"
+            )
+    except KeyStoreError as err:
+        print(f"edge-gateway: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.uplink.keys import KeyRing, KeyStoreError
+    from gateway.uplink.verifier import verify_lines
+
+    try:
+        ring = KeyRing.from_files(args.key)
+    except (KeyStoreError, OSError, ValueError) as err:
+        print(f"edge-gateway: cannot load keys: {err}", file=sys.stderr)
+        return 2
+    try:
+        if args.file in (None, "-"):
+            report = verify_lines(sys.stdin.buffer, ring)
+        else:
+            with open(args.file, "rb") as handle:
+                report = verify_lines(handle, ring)
+    except OSError as err:
+        print(f"edge-gateway: cannot read {args.file}: {err.strerror}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.format_report())
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = with_config(config_sub.add_parser("check", help="validate the configuration"))
     check.set_defaults(func=_cmd_config_check)
+
+    keys = sub.add_parser("keys", help="the node signing key")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    with_config(keys_sub.add_parser("init", help="create the node key (refuses to overwrite)"))
+    show = with_config(keys_sub.add_parser("show", help="show the node key's kid"))
+    show.add_argument("--public", action="store_true", help="print the public JWK")
+    with_config(
+        keys_sub.add_parser(
+            "rotate", help="replace the key; the old one stays valid for uplink.key_overlap_s"
+        )
+    )
+    keys.set_defaults(func=_cmd_keys)
+
+    verify = sub.add_parser(
+        "verify",
+        help="check envelopes (one JSON per line): signatures, sequence gaps, duplicates, hash chain",
+    )
+    verify.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        help="a JWK or JWK Set file of trusted public keys (repeatable)",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.add_argument("file", nargs="?", help="file of envelopes, or - for stdin (default)")
+    verify.set_defaults(func=_cmd_verify)
     return parser
 
 
@@ -59,5 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else 2
     return result

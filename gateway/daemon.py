@@ -28,6 +28,7 @@ from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
 from gateway.sessions import Session, SessionRegistry
+from gateway.uplink.keys import NodeKey
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 
 log = structlog.get_logger(__name__)
@@ -248,6 +249,7 @@ class Daemon:
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
         config = self.config
+        self.node_key = self._load_node_key()
         self.cloud = MemorySink()
         self.ctx.cloud = self.cloud
 
@@ -279,6 +281,22 @@ class Daemon:
             )
         )
         self.route_tables.append(session_routes)
+
+    def _load_node_key(self) -> NodeKey:
+        """The signing key; a missing key is made only where config allows, a loose one is refused."""
+        from gateway.uplink.keys import KeyMissingError, KeyStoreError, init_key, load_key
+
+        path, node = self.config.key_path, self.config.node.id
+        try:
+            return load_key(path, node)
+        except KeyMissingError as err:
+            if not self.config.node.auto_init_key:
+                raise StartupError(
+                    f"node key {path} is missing: create it with `edge-gateway keys init -c CONFIG`"
+                ) from err
+            return init_key(path, node)
+        except KeyStoreError as err:
+            raise StartupError(str(err)) from err
 
     def _release(self, session_id: str, reason: str) -> None:
         self.devices.cancel_session(session_id, f"the session ended ({reason})")

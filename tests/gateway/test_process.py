@@ -126,3 +126,25 @@ async def test_socket_path_printed_for_embedded_default(tmp_path: Path) -> None:
             assert (await http.get("/v1/health")).status in (200, 503)
     finally:
         assert await dp.stop() == 0
+
+
+async def test_key_readable_by_others_refuses_to_start(state_dir: Path) -> None:
+    config = write_config(state_dir)
+    first = await spawn_daemon(config)  # auto_init_key makes the key
+    assert await first.stop() == 0
+    key = state_dir / "keys" / "node.ed25519"
+    key.chmod(0o644)
+    dp = await spawn_daemon(config, wait_ready=False)
+    code = await dp.wait_exit(timeout=20)
+    assert code != 0
+    assert str(key) in dp.output
+    assert f"chmod 600 {key}" in dp.output
+    assert "Traceback" not in dp.output
+
+
+async def test_missing_key_without_auto_init_is_refused(state_dir: Path) -> None:
+    config = write_config(state_dir)
+    config.write_text(config.read_text().replace("auto_init_key = true", "auto_init_key = false"))
+    dp = await spawn_daemon(config, wait_ready=False)
+    assert await dp.wait_exit(timeout=20) != 0
+    assert "edge-gateway keys init" in dp.output
