@@ -1,0 +1,445 @@
+"""The resident ID card reader (SAM_V over a serial port): typed commands, read_card, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from drivers.base import (
+    DeviceState,
+    DeviceStatus,
+    DeviceUnavailable,
+    DriverError,
+    FrameError,
+    Listener,
+    StatusTracker,
+)
+from drivers.idcard.errors import (
+    BadRead,
+    CardLost,
+    CardNotPresented,
+    CheckDigitError,
+    NoCard,
+    SamFault,
+    SamvRejected,
+    SamvTimeout,
+    UnsupportedCard,
+)
+from drivers.idcard.frames import (
+    Command,
+    Reply,
+    Request,
+    Status,
+    decode_card_data,
+    decode_sam_id,
+    status_name,
+)
+from drivers.idcard.identity import CardDataError, CheckDigitMismatch, IdCard, parse_text_block
+from drivers.idcard.protocol import SamvProtocol
+from drivers.serialio import CommandGate, SerialLink
+
+log = structlog.get_logger(__name__)
+
+_BAD_READ = frozenset(
+    {
+        Status.READ_FAILED,
+        Status.RANDOM_FAILED,
+        Status.CARD_AUTH_SAM_FAILED,
+        Status.SAM_AUTH_CARD_FAILED,
+        Status.VERIFY_FAILED,
+    }
+)
+_SAM_FAULT = frozenset({Status.SAM_SELFTEST_FAILED, Status.SAM_NOT_AUTHORISED})
+_SILENT_LIMIT = 3  # consecutive unanswered commands before the reader counts as offline
+
+
+class SamvReader:
+    """A SAM_V resident ID card reader on a serial port (or pyserial URL).
+
+    One command is in flight at a time. start() opens the port in the background, checks
+    the SAM (status 11 FF) on every (re)open and runs a presence loop that emits
+    `card_present` / `card_removed` / `card_read` events (no personal data).
+    """
+
+    driver = "samv"
+
+    def __init__(
+        self,
+        name: str,
+        port: str,
+        *,
+        baudrate: int = 115200,
+        poll_interval: float = 0.25,
+        find_timeout: float = 0.1,
+        read_timeout: float = 2.0,
+        fingerprint_timeout: float = 3.0,
+        status_timeout: float = 0.5,
+        card_wait_timeout: float = 30.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self._poll_interval = poll_interval
+        self._find_timeout = find_timeout
+        self._read_timeout = read_timeout
+        self._fingerprint_timeout = fingerprint_timeout
+        self._status_timeout = status_timeout
+        self._card_wait_timeout = card_wait_timeout
+        self._tracker = StatusTracker(name, DeviceState.OFFLINE)
+        self._gate = CommandGate()
+        self._read_lock = asyncio.Lock()
+        self._link: SerialLink[SamvProtocol] = SerialLink(
+            device=name,
+            port=port,
+            baudrate=baudrate,
+            tracker=self._tracker,
+            protocol_factory=lambda: SamvProtocol(name),
+            on_up=self._on_up,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+        self._presence: asyncio.Task[None] | None = None
+        self._card_present = False
+        self._must_leave = False
+        self._silent = 0
+        self._last_health = 0.0
+
+    # --- Device protocol -------------------------------------------------------------------
+
+    @property
+    def status(self) -> DeviceStatus:
+        return self._tracker.status
+
+    @property
+    def queue_depth(self) -> int:
+        """Commands waiting for the reader behind the one in flight."""
+        return self._gate.depth
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self._tracker.subscribe(listener)
+
+    async def start(self) -> None:
+        self._tracker.set(DeviceState.NO_DEVICE, f"opening {self.port}")
+        await self._link.start()
+        if self._presence is None:
+            self._presence = asyncio.create_task(self._presence_loop(), name=f"{self.name}-presence")
+
+    async def close(self) -> None:
+        task, self._presence = self._presence, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._link.close()
+        self._tracker.set(DeviceState.OFFLINE, "closed")
+
+    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:  # noqa: ASYNC109
+        """Status 11 FF now; the state reflects the answer (or its absence). Never raises."""
+        with contextlib.suppress(DriverError):
+            await self.sam_status(timeout=timeout)
+        return self.status
+
+    async def wait_online(self, *, timeout: float) -> DeviceStatus:  # noqa: ASYNC109
+        """Wait until the reader is online (start-up ordering, tests)."""
+        ready = asyncio.Event()
+
+        def watch(_event: object) -> None:
+            if self.status.state.usable:
+                ready.set()
+
+        unsubscribe = self.subscribe(watch)
+        try:
+            if not self.status.state.usable:
+                async with asyncio.timeout(timeout):
+                    await ready.wait()
+        finally:
+            unsubscribe()
+        return self.status
+
+    # --- typed commands --------------------------------------------------------------------
+
+    async def sam_status(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Ask the SAM for its status (11 FF); online on 90, hardware_error on a SAM fault."""
+        try:
+            await self._command(Command.STATUS, limit=timeout or self._status_timeout)
+        except SamvTimeout:
+            self._tracker.set(DeviceState.OFFLINE, "no answer to status (11 FF)")
+            raise
+        if not self.status.state.usable:
+            self._tracker.set(DeviceState.ONLINE, "ready")
+
+    async def reset_sam(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._command(Command.RESET_SAM, limit=timeout or self._status_timeout)
+
+    async def sam_id(self, *, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        reply = await self._command(Command.SAM_ID, limit=timeout or self._status_timeout)
+        try:
+            return decode_sam_id(reply.data)
+        except FrameError as err:
+            raise SamvRejected(str(err), device=self.name, code=reply.sw3) from err
+
+    async def find_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Find card (20 01); NoCard when the field is empty."""
+        await self._command(Command.FIND_CARD, limit=timeout or self._find_timeout)
+
+    async def select_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Select card (20 02); CardLost when the found card is gone."""
+        await self._command(Command.SELECT_CARD, limit=timeout or self._find_timeout)
+
+    async def read_text_photo(self, *, timeout: float | None = None) -> IdCard:  # noqa: ASYNC109
+        """Read text + photo (30 01) of the selected card, parsed and check-digit verified."""
+        return await self._read(fingerprint=False, limit=timeout)
+
+    async def read_with_fingerprint(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> IdCard:
+        """Read text + photo + fingerprint (30 10) of the selected card."""
+        return await self._read(fingerprint=True, limit=timeout)
+
+    async def read_new_address(self, *, timeout: float | None = None) -> str | None:  # noqa: ASYNC109
+        """Newest appended address (30 03), or None when the card has none (91)."""
+        try:
+            reply = await self._command(Command.READ_NEW_ADDRESS, limit=timeout or self._read_timeout)
+        except SamvRejected as err:
+            if err.code == Status.NO_CONTENT:
+                return None
+            raise
+        try:
+            return reply.data.decode("utf-16-le").rstrip(" \x00") or None
+        except UnicodeDecodeError as err:
+            raise BadRead("appended address is not UCS-2", device=self.name) from err
+
+    async def read_card(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        fingerprint: bool = False,
+    ) -> IdCard:
+        """Wait for a card (polling find), then select and read it, all within `timeout`.
+
+        A card that was just read must leave the field before it is read again.
+        """
+        limit = self._card_wait_timeout if timeout is None else timeout
+        self._require_usable()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        found = False
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout_at(deadline), self._read_lock:
+                self._tracker.set(DeviceState.BUSY, "reading card")
+                try:
+                    await self._wait_for_card()
+                    found = True
+                    card = await self._read(fingerprint=fingerprint, limit=None)
+                finally:
+                    if self.status.state is DeviceState.BUSY:
+                        self._tracker.set(DeviceState.ONLINE, "ready")
+        except TimeoutError as err:
+            if isinstance(err, DriverError):
+                raise
+            if not found:
+                raise CardNotPresented(
+                    f"{self.name}: no card presented within {limit:g} s", device=self.name
+                ) from None
+            raise SamvTimeout(
+                f"{self.name}: card read did not finish within {limit:g} s", device=self.name
+            ) from None
+        log.info(
+            "card_read",
+            device=self.name,
+            ms=round((time.monotonic() - started) * 1000),
+            fingerprint=fingerprint,
+        )
+        return card
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _require_usable(self) -> None:
+        self._link.require()
+        state = self.status.state
+        if state is DeviceState.HARDWARE_ERROR:
+            raise DeviceUnavailable(f"{self.name}: {self.status.reason}", device=self.name, state=state)
+
+    async def _wait_for_card(self) -> None:
+        silent = 0
+        while True:
+            try:
+                if await self._find():
+                    try:
+                        await self.select_card()
+                        return
+                    except CardLost:
+                        pass  # the card moved away between find and select: keep waiting
+                silent = 0
+            except SamvTimeout:
+                silent += 1
+                if silent >= _SILENT_LIMIT:
+                    raise
+            await self._pause_unless_lost()
+
+    async def _pause_unless_lost(self) -> None:
+        """Sleep one poll interval, but fail at once if the port goes away meanwhile."""
+        proto = self._link.require()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll_interval):
+                await asyncio.shield(proto.lost)
+        if proto.lost.done():
+            raise DeviceUnavailable(
+                f"{self.name}: port lost while waiting for a card",
+                device=self.name,
+                state=DeviceState.NO_DEVICE,
+            )
+
+    async def _find(self) -> bool:
+        """One find; True only for a card that has not just been read."""
+        try:
+            await self.find_card()
+        except NoCard:
+            self._must_leave = False
+            return False
+        # Some readers find a card that stays in the field again; it is the same card.
+        return not self._must_leave
+
+    async def _read(self, *, fingerprint: bool, limit: float | None) -> IdCard:
+        command = Command.READ_WITH_FINGERPRINT if fingerprint else Command.READ_TEXT_PHOTO
+        default = self._fingerprint_timeout if fingerprint else self._read_timeout
+        reply = await self._command(command, limit=limit or default)
+        try:
+            data = decode_card_data(reply.data, fingerprint=fingerprint)
+            card = parse_text_block(data.text, photo=data.photo, fingerprint=data.fingerprint)
+        except CheckDigitMismatch as err:
+            self._tracker.record_error("bad read: ID number check digit")
+            raise CheckDigitError(
+                f"{self.name}: ID number failed its check digit; present the card again",
+                device=self.name,
+            ) from err
+        except (FrameError, CardDataError) as err:
+            self._tracker.record_error(f"bad read: {err}")
+            raise BadRead(f"{self.name}: card data unreadable: {err}", device=self.name) from err
+        self._must_leave = True
+        self._card_present = False
+        self._tracker.record_success()
+        self._tracker.emit("card_read", fingerprint=fingerprint)
+        return card
+
+    async def _command(self, command: Command, *, limit: float) -> Reply:
+        reply = await self._transact(Request.of(command), limit=limit)
+        self._raise_for(reply, command)
+        return reply
+
+    async def _transact(self, request: Request, *, limit: float) -> Reply:
+        """Send one request and wait for its reply; one in flight, queue wait bounded."""
+        try:
+            # The longest any other command holds the reader is a fingerprint read.
+            async with asyncio.timeout(limit + self._fingerprint_timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise SamvTimeout(f"{self.name}: reader busy", device=self.name) from None
+        try:
+            proto = self._link.require()
+            fut = proto.replies.expect()
+            try:
+                proto.send(request)
+                async with asyncio.timeout(limit):
+                    reply = await fut
+            except TimeoutError:
+                self._note_silence()
+                raise SamvTimeout(
+                    f"{self.name}: no reply to {_cmd_name(request)} within {limit:g} s",
+                    device=self.name,
+                ) from None
+            finally:
+                proto.replies.forget(fut)
+                if not fut.done():
+                    fut.cancel()
+                    proto.resync()
+            self._note_answer()
+            return reply
+        finally:
+            self._gate.release()
+
+    def _note_silence(self) -> None:
+        self._silent += 1
+        self._tracker.record_error("no reply")
+        if self._silent >= _SILENT_LIMIT and self.status.state.usable:
+            self._tracker.set(DeviceState.OFFLINE, "reader not answering")
+
+    def _note_answer(self) -> None:
+        self._silent = 0
+        if self.status.state is DeviceState.OFFLINE and self.status.reason == "reader not answering":
+            self._tracker.set(DeviceState.ONLINE, "ready")
+
+    def _raise_for(self, reply: Reply, command: Command) -> None:
+        if reply.ok:
+            return
+        code = reply.sw3
+        what = f"{self.name}: {command.name.lower()} answered {status_name(code)}"
+        if reply.sw1 or reply.sw2:
+            raise SamvRejected(
+                f"{what} (SW1 SW2 {reply.sw1:02x}{reply.sw2:02x})", device=self.name, code=code
+            )
+        if code == Status.NO_CARD:
+            raise NoCard(f"{self.name}: no card in the field", device=self.name)
+        if code == Status.SELECT_FAILED:
+            raise CardLost(f"{self.name}: card left the field", device=self.name)
+        if code == Status.UNKNOWN_CARD_TYPE:
+            raise UnsupportedCard(f"{self.name}: not a resident ID card", device=self.name)
+        if code in _BAD_READ:
+            self._tracker.record_error(what)
+            raise BadRead(f"{what}; present the card again", device=self.name, status=code)
+        if code in _SAM_FAULT:
+            self._tracker.record_error(what)
+            self._tracker.set(DeviceState.HARDWARE_ERROR, f"SAM fault: {status_name(code)}")
+            log.error("sam_fault", device=self.name, status=status_name(code))
+            raise SamFault(what, device=self.name, code=code)
+        self._tracker.record_error(what)
+        raise SamvRejected(what, device=self.name, code=code)
+
+    async def _on_up(self, proto: SamvProtocol) -> None:
+        del proto
+        self._card_present = False
+        self._silent = 0
+        self._tracker.set(DeviceState.OFFLINE, "port open, checking SAM")
+        await self.sam_status()
+
+    async def _presence_loop(self) -> None:
+        health_every = max(1.0, 4 * self._poll_interval)
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            if not self._link.connected:
+                self._card_present = False
+                continue
+            if self._read_lock.locked():
+                continue
+            try:
+                if not self.status.state.usable:
+                    now = time.monotonic()
+                    if now - self._last_health >= health_every:
+                        self._last_health = now
+                        await self.sam_status()
+                    continue
+                present = await self._find()
+            except DriverError as err:
+                log.debug("presence_poll_failed", device=self.name, error=str(err))
+                continue
+            if self._read_lock.locked():
+                continue  # a read started meanwhile; it owns the card now
+            if present and not self._card_present:
+                self._card_present = True
+                self._tracker.emit("card_present")
+            elif not present and self._card_present:
+                self._card_present = False
+                self._tracker.emit("card_removed")
+
+
+def _cmd_name(request: Request) -> str:
+    command = request.command
+    return command.name.lower() if command else f"{request.cmd:02x} {request.para:02x}"

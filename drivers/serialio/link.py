@@ -1,0 +1,279 @@
+"""Opening a serial port (path or pyserial URL) and keeping it open: reconnect with capped backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+import serial
+import serial_asyncio_fast
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from drivers.base import DeviceState, DeviceUnavailable, DriverError, StatusTracker
+
+log = structlog.get_logger(__name__)
+
+
+class LinkProtocol(asyncio.Protocol):
+    """Base of a device's asyncio protocol: owns the transport, reports loss once, never raises
+    from data_received."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.bytes_received(data)
+        except Exception:  # a protocol bug must not kill the transport's reader
+            log.exception("protocol_error", device=self.device, nbytes=len(data))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        reason = f"{type(exc).__name__}: {exc}" if exc else "closed"
+        self.fail_pending(
+            DeviceUnavailable(
+                f"{self.device}: connection lost ({reason})",
+                device=self.device,
+                state=DeviceState.NO_DEVICE,
+            )
+        )
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes now; DeviceUnavailable when the port is gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise DeviceUnavailable(
+                f"{self.device}: port not open", device=self.device, state=DeviceState.NO_DEVICE
+            )
+        transport.write(data)
+
+    async def drain(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
+        """Wait until the transport's own write buffer is empty (bytes handed to the OS)."""
+        async with asyncio.timeout(timeout):
+            # Transports expose no "buffer empty" event; a short poll is cheap and bounded.
+            while (transport := self.transport) is not None and transport.get_write_buffer_size():  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
+
+    def bytes_received(self, data: bytes) -> None:
+        """Subclasses parse bytes here; raising is logged, not propagated."""
+        raise NotImplementedError
+
+    def fail_pending(self, exc: DriverError) -> None:
+        """Subclasses fail every waiting request with `exc`."""
+        raise NotImplementedError
+
+
+P = TypeVar("P", bound=LinkProtocol)
+
+
+def _is_url(port: str) -> bool:
+    return "://" in port
+
+
+def _open_error(device: str, port: str, err: BaseException) -> DeviceUnavailable:
+    missing = isinstance(err, FileNotFoundError | ConnectionRefusedError) or (
+        isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO)
+    )
+    text = str(err)
+    if isinstance(err, serial.SerialException) and "No such file" in text:
+        missing = True
+    state = DeviceState.NO_DEVICE if missing else DeviceState.OFFLINE
+    return DeviceUnavailable(f"cannot open {port}: {text}", device=device, state=state)
+
+
+async def open_port(
+    device: str,
+    port: str,
+    protocol_factory: Callable[[], P],
+    *,
+    baudrate: int,
+    timeout: float = 2.0,  # noqa: ASYNC109 - project style: keyword-only timeouts
+) -> tuple[asyncio.Transport, P]:
+    """Open a path (`/dev/ttyUSB0`, `/dev/serial/by-id/...`) or pyserial URL (`socket://h:p`)."""
+    # A stat on a device node does not block; it tells "unplugged" from other open errors.
+    if not _is_url(port) and not os.path.exists(port):  # noqa: ASYNC240
+        raise DeviceUnavailable(f"{port} does not exist", device=device, state=DeviceState.NO_DEVICE)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await serial_asyncio_fast.create_serial_connection(
+                loop, protocol_factory, port, baudrate=baudrate
+            )
+    except TimeoutError as err:
+        raise DeviceUnavailable(
+            f"opening {port} timed out", device=device, state=DeviceState.NO_DEVICE
+        ) from err
+    except (serial.SerialException, OSError, ValueError) as err:
+        raise _open_error(device, port, err) from err
+    assert isinstance(protocol, LinkProtocol)
+    return transport, protocol  # type: ignore[return-value]
+
+
+class SerialLink(Generic[P]):
+    """Keeps one port open for a device: opens with backoff, notices loss, reopens by itself.
+
+    On loss, the protocol fails pending work at once and the state goes to no_device;
+    `on_up` runs after every (re)open to check the device and set its state.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        port: str,
+        baudrate: int,
+        tracker: StatusTracker,
+        protocol_factory: Callable[[], P],
+        on_up: Callable[[P], Awaitable[None]],
+        backoff_initial: float = 0.2,
+        backoff_max: float = 2.0,
+        open_timeout: float = 2.0,
+    ) -> None:
+        self.device = device
+        self.port = port
+        self.baudrate = baudrate
+        self._tracker = tracker
+        self._factory = protocol_factory
+        self._on_up = on_up
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._open_timeout = open_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self.protocol: P | None = None
+        self._up = asyncio.Event()
+        self.connects = 0
+        self.outages = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None and self.protocol.connected
+
+    def require(self) -> P:
+        """The live protocol, or DeviceUnavailable carrying the device's current state."""
+        proto = self.protocol
+        if proto is None or not proto.connected:
+            status = self._tracker.status
+            state = status.state if not status.state.usable else DeviceState.NO_DEVICE
+            raise DeviceUnavailable(
+                f"{self.device} unavailable: {status.reason}", device=self.device, state=state
+            )
+        return proto
+
+    async def wait_up(self, *, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait until the port is open (tests, start-up ordering)."""
+        async with asyncio.timeout(timeout):
+            await self._up.wait()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"serial-link-{self.device}")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_transport()
+
+    async def _drop_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        proto, self.protocol = self.protocol, None
+        self._up.clear()
+        if transport is not None:
+            transport.close()
+        if proto is not None and not proto.lost.done():
+            try:
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(proto.lost)
+            except TimeoutError:
+                log.warning("port_close_slow", device=self.device, port=self.port)
+
+    async def _run(self) -> None:
+        while True:
+            proto = await self._open_with_backoff()
+            self.connects += 1
+            self._up.set()
+            try:
+                await self._on_up(proto)
+            except DriverError as err:
+                # The device opened but did not check out; its state says why, and on_up's
+                # caller retries through the driver's own health loop.
+                log.warning("device_check_failed", device=self.device, error=str(err))
+            exc = await asyncio.shield(proto.lost)
+            self._up.clear()
+            self.outages += 1
+            self.protocol = None
+            self._transport = None
+            reason = f"{type(exc).__name__}: {exc}" if exc else "port closed by peer"
+            self._tracker.record_error(reason)
+            self._tracker.set(DeviceState.NO_DEVICE, f"port lost: {reason}")
+            log.warning("port_lost", device=self.device, port=self.port, reason=reason)
+
+    async def _open_with_backoff(self) -> P:
+        first_failure_at: float | None = None
+        attempts = 0
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal first_failure_at
+            err = state.outcome.exception() if state.outcome else None
+            if isinstance(err, DeviceUnavailable):
+                self._tracker.set(err.state, str(err))
+            if first_failure_at is None:
+                first_failure_at = time.monotonic()
+                log.warning("port_open_failed", device=self.device, port=self.port, error=str(err))
+            else:
+                log.debug("port_open_retry", device=self.device, attempt=state.attempt_number)
+
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(
+                initial=self._backoff_initial,
+                max=self._backoff_max,
+                jitter=self._backoff_initial,
+            ),
+            retry=retry_if_exception_type(DeviceUnavailable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                attempts += 1
+                transport, proto = await open_port(
+                    self.device,
+                    self.port,
+                    self._factory,
+                    baudrate=self.baudrate,
+                    timeout=self._open_timeout,
+                )
+                self._transport = transport
+                self.protocol = proto
+                # connection_made runs on the next loop turn; the protocol is usable after it.
+                await asyncio.sleep(0)
+                if first_failure_at is not None:
+                    log.info(
+                        "port_reopened",
+                        device=self.device,
+                        attempts=attempts,
+                        down_s=round(time.monotonic() - first_failure_at, 3),
+                    )
+                return proto
+        raise AssertionError("unreachable: tenacity retries forever")
