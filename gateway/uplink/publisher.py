@@ -1,0 +1,197 @@
+"""Moves envelopes from the outbox to the broker: priority across streams, seq order within one.
+
+One `run(channel)` per connection (a session worker of MqttLink). It keeps up to `inflight`
+QoS 1 publishes outstanding, marks a message delivered only on its PUBACK, parks it as
+rejected on a failure reason code (>= 0x80) and goes on. A new connection starts again from
+each stream's oldest unacknowledged message, so order holds across reconnects and resends are
+the stored bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import time
+from typing import Any
+
+import structlog
+
+from gateway.uplink.mqtt import PUBACK_FAILURE, LinkDown, PublishChannel
+from gateway.uplink.outbox import STREAMS, Outbox, OutboxError, Pending
+
+log = structlog.get_logger(__name__)
+
+
+class Publisher:
+    """Sends queued envelopes over whichever connection the link hands it."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        node_id: str,
+        *,
+        inflight: int | None = None,
+        publish_timeout_s: float | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._node_id = node_id
+        window = outbox.config.inflight if inflight is None else inflight
+        if not 1 <= window <= 100:
+            raise ValueError(f"inflight must be 1..100, got {window}")
+        self._window = window
+        self._timeout = outbox.config.publish_timeout_s if publish_timeout_s is None else publish_timeout_s
+        self._page = outbox.config.page_size
+        self._topics = {s: f"edge/{node_id}/up/{s}" for s in STREAMS}
+        # Acknowledged rows whose delete has not committed yet: never resend those.
+        self._acking: set[int] = set()
+        self._wake = asyncio.Event()
+        self._dirty: set[str] = set(STREAMS)
+        self.sent = 0
+        self.delivered = 0
+        self.rejected = 0
+        self.in_flight = 0
+        self.sessions = 0
+        self.last_puback: float | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this process (the outbox keeps the persisted ones)."""
+        return {
+            "sent": self.sent,
+            "delivered": self.delivered,
+            "rejected": self.rejected,
+            "in_flight": self.in_flight,
+            "sessions": self.sessions,
+            "last_puback": self.last_puback,
+            "window": self._window,
+        }
+
+    def _on_commit(self, streams: frozenset[str]) -> None:
+        self._dirty.update(streams)
+        self._wake.set()
+
+    async def run(self, channel: PublishChannel) -> None:
+        """Publish until cancelled or the connection fails (then raise LinkDown)."""
+        self.sessions += 1
+        self._outbox.add_listener(self._on_commit)
+        session = _Session(self, channel)
+        try:
+            await session.run()
+        finally:
+            self._outbox.remove_listener(self._on_commit)
+            await session.cancel_all()
+
+
+class _Session:
+    """The state of one connection: cursors, page buffers, in-flight publishes."""
+
+    def __init__(self, publisher: Publisher, channel: PublishChannel) -> None:
+        self.p = publisher
+        self.channel = channel
+        self.generation = publisher._outbox.generation
+        self.cursor: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.buffers: dict[str, collections.deque[Pending]] = {s: collections.deque() for s in STREAMS}
+        self.window = asyncio.Semaphore(publisher._window)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        # Every stream may have something from an earlier session.
+        publisher._dirty.update(STREAMS)
+
+    async def run(self) -> None:
+        p = self.p
+        while True:
+            await self.window.acquire()
+            try:
+                item = await self._next()
+            except BaseException:
+                self.window.release()
+                raise
+            self._check()
+            task = asyncio.create_task(self._send(item))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            p.sent += 1
+
+    def _check(self) -> None:
+        if self.failure is not None:
+            raise LinkDown(f"publishing failed: {self.failure}") from self.failure
+
+    async def _next(self) -> Pending:
+        """The next message by priority, waiting for new commits when everything is sent."""
+        p = self.p
+        while True:
+            self._check()
+            if p._outbox.generation != self.generation:
+                self._reset()
+            p._wake.clear()
+            item = await self._take()
+            if item is not None:
+                return item
+            await p._wake.wait()
+
+    def _reset(self) -> None:
+        """The outbox was replaced (corruption recovery): start over from its rows."""
+        self.generation = self.p._outbox.generation
+        self.cursor = dict.fromkeys(STREAMS, 0)
+        for buffer in self.buffers.values():
+            buffer.clear()
+        self.p._acking.clear()
+        self.p._dirty.update(STREAMS)
+
+    async def _take(self) -> Pending | None:
+        p = self.p
+        now = time.time()
+        for stream in p._outbox.priority_order:
+            buffer = self.buffers[stream]
+            if not buffer and stream in p._dirty:
+                p._dirty.discard(stream)
+                page = await p._outbox.read_page(stream, self.cursor[stream], p._page)
+                if len(page) == p._page:
+                    p._dirty.add(stream)
+                buffer.extend(page)
+            while buffer:
+                item = buffer.popleft()
+                self.cursor[stream] = item.seq
+                if item.id in p._acking or (item.expires is not None and item.expires <= now):
+                    continue
+                return item
+        return None
+
+    async def _send(self, item: Pending) -> None:
+        p = self.p
+        p.in_flight += 1
+        try:
+            code = await self.channel.publish(p._topics[item.stream], item.envelope, timeout=p._timeout)
+        except Exception as err:
+            if self.failure is None:
+                self.failure = err
+            p._wake.set()
+            return
+        finally:
+            p.in_flight -= 1
+            self.window.release()
+        p.last_puback = time.time()
+        try:
+            if code >= PUBACK_FAILURE:
+                p.rejected += 1
+                log.warning("uplink_rejected", stream=item.stream, seq=item.seq, reason=f"0x{code:02x}")
+                fut = p._outbox.mark_rejected(item, code)
+            else:
+                p.delivered += 1
+                fut = p._outbox.mark_delivered(item)
+        except OutboxError as err:  # closed under us: the row stays and is resent later
+            log.warning("uplink_ack_not_recorded", stream=item.stream, seq=item.seq, error=str(err))
+            return
+        p._acking.add(item.id)
+        fut.add_done_callback(functools.partial(self._recorded, row=item.id))
+
+    def _recorded(self, fut: asyncio.Future[None], *, row: int) -> None:
+        self.p._acking.discard(row)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("uplink_ack_not_recorded", error=str(fut.exception()))
+
+    async def cancel_all(self) -> None:
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
