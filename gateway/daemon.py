@@ -28,8 +28,8 @@ from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
 from gateway.sessions import Session, SessionRegistry
-from gateway.uplink.keys import NodeKey
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
+from gateway.uplink.keys import NodeKey
 
 log = structlog.get_logger(__name__)
 
