@@ -78,7 +78,7 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self._store = store
+        self.store = store
         self._audit = audit
         self._clock = clock
         self.keys = SubjectKeys(store.secret)
@@ -455,7 +455,7 @@ class Authenticator:
 
     async def disabled(self) -> list[FailureRecord]:
         """Every disabled (subject key, authenticator) for diag; keys hold no raw ID number."""
-        return await self._store.list_disabled()
+        return await self.store.list_disabled()
 
     def _today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock()).date()
