@@ -1,0 +1,182 @@
+"""scripts/install.sh and uninstall.sh in a throwaway root: the layout they promise, and back."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, need
+
+SITE_CONFIG = '[node]\nid = "edge-test-01"\nstate_dir = "/var/lib/edge-gateway"\n'
+UNIT_DIR = "etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A root laid out by install.sh, and what the script printed."""
+
+    root: Path
+    output: str
+
+
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one of scripts/*.sh; pip and venv creation make install take ~10 s."""
+    for tool, package in (
+        ("systemd-sysusers", "systemd"),
+        ("systemd-tmpfiles", "systemd"),
+        ("systemctl", "systemd"),
+    ):
+        need(tool, package)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+
+
+def passwd(root: Path, name: str) -> dict[str, list[str]]:
+    """Entries of root's /etc/passwd or /etc/group, keyed by name."""
+    lines = (root / "etc" / name).read_text().splitlines()
+    return {line.split(":")[0]: line.split(":") for line in lines}
+
+
+def mode_owner(path: Path) -> tuple[int, int, int]:
+    """Permission bits, uid and gid of a path (not following symlinks)."""
+    st = path.lstat()
+    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """One install into a fresh root, shared by the tests that only read it."""
+    base = tmp_path_factory.mktemp("install")
+    config = base / "site.toml"
+    config.write_text(SITE_CONFIG)
+    root = base / "root"
+    result = run_script("install.sh", "--root", str(root), "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return Installed(root, result.stdout)
+
+
+def test_install_lays_out_users_directories_units_and_config(installed: Installed) -> None:
+    root = installed.root
+    users, groups = passwd(root, "passwd"), passwd(root, "group")
+    uid, gid = int(users["edge-gateway"][2]), int(users["edge-gateway"][3])
+    assert int(groups["edge-gateway"][2]) == gid
+    assert users["edge-gateway"][5] == "/var/lib/edge-gateway"
+    assert users["edge-gateway"][6].endswith("nologin")
+    assert "kiosk" in groups
+    for device_group in ("dialout", "video"):
+        assert "edge-gateway" in groups[device_group][3].split(",")
+
+    assert mode_owner(root / "etc/edge-gateway") == (0o750, 0, gid)
+    assert mode_owner(root / "etc/edge-gateway/gateway.toml") == (0o640, 0, gid)
+    assert (root / "etc/edge-gateway/gateway.toml").read_text() == SITE_CONFIG
+    assert mode_owner(root / "var/lib/edge-gateway") == (0o700, uid, gid)
+    assert mode_owner(root / "var/lib/edge-gateway/keys") == (0o700, uid, gid)
+    assert mode_owner(root / "run/edge-gateway") == (0o751, uid, gid)
+
+    for name, source in (
+        (f"{UNIT_DIR}/edge-gateway.service", "systemd/edge-gateway.service"),
+        (f"{UNIT_DIR}/edge-gateway.socket", "systemd/edge-gateway.socket"),
+        ("etc/sysusers.d/edge-gateway.conf", "systemd/edge-gateway.sysusers"),
+        ("etc/tmpfiles.d/edge-gateway.conf", "systemd/edge-gateway.tmpfiles"),
+        ("opt/edge-gateway/doc/install.md", "docs/install.md"),
+    ):
+        assert (root / name).read_bytes() == (REPO / source).read_bytes(), name
+        assert mode_owner(root / name) == (0o644, 0, 0), name
+    # Enabled offline: the [Install] symlinks exist under the root only.
+    wants = {
+        "multi-user.target.wants/edge-gateway.service": "/etc/systemd/system/edge-gateway.service",
+        "sockets.target.wants/edge-gateway.socket": "/etc/systemd/system/edge-gateway.socket",
+    }
+    for link, target in wants.items():
+        assert str((root / UNIT_DIR / link).readlink()) == target
+
+
+def test_install_builds_the_venv_the_unit_runs(installed: Installed) -> None:
+    venv = installed.root / "opt/edge-gateway/venv"
+    assert (venv / "bin/edge-gateway").is_file()
+    probe = (
+        "import importlib.metadata as m, gateway, drivers; "
+        "d = m.distribution('edge-gateway'); "
+        "print(d.version, [e.value for e in d.entry_points if e.name == 'edge-gateway'])"
+    )
+    result = subprocess.run(
+        [str(venv / "bin/python"), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("['gateway.cli:main']")
+    # The venv is not the checkout: an editable install would break once the checkout moves.
+    assert str(REPO) not in (venv / "bin/edge-gateway").read_text()
+
+
+def test_install_prints_the_live_only_steps_instead_of_running_them(installed: Installed) -> None:
+    would = [line for line in installed.output.splitlines() if "would run on the live system" in line]
+    assert any(
+        "runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway keys init "
+        "-c /etc/edge-gateway/gateway.toml" in line
+        for line in would
+    )
+    assert any("systemctl enable --now edge-gateway.socket edge-gateway.service" in line for line in would)
+
+
+def test_second_install_keeps_the_config(installed: Installed, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text('[node]\nid = "must-not-replace"\n')
+    result = run_script("install.sh", "--root", str(installed.root), "--config", str(other))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (installed.root / "etc/edge-gateway/gateway.toml").read_text() == SITE_CONFIG
+    assert "exists, left as it is" in result.stdout
+    users = passwd(installed.root, "passwd")
+    assert list(users).count("edge-gateway") == 1
+
+
+def test_install_without_a_config_fails_before_changing_anything(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    result = run_script("install.sh", "--root", str(root), "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 1
+    assert "no config to install" in result.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_uninstall_keeps_config_and_state_unless_purged(installed: Installed, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(installed.root, root, symlinks=True)
+    (root / "var/lib/edge-gateway/keys/node.ed25519").write_bytes(b"key")
+
+    result = run_script("uninstall.sh", "--root", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for gone in (
+        f"{UNIT_DIR}/edge-gateway.service",
+        f"{UNIT_DIR}/edge-gateway.socket",
+        f"{UNIT_DIR}/multi-user.target.wants/edge-gateway.service",
+        f"{UNIT_DIR}/sockets.target.wants/edge-gateway.socket",
+        "etc/sysusers.d/edge-gateway.conf",
+        "etc/tmpfiles.d/edge-gateway.conf",
+        "opt/edge-gateway",
+        "run/edge-gateway",
+    ):
+        assert not (root / gone).exists() and not (root / gone).is_symlink(), gone
+    assert (root / "etc/edge-gateway/gateway.toml").read_text() == SITE_CONFIG
+    assert (root / "var/lib/edge-gateway/keys/node.ed25519").read_bytes() == b"key"
+    assert "edge-gateway" in passwd(root, "passwd")
+
+    again = run_script("uninstall.sh", "--root", str(root))
+    assert again.returncode == 0, again.stdout + again.stderr
+
+    purged = run_script("uninstall.sh", "--root", str(root), "--purge")
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert not (root / "etc/edge-gateway").exists()
+    assert not (root / "var/lib/edge-gateway").exists()
