@@ -8,7 +8,6 @@ readonly PROG=install.sh
 readonly UNIT_DIR=/etc/systemd/system
 readonly APP_DIR=/opt/edge-gateway
 readonly VENV=/opt/edge-gateway/venv
-readonly CONF_DIR=/etc/edge-gateway
 readonly CONF_FILE=/etc/edge-gateway/gateway.toml
 readonly SERVICE_USER=edge-gateway
 
@@ -131,7 +130,7 @@ tar -C "$SRC" \
     --exclude=.ruff_cache --exclude=.pytest_cache --exclude=.hypothesis \
     -cf - . | tar -C "$BUILD" -xf -
 TARGET=$BUILD
-[ "$PCSC" -eq 0 ] || TARGET="$BUILD[pcsc]"
+[ "$PCSC" -eq 0 ] || TARGET="${BUILD}[pcsc]"
 PIP=("$R$VENV/bin/python" -m pip install --quiet)
 if [ -n "$WHEELS" ]; then
     [ -d "$WHEELS" ] || die "wheelhouse $WHEELS is not a directory"

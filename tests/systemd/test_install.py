@@ -5,40 +5,11 @@ from __future__ import annotations
 import shutil
 import stat
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from .conftest import REPO, SITE_CONFIG, Installed, run_script
 
-from .conftest import REPO, need
-
-SITE_CONFIG = '[node]\nid = "edge-test-01"\nstate_dir = "/var/lib/edge-gateway"\n'
 UNIT_DIR = "etc/systemd/system"
-
-
-@dataclass(frozen=True)
-class Installed:
-    """A root laid out by install.sh, and what the script printed."""
-
-    root: Path
-    output: str
-
-
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run one of scripts/*.sh; pip and venv creation make install take ~10 s."""
-    for tool, package in (
-        ("systemd-sysusers", "systemd"),
-        ("systemd-tmpfiles", "systemd"),
-        ("systemctl", "systemd"),
-    ):
-        need(tool, package)
-    return subprocess.run(
-        ["bash", str(REPO / "scripts" / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
 
 
 def passwd(root: Path, name: str) -> dict[str, list[str]]:
@@ -51,18 +22,6 @@ def mode_owner(path: Path) -> tuple[int, int, int]:
     """Permission bits, uid and gid of a path (not following symlinks)."""
     st = path.lstat()
     return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """One install into a fresh root, shared by the tests that only read it."""
-    base = tmp_path_factory.mktemp("install")
-    config = base / "site.toml"
-    config.write_text(SITE_CONFIG)
-    root = base / "root"
-    result = run_script("install.sh", "--root", str(root), "--config", str(config))
-    assert result.returncode == 0, result.stdout + result.stderr
-    return Installed(root, result.stdout)
 
 
 def test_install_lays_out_users_directories_units_and_config(installed: Installed) -> None:
@@ -105,7 +64,7 @@ def test_install_builds_the_venv_the_unit_runs(installed: Installed) -> None:
     venv = installed.root / "opt/edge-gateway/venv"
     assert (venv / "bin/edge-gateway").is_file()
     probe = (
-        "import importlib.metadata as m, gateway, drivers; "
+        "import importlib.metadata as m, gateway, drivers, smartcard; "
         "d = m.distribution('edge-gateway'); "
         "print(d.version, [e.value for e in d.entry_points if e.name == 'edge-gateway'])"
     )

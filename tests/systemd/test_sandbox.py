@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import need
+from .conftest import Installed, need
 
 HERE = Path(__file__).resolve().parent
 # Any unprivileged id: the daemon runs as its own user, never as root.
@@ -37,8 +37,17 @@ def sandboxed(repo: Path, *program: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_dependencies_work_under_the_unit_sandbox(repo: Path) -> None:
-    result = sandboxed(repo, sys.executable, str(HERE / "sandbox_workload.py"))
+@pytest.fixture(params=["test-venv", "installed-venv"])
+def python(request: pytest.FixtureRequest) -> str:
+    """This test run's interpreter, and the one install.sh builds from Debian's python3."""
+    if request.param == "test-venv":
+        return sys.executable
+    installed: Installed = request.getfixturevalue("installed")
+    return str(installed.root / "opt/edge-gateway/venv/bin/python")
+
+
+def test_dependencies_work_under_the_unit_sandbox(repo: Path, python: str) -> None:
+    result = sandboxed(repo, python, str(HERE / "sandbox_workload.py"))
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     steps = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
     assert steps["tls"].startswith("TLSv1.")
