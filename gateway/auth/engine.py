@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -292,20 +293,18 @@ class Authenticator:
     async def otp_challenge(self, state: AuthState) -> dict[str, Any]:
         """Have the cloud text a code to the phone registered for the ID number read here."""
         self._require_session_kind(state, "otp")
-        holder = state.otp_holder()
-        if holder is None:
-            raise PolicyDenied("id_card_required", factor="otp")
-        subject = holder.subject
-        try:
-            self.otp.ensure_online()
-        except FactorUnavailable as err:
-            await self._emit("auth.unavailable", self._body(state, "otp", subject, **err.fields()))
-            raise
-        now = self._clock()
-        resend = self.settings.otp.resend_interval_s
-        if state.otp_challenged_at is not None and now - state.otp_challenged_at < resend:
-            raise Throttled(max(1, int(resend - (now - state.otp_challenged_at))), factor="otp")
         async with state.lock:
+            holder = state.otp_holder()
+            if holder is None:
+                raise PolicyDenied("id_card_required", factor="otp")
+            subject = holder.subject
+            await self._ensure_otp_online(state, subject)
+            now = self._clock()
+            last = state.otp_challenged_at
+            since = math.inf if last is None else now - last
+            resend = self.settings.otp.resend_interval_s
+            if since < resend:
+                raise Throttled(max(1, math.ceil(resend - since)), factor="otp")
             try:
                 await self.throttle.check(subject, "otp")
             except (Throttled, FactorDisabled) as err:
@@ -314,35 +313,39 @@ class Authenticator:
             try:
                 challenge = await self.otp.challenge(holder.id_number, subject)
             except FactorUnavailable as err:
-                await self._emit("auth.unavailable", self._body(state, "otp", subject, **err.fields()))
+                body = self._body(state, "otp", subject, **err.fields())
+                await self._emit("auth.unavailable", body)
                 raise
             state.otp_challenge = challenge
             state.otp_challenged_at = now
             expires_in = max(0, round(challenge.expires_at - now))
-            await self._emit("auth.otp_challenge", self._body(state, "otp", subject, expires_in_s=expires_in))
+            body = self._body(state, "otp", subject, expires_in_s=expires_in)
+            await self._emit("auth.otp_challenge", body)
             return {"expires_in_s": expires_in, "digits": self.settings.otp.digits}
 
     async def prove_otp(self, state: AuthState, code: str) -> ProvenFactor:
         """The SMS code of this session's challenge, checked by the cloud, accepted once."""
         self._require_session_kind(state, "otp")
-        challenge = state.otp_challenge
-        if challenge is None:
-            raise PolicyDenied("otp_challenge_required", factor="otp")
-        try:
-            self.otp.ensure_online()
-        except FactorUnavailable as err:
-            body = self._body(state, "otp", challenge.subject, **err.fields())
-            await self._emit("auth.unavailable", body)
-            raise
-
-        async def check() -> str | None:
-            outcome = await self.otp.verify(challenge, code)
-            return None if outcome is OtpOutcome.ACCEPTED else outcome.value
-
         async with state.lock:
+            challenge = state.otp_challenge
+            if challenge is None:
+                raise PolicyDenied("otp_challenge_required", factor="otp")
+            await self._ensure_otp_online(state, challenge.subject)
+
+            async def check() -> str | None:
+                outcome = await self.otp.verify(challenge, code)
+                return None if outcome is OtpOutcome.ACCEPTED else outcome.value
+
             factor = await self._attempt(state, "otp", challenge.subject, check)
             state.otp_challenge = None
             return factor
+
+    async def _ensure_otp_online(self, state: AuthState, subject: Subject) -> None:
+        try:
+            self.otp.ensure_online()
+        except FactorUnavailable as err:
+            await self._emit("auth.unavailable", self._body(state, "otp", subject, **err.fields()))
+            raise
 
     # --- staff TOTP and PIN ---------------------------------------------------------
 

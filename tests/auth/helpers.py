@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import secrets
@@ -81,6 +82,7 @@ class CloudStandIn:
     answer: dict[str, Any] | None = None  # forced answer (garbage tests)
     face_answer: dict[str, Any] = field(default_factory=lambda: {"score": 0.95, "liveness": True})
     fixed_code: str | None = None
+    stall: bool = False  # never answer (the caller's timeout must fire)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     inbox: dict[str, list[str]] = field(default_factory=dict)  # id number -> codes texted
     _codes: dict[str, str] = field(default_factory=dict)
@@ -90,6 +92,8 @@ class CloudStandIn:
         if not self.online:
             raise Offline("uplink down")
         self.calls.append((type_, body))
+        if self.stall:
+            await asyncio.Event().wait()
         if self.answer is not None:
             return self.answer
         if type_ == "otp.challenge":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.auth import FactorFailed
@@ -114,3 +116,18 @@ async def test_totp_unknown_staff_and_wrong_code_fail(make_engine: EngineFactory
         await engine.prove_totp(state, "tech01", "000000")
     assert wrong.value.reason == "mismatch"
     assert state.factors == []
+
+
+async def test_concurrent_use_of_one_code_is_accepted_once(
+    make_engine: EngineFactory, clock: FakeClock
+) -> None:
+    engine = await make_engine()
+    code = totp_value(RFC_SHA1_SEED, clock())
+    states = [engine.new_state(f"s{i}", "technician") for i in range(4)]
+    results = await asyncio.gather(
+        *(engine.prove_totp(s, "tech01", code) for s in states), return_exceptions=True
+    )
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, FactorFailed)]
+    assert len(accepted) == 1 and len(refused) == 3
+    assert {r.reason for r in refused} == {"code_reused"}
