@@ -1,0 +1,345 @@
+"""The receipt printer (ESC/POS over serial or TCP 9100): jobs, status, supervision."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.base import (
+    DeviceState,
+    DeviceStatus,
+    DriverError,
+    Listener,
+    StatusTracker,
+)
+from drivers.printer.errors import (
+    CoverOpen,
+    PaperEnd,
+    PaperEndDuringJob,
+    PrinterFault,
+    PrinterNeedsUser,
+    PrinterOffline,
+    PrinterTimeout,
+)
+from drivers.printer.frames import (
+    ASB_MASK,
+    PrinterStatus,
+    process_id_request,
+    realtime_status,
+    status_back,
+)
+from drivers.printer.job import PrintJob, encode_job
+from drivers.printer.protocol import EscPosProtocol
+from drivers.serialio import CommandGate, SerialLink
+
+log = structlog.get_logger(__name__)
+
+_STATUS_QUERY = b"".join(realtime_status(n) for n in (1, 2, 3, 4))  # four, then read: the limit
+
+
+@dataclass(frozen=True, slots=True)
+class PrintResult:
+    """How a job went: when it was confirmed printed, how long it queued, what the printer said."""
+
+    job_id: str
+    bytes_sent: int
+    queue_wait_s: float
+    duration_s: float
+    confirmed: bool
+    status: PrinterStatus
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.status.warnings
+
+
+class EscPosPrinter:
+    """An ESC/POS receipt printer on a serial port or `socket://host:9100`.
+
+    Each job: DLE EOT 1-4 first (refuse when not ready), the job bytes, then (with
+    `confirm_print`) a GS ( H process-id request that the printer answers once the job
+    has printed, watching status meanwhile; DLE EOT 1-4 again after.
+    """
+
+    driver = "escpos"
+
+    def __init__(
+        self,
+        name: str,
+        port: str,
+        *,
+        baudrate: int = 9600,
+        status_back: bool = False,
+        status_timeout: float = 0.5,
+        confirm_print: bool = True,
+        job_timeout: float = 60.0,
+        job_poll: float = 0.25,
+        poll_interval: float = 5.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.baudrate = baudrate
+        self._status_back = status_back
+        self._status_timeout = status_timeout
+        self._confirm = confirm_print
+        self._job_timeout = job_timeout
+        self._job_poll = job_poll
+        self._poll_interval = poll_interval
+        self._tracker = StatusTracker(name, DeviceState.OFFLINE)
+        self._gate = CommandGate()
+        self._link: SerialLink[EscPosProtocol] = SerialLink(
+            device=name,
+            port=port,
+            baudrate=baudrate,
+            tracker=self._tracker,
+            protocol_factory=lambda: EscPosProtocol(name, self._on_push),
+            on_up=self._on_up,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+        self._pids = itertools.count(1)
+        self._printing = False
+        self._wire_free_at = 0.0
+        self.last_status: PrinterStatus | None = None
+        self._monitor: asyncio.Task[None] | None = None
+
+    # --- Device protocol -------------------------------------------------------------------
+
+    @property
+    def status(self) -> DeviceStatus:
+        return self._tracker.status
+
+    @property
+    def queue_depth(self) -> int:
+        return self._gate.depth
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        return self._tracker.subscribe(listener)
+
+    async def start(self) -> None:
+        self._tracker.set(DeviceState.NO_DEVICE, f"opening {self.port}")
+        await self._link.start()
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._monitor_loop(), name=f"{self.name}-monitor")
+
+    async def close(self) -> None:
+        task, self._monitor = self._monitor, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._link.close()
+        self._tracker.set(DeviceState.OFFLINE, "closed")
+
+    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:  # noqa: ASYNC109
+        """DLE EOT 1-4 now; the state follows the answer. Never raises."""
+        with contextlib.suppress(DriverError):
+            await self.read_status(timeout=timeout)
+        return self.status
+
+    async def wait_online(self, *, timeout: float) -> DeviceStatus:  # noqa: ASYNC109
+        """Wait until the printer is ready (start-up ordering, tests)."""
+        ready = asyncio.Event()
+        unsubscribe = self.subscribe(lambda _e: ready.set() if self.status.state.usable else None)
+        try:
+            if not self.status.state.usable:
+                async with asyncio.timeout(timeout):
+                    await ready.wait()
+        finally:
+            unsubscribe()
+        return self.status
+
+    # --- API -------------------------------------------------------------------------------
+
+    async def read_status(self, *, timeout: float | None = None) -> PrinterStatus:  # noqa: ASYNC109
+        """DLE EOT 1-4 through the command gate; the device state follows the answer."""
+        limit = self._status_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit + self._job_timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise PrinterTimeout(f"{self.name}: printer busy", device=self.name) from None
+        try:
+            return await self._query(limit)
+        finally:
+            self._gate.release()
+
+    async def print_job(self, job: PrintJob, *, timeout: float | None = None) -> PrintResult:  # noqa: ASYNC109
+        """Print one job; returns once the printer confirms it printed (or raises why not)."""
+        data = encode_job(job)
+        self._link.require()
+        limit = self._job_timeout if timeout is None else timeout
+        queued_at = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                waited = await self._gate.acquire()
+                try:
+                    return await self._run_job(data, waited, queued_at)
+                finally:
+                    self._gate.release()
+        except TimeoutError as err:
+            if isinstance(err, DriverError):
+                raise
+            raise PrinterTimeout(
+                f"{self.name}: job not confirmed within {limit:g} s", device=self.name
+            ) from None
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _run_job(self, data: bytes, waited: float, queued_at: float) -> PrintResult:
+        before = await self._query(self._status_timeout)
+        self._refuse_unless_ready(before, during_job=False)
+        proto = self._link.require()
+        pid = b"%04d" % (next(self._pids) % 10000)
+        started = time.monotonic()
+        self._printing = True
+        self._tracker.set(DeviceState.BUSY, "printing", warnings=before.warnings)
+        fut = proto.process_ids.expect(pid) if self._confirm else None
+        try:
+            wire = data + (process_id_request(pid) if self._confirm else b"")
+            self._send(proto, wire)
+            if fut is not None:
+                await self._await_printed(fut)
+            after = await self._query(self._status_timeout)
+        finally:
+            proto.process_ids.forget(pid)
+            self._printing = False
+            if self.status.state is DeviceState.BUSY and self.last_status is not None:
+                self._apply(self.last_status)
+        self._refuse_unless_ready(after, during_job=True)
+        self._tracker.record_success()
+        duration = time.monotonic() - started
+        log.info(
+            "job_printed",
+            device=self.name,
+            job=pid.decode(),
+            nbytes=len(wire),
+            ms=round(duration * 1000),
+            wait_ms=round(waited * 1000),
+        )
+        return PrintResult(
+            job_id=pid.decode(),
+            bytes_sent=len(wire),
+            queue_wait_s=started - queued_at,
+            duration_s=duration,
+            confirmed=fut is not None,
+            status=after,
+        )
+
+    async def _await_printed(self, fut: asyncio.Future[None]) -> None:
+        """Wait for the process-id answer, checking status meanwhile so a stop is seen at once."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._job_poll + self._wire_backlog()):
+                    await asyncio.shield(fut)
+            if fut.done():
+                fut.result()
+                return
+            if not self._status_back:
+                status = await self._query(self._status_timeout)
+                self._refuse_unless_ready(status, during_job=True)
+
+    def _send(self, proto: EscPosProtocol, data: bytes) -> None:
+        proto.write(data)
+        now = time.monotonic()
+        # What is still on the line delays any answer; status timeouts allow for it.
+        self._wire_free_at = max(now, self._wire_free_at) + len(data) * 10 / self.baudrate
+
+    def _wire_backlog(self) -> float:
+        if self.port.startswith("socket://"):
+            return 0.0
+        return max(0.0, self._wire_free_at - time.monotonic())
+
+    async def _query(self, limit: float) -> PrinterStatus:
+        proto = self._link.require()
+        futs = [proto.answers.expect() for _ in range(4)]
+        try:
+            self._send(proto, _STATUS_QUERY)
+            async with asyncio.timeout(limit + self._wire_backlog()):
+                values = [await fut for fut in futs]
+        except TimeoutError:
+            self._tracker.record_error("no answer to DLE EOT")
+            if not self._printing:
+                self._tracker.set(DeviceState.OFFLINE, "no answer to real-time status")
+            raise PrinterTimeout(
+                f"{self.name}: no answer to real-time status within {limit:g} s",
+                device=self.name,
+            ) from None
+        finally:
+            for fut in futs:
+                proto.answers.forget(fut)
+                fut.cancel()
+        status = PrinterStatus.from_realtime(dict(zip((1, 2, 3, 4), values, strict=True)))
+        self._apply(status)
+        return status
+
+    def _apply(self, status: PrinterStatus) -> None:
+        """Map printer status to device state: paper/cover -> user_error, cutter -> hardware."""
+        self.last_status = status
+        if fault := status.hardware_fault:
+            self._tracker.set(DeviceState.HARDWARE_ERROR, fault)
+        elif need := status.user_fault:
+            self._tracker.set(DeviceState.USER_ERROR, need)
+        elif status.auto_recoverable:
+            self._tracker.set(DeviceState.OFFLINE, "recoverable error (e.g. head overheat)")
+        elif status.offline or status.error:
+            self._tracker.set(DeviceState.OFFLINE, "printer offline")
+        elif self._printing:
+            self._tracker.set(DeviceState.BUSY, "printing", warnings=status.warnings)
+        else:
+            self._tracker.set(DeviceState.ONLINE, "ready", warnings=status.warnings)
+
+    def _refuse_unless_ready(self, status: PrinterStatus, *, during_job: bool) -> None:
+        if status.ready:
+            return
+        raise self._error_for(status, during_job=during_job)
+
+    def _error_for(self, status: PrinterStatus, *, during_job: bool) -> DriverError:
+        name = self.name
+        if fault := status.hardware_fault:
+            return PrinterFault(f"{name}: {fault}", device=name, code=fault)
+        if status.out_of_paper:
+            if during_job:
+                return PaperEndDuringJob(
+                    f"{name}: paper ran out during the job; the receipt is incomplete",
+                    device=name,
+                    reason="paper end",
+                )
+            return PaperEnd(f"{name}: out of paper", device=name, reason="paper end")
+        if status.cover_open:
+            return CoverOpen(f"{name}: cover open", device=name, reason="cover open")
+        if status.auto_recoverable:
+            return PrinterOffline(f"{name}: recoverable error (e.g. head overheat)", device=name)
+        return PrinterOffline(f"{name}: printer offline", device=name)
+
+    def _on_push(self, status: PrinterStatus) -> None:
+        self._apply(status)
+        proto = self._link.protocol
+        if self._printing and proto is not None and not status.ready:
+            error = self._error_for(status, during_job=True)
+            if isinstance(error, PrinterNeedsUser | PrinterFault | PrinterOffline):
+                proto.process_ids.fail_all(error)
+
+    async def _on_up(self, proto: EscPosProtocol) -> None:
+        self._tracker.set(DeviceState.OFFLINE, "port open, checking printer")
+        self._wire_free_at = 0.0
+        if self._status_back:
+            self._send(proto, status_back(ASB_MASK))
+        await self.read_status()
+
+    async def _monitor_loop(self) -> None:
+        """Refresh status when idle, so paper-out or an open cover shows without a job."""
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            if not self._link.connected or self._gate.busy:
+                continue
+            with contextlib.suppress(DriverError):
+                await self.read_status()

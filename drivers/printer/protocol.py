@@ -1,0 +1,55 @@
+"""asyncio protocol for an ESC/POS printer: sorts answers, pushes and process-id replies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from drivers.base import DriverError
+from drivers.printer.frames import (
+    FlowControl,
+    PrinterStatus,
+    ProcessIdAnswer,
+    RealtimeAnswer,
+    StatusPush,
+    StatusSorter,
+    Unknown,
+)
+from drivers.serialio import FifoReplies, KeyedReplies, LinkProtocol
+
+log = structlog.get_logger(__name__)
+
+
+class EscPosProtocol(LinkProtocol):
+    """Real-time answers go to the oldest waiting query; pushes to `on_push`; process ids by id."""
+
+    def __init__(self, device: str, on_push: Callable[[PrinterStatus], None]) -> None:
+        super().__init__(device)
+        self._on_push = on_push
+        self.sorter = StatusSorter()
+        self.answers: FifoReplies[int] = FifoReplies()
+        self.process_ids: KeyedReplies[bytes, None] = KeyedReplies()
+        self.xoff = False
+        self.unknown_bytes = 0
+
+    def bytes_received(self, data: bytes) -> None:
+        for item in self.sorter.feed(data):
+            match item:
+                case RealtimeAnswer(value):
+                    if not self.answers.resolve(value):
+                        log.debug("escpos_late_answer", device=self.device, value=value)
+                case StatusPush():
+                    self._on_push(item.status)
+                case ProcessIdAnswer(pid):
+                    if not self.process_ids.resolve(pid, None):
+                        log.debug("escpos_stale_process_id", device=self.device)
+                case FlowControl(xoff):
+                    self.xoff = xoff
+                case Unknown(raw):
+                    self.unknown_bytes += len(raw)
+                    log.debug("escpos_unknown_bytes", device=self.device, nbytes=len(raw))
+
+    def fail_pending(self, exc: DriverError) -> None:
+        self.answers.fail_all(exc)
+        self.process_ids.fail_all(exc)
