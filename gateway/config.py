@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.auth.settings import AuthSettings
 from gateway.errors import ConfigError
+from gateway.uplink.outbox import OutboxConfig
 
 DEFAULT_LOCATIONS = (Path("/etc/edge-gateway/gateway.toml"),)
 ENV_CONFIG = "EDGE_GATEWAY_CONFIG"
@@ -179,6 +181,8 @@ class GatewayConfig(_Section):
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     uplink: UplinkConfig = msgspec.field(default_factory=UplinkConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
+    outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     devices: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")], DeviceConfig] = (
         msgspec.field(default_factory=dict)
     )

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,18 +19,30 @@ from aiohttp import web
 from drivers.base import DeviceEvent
 from gateway import __version__
 from gateway.api.app import build_app
+from gateway.api.auth import routes as auth_routes
 from gateway.api.context import ApiContext
 from gateway.api.server import ApiServer
 from gateway.api.sessions import routes as session_routes
 from gateway.api.system import routes as system_routes
+from gateway.auth.engine import Authenticator
+from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
 from gateway.config import GatewayConfig, as_dict, load_config
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
+from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
-from gateway.uplink.keys import NodeKey
+from gateway.uplink.commands import CommandVerifier, ReplayStore
+from gateway.uplink.envelope import Sealer
+from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key, rotate_key
+from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.outbox import Outbox, OutboxAlert
+from gateway.uplink.publisher import Publisher
+from gateway.uplink.requests import CloudRequests
+from gateway.uplink.rotation import clear_pending_announcement, read_pending_announcement
+from gateway.uplink.sink import OutboxSink, SwitchableSealer
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +61,18 @@ LIVE_KEYS = (
 )
 
 ReloadHook = Callable[[GatewayConfig], None]
+
+# What a signed `config.set` command may change (a subset of what SIGHUP applies).
+REMOTE_CONFIG_KEYS = frozenset(
+    {
+        "log.level",
+        "api.max_sessions",
+        "api.session_idle_timeout_s",
+        "api.idle_warning_s",
+        "api.request_timeout_s",
+        "ops.telemetry_interval_s",
+    }
+)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,6 +135,8 @@ class Daemon:
         self.exit_code = 0
         self.route_tables: list[web.RouteTableDef] = []
         self.cloud: CloudSink = MemorySink()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.link: MqttLink | None = None
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
             max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
@@ -181,15 +208,18 @@ class Daemon:
         effective, applied, restart = merge_reload(self.config, new)
         # Logged before the new level applies, so a quieter level still records the reload.
         log.warning("reloaded", applied=applied, needs_restart=restart)
+        self._apply(effective)
+        note = f"reloaded: {len(applied)} applied" + (
+            f", restart needed for {', '.join(restart)}" if restart else ""
+        )
+        self.notifier.notify("READY=1", f"STATUS={note}")
+
+    def _apply(self, effective: GatewayConfig) -> None:
         self.config = effective
         self.ctx.config = effective
         set_level(effective.log.level)
         for hook in self._reload_hooks:
             hook(effective)
-        note = f"reloaded: {len(applied)} applied" + (
-            f", restart needed for {', '.join(restart)}" if restart else ""
-        )
-        self.notifier.notify("READY=1", f"STATUS={note}")
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -249,9 +279,7 @@ class Daemon:
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
         config = self.config
-        self.node_key = self._load_node_key()
-        self.cloud = MemorySink()
-        self.ctx.cloud = self.cloud
+        await self._build_uplink(stack)
 
         self.devices = DeviceManager()
         await self.devices.start(dict(config.devices), stack)
@@ -281,6 +309,243 @@ class Daemon:
             )
         )
         self.route_tables.append(session_routes)
+        await self._build_auth(stack)
+        self._build_commands(stack)
+        if self.link is not None:
+            # Last: commands may touch sessions and devices, so those exist before the first one.
+            await self.link.start()
+            stack.push_async_callback(self.link.close)
+
+    async def _build_uplink(self, stack: AsyncExitStack) -> None:
+        """Node key, sealer, outbox (the CloudSink every part uses), publisher, MQTT link."""
+        config = self.config
+        node = config.node.id
+        self.node_key = self._load_node_key()
+        self.sealer = SwitchableSealer(Sealer(self.node_key, node))
+        self.outbox = Outbox(
+            config.state_dir / config.outbox.file,
+            self.sealer,
+            config=config.outbox,
+            on_alert=self._outbox_alert,
+        )
+        await self.outbox.start()
+        stack.push_async_callback(self.outbox.close)
+        for recovery in self.outbox.recoveries:
+            log.error("outbox_recovered", moved_to=[str(p) for p in recovery.moved_to], error=recovery.error)
+        self.cloud = OutboxSink(self.outbox)
+        self.ctx.cloud = self.cloud
+        stack.push_async_callback(self._drain_background)
+        await self._announce_pending_rotation()
+        self.publisher = Publisher(self.outbox, node)
+        self.link = None
+        if config.uplink.broker:
+            up = config.uplink
+            self.link = MqttLink(
+                up.broker,
+                node,
+                ca_file=up.ca_file or None,
+                client_cert=up.client_cert or None,
+                client_key=up.client_key or None,
+                keepalive_s=up.keepalive_s,
+                backoff_min_s=up.backoff_min_s,
+                backoff_max_s=up.backoff_max_s,
+                stable_after_s=up.stable_after_s,
+                connect_timeout_s=up.connect_timeout_s,
+                publish_timeout_s=config.outbox.publish_timeout_s,
+                inflight=config.outbox.inflight,
+                on_command=self._on_command,
+                workers=[self.publisher.run],
+            )
+        self.requests = CloudRequests(self.cloud, is_online=self.is_online)
+        self.add_status("outbox", self._outbox_status)
+        self.add_status("uplink", self._uplink_status)
+        self.add_health_check("uplink", self._uplink_health)
+
+    def is_online(self) -> bool:
+        return self.link is not None and self.link.state.connected
+
+    def _outbox_status(self) -> dict[str, Any]:
+        return {**self.outbox.stats(), "publisher": self.publisher.stats()}
+
+    def _uplink_status(self) -> dict[str, Any]:
+        if self.link is None:
+            return {"configured": False, "connected": False}
+        return {"configured": True, "broker": self.config.uplink.broker, **self.link.state.as_dict()}
+
+    def _uplink_health(self) -> dict[str, Any]:
+        if self.link is None:
+            return {"status": "ok", "configured": False}
+        state = self.link.state
+        return {
+            "status": "ok" if state.connected else "degraded",
+            "connected": state.connected,
+            "backlog": self.outbox.backlog(),
+        }
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _drain_background(self) -> None:
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5)
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _outbox_alert(self, alert: OutboxAlert) -> None:
+        """The outbox's trouble (full, corrupt, rejected) goes to ops as a signed alert."""
+        log.error("outbox_alert", kind=alert.kind, stream=alert.stream, message=alert.message)
+        if alert.kind == "outbox_full" and alert.stream == "alert":
+            return  # an alert about the alert stream being full could never be stored
+
+        async def send() -> None:
+            try:
+                await self.cloud.send(
+                    "alert",
+                    alert.kind,
+                    {"severity": "blue", "stream": alert.stream, "message": alert.message, **alert.fields},
+                )
+            except Exception as err:
+                log.warning("alert_not_queued", kind=alert.kind, error=str(err))
+
+        self._spawn(send(), f"alert-{alert.kind}")
+
+    async def _announce_pending_rotation(self) -> None:
+        """A `keys rotate` from the CLI is announced here, sealed by the retiring key."""
+        pending = read_pending_announcement(self.config.state_dir)
+        if pending is None:
+            return
+        retired = load_previous_key(self.config.key_path, self.config.node.id)
+        if retired is None or retired.key.kid != pending.get("old_kid"):
+            log.error("rotation_announcement_dropped", reason="previous key missing or different")
+            clear_pending_announcement(self.config.state_dir)
+            return
+        await self._announce_rotation(retired.key, self.node_key, pending["body"])
+        clear_pending_announcement(self.config.state_dir)
+
+    async def _announce_rotation(self, old: NodeKey, new: NodeKey, body: dict[str, Any]) -> None:
+        current = self.sealer.current
+        self.sealer.current = Sealer(old, self.config.node.id)
+        try:
+            await self.cloud.send("audit", "key_rotated", body)
+        finally:
+            self.sealer.current = Sealer(new, self.config.node.id) if current.kid == old.kid else current
+        log.info("key_rotation_announced", old_kid=old.kid, new_kid=new.kid)
+
+    async def _build_auth(self, stack: AsyncExitStack) -> None:
+        store = await AuthStore.open(self.config.state_dir)
+        stack.push_async_callback(store.close)
+
+        async def audit(type_: str, body: dict[str, Any]) -> None:
+            await self.cloud.send("audit", type_, body)
+
+        auth = Authenticator(
+            self.config.auth,
+            store,
+            audit=audit,
+            cloud_request=self.requests.request,
+            is_online=self.is_online,
+        )
+        stack.push_async_callback(auth.close)
+        self.auth = auth
+        self.ctx.services["auth"] = auth
+        self.ctx.services["is_online"] = self.is_online
+        self.ctx.services["init_auth"] = lambda session: setattr(
+            session, "auth", auth.new_state(session.id, session.kind)
+        )
+        self.ctx.services["describe_auth"] = self._describe_auth
+        self.ctx.services["reset_device"] = self._reset_device
+        self.sessions.on_end(lambda session, _reason: session.auth.clear() if session.auth else None)
+        self.route_tables.append(auth_routes)
+
+    def _describe_auth(self, session: Session) -> dict[str, Any]:
+        assurance = self.auth.assurance(session.auth).as_dict()
+        return {"factors": assurance["factors"], "assurance": assurance}
+
+    async def _reset_device(self, name: str) -> dict[str, Any]:
+        managed = self.devices.devices.get(name)
+        if managed is None:
+            raise CommandFailed(f"no device named {name!r}")
+        cancelled = managed.queue.purge("the device is being reset")
+        await managed.device.close()
+        await managed.device.start()
+        return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
+
+    def _build_commands(self, stack: AsyncExitStack) -> None:
+        replay = ReplayStore(self.config.state_dir / "replay.sqlite3")
+        stack.callback(replay.close)
+        ring = (
+            KeyRing.from_files(self.config.uplink.cloud_keys) if self.config.uplink.cloud_keys else KeyRing()
+        )
+        verifier = CommandVerifier(self.config.node.id, ring, replay)
+        dispatcher = CommandDispatcher(verifier, self.cloud)
+        self.dispatcher = dispatcher
+
+        async def ping(_body: Any) -> dict[str, Any]:
+            return {"pong": time.time(), "version": __version__}
+
+        async def config_set(body: Any) -> dict[str, Any]:
+            return self._remote_config_set(body)
+
+        async def device_reset(body: Any) -> dict[str, Any]:
+            return await self._reset_device(str(body.get("device", "")))
+
+        async def end_all(_body: Any) -> dict[str, Any]:
+            return {"ended": await self.sessions.end_all("ended_by_cloud")}
+
+        async def rotate(_body: Any) -> dict[str, Any]:
+            rotation = await asyncio.to_thread(
+                rotate_key,
+                self.config.key_path,
+                self.config.node.id,
+                overlap_s=self.config.uplink.key_overlap_s,
+            )
+            await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
+            self.node_key = rotation.new
+            return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
+
+        async def reply(body: Any) -> dict[str, Any]:
+            return {"matched": self.requests.resolve(body)}
+
+        for name, handler in {
+            "ping": ping,
+            "config.set": config_set,
+            "device.reset": device_reset,
+            "session.end_all": end_all,
+            "keys.rotate": rotate,
+            "reply": reply,
+        }.items():
+            dispatcher.register(name, handler)
+        self.add_status(
+            "commands", lambda: {"accepted": dispatcher.accepted, "rejected": dispatcher.rejected}
+        )
+
+    async def _on_command(self, topic: str, payload: bytes) -> None:
+        await self.dispatcher.on_message(topic, payload)
+
+    def _remote_config_set(self, body: Any) -> dict[str, Any]:
+        """`config.set {"values": {"api.max_sessions": 150}}`: only live keys, validated as a whole."""
+        values = body.get("values") if isinstance(body, dict) else None
+        if not isinstance(values, dict) or not values:
+            raise CommandFailed('config.set needs {"values": {"key.path": value, ...}}')
+        refused = sorted(k for k in values if k not in REMOTE_CONFIG_KEYS)
+        if refused:
+            raise CommandFailed(f"not settable remotely: {', '.join(refused)}")
+        data = as_dict(self.config)
+        for path, value in values.items():
+            section, key = path.split(".", 1)
+            data[section][key] = value
+        try:
+            new = msgspec.convert(data, GatewayConfig)
+        except msgspec.ValidationError as err:
+            raise CommandFailed(f"invalid value: {err}") from err
+        new = msgspec.structs.replace(new, source=self.config.source, devices=self.config.devices)
+        effective, applied, _restart = merge_reload(self.config, new)
+        self._apply(effective)
+        return {"applied": applied}
 
     def _load_node_key(self) -> NodeKey:
         """The signing key; a missing key is made only where config allows, a loose one is refused."""

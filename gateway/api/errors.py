@@ -11,15 +11,44 @@ from drivers.base import (
     UserActionNeeded,
 )
 from gateway.api.problems import Problem, retry_after
+from gateway.auth.errors import AuthError
 from gateway.devices import NoSuchDevice
 from gateway.queueing import DeadlineExpired, QueueFull, RequestCancelled
 from gateway.sessions import SessionNotFound, SessionsFull, Unauthenticated
+from gateway.uplink.outbox import OutboxError, OutboxFull
 
 
 def to_problem(err: Exception) -> Problem | None:
     """The problem for a known error, or None to let it be a 500."""
     if isinstance(err, Problem):
         return err
+    if isinstance(err, AuthError):
+        fields = err.fields()
+        headers = retry_after(fields["retry_after_s"]) if fields.get("retry_after_s") else None
+        titles = {
+            401: "Factor not proven",
+            403: "Not allowed",
+            429: "Too many attempts",
+            503: "Factor unavailable",
+        }
+        return Problem(
+            err.status,
+            err.code.replace("_", "-"),
+            titles.get(err.status, "Authentication error"),
+            str(err),
+            headers=headers,
+            **fields,
+        )
+    if isinstance(err, OutboxFull):
+        return Problem(
+            507,
+            "outbox-full",
+            "Cannot store the message",
+            f"{err}: the message was not accepted; nothing was queued",
+            stream=err.stream,
+        )
+    if isinstance(err, OutboxError):
+        return Problem(503, "storage-unavailable", "Storage unavailable", str(err))
     if isinstance(err, Unauthenticated):
         return Problem(
             401,
