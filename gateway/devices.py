@@ -88,7 +88,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
         if port.startswith(SIM_PREFIX):
             from drivers.idcard.simulator import IdCardSimulator
 
-            simulator = IdCardSimulator(auto_present=True)
+            simulator = IdCardSimulator(name=name, baudrate=cfg.baudrate, auto_present=True)
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
         return (
@@ -108,7 +108,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
         if port.startswith(SIM_PREFIX):
             from drivers.printer.simulator import PrinterSimulator
 
-            simulator = PrinterSimulator(print_time=cfg.sim_print_time_s)
+            simulator = PrinterSimulator(name=name, baudrate=cfg.baudrate, print_time=cfg.sim_print_time_s)
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
         return EscPosPrinter(name, port, baudrate=cfg.baudrate, status_back=cfg.status_back), simulator

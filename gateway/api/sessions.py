@@ -155,7 +155,7 @@ def _print_job(body: PrintRequest) -> Any:
             )
     if body.qr is not None and not 0 < len(body.qr.encode()) <= MAX_QR_CHARS:
         raise Problem(422, "invalid-body", "Invalid body", f"qr must be 1..{MAX_QR_CHARS} bytes")
-    return PrintJob.from_lines(body.lines, qr=body.qr, cut=body.cut)
+    return PrintJob.of(body.lines, qr=body.qr, cut=body.cut)
 
 
 async def _run_print(
