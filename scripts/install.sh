@@ -114,7 +114,17 @@ say "directories (tmpfiles.d)"
 install -D -m 0644 "$SRC/systemd/edge-gateway.tmpfiles" "$R/etc/tmpfiles.d/edge-gateway.conf"
 systemd-tmpfiles "${ROOT_ARG[@]}" --create edge-gateway.conf
 
-# 3. The venv, built from a clean copy so the checkout stays untouched (and may be read-only).
+# 3. Device class drivers, so DeviceAllow= finds their majors when the service starts.
+say "device class drivers (modules-load.d)"
+install -D -m 0644 "$SRC/systemd/edge-gateway.modules-load" "$R/etc/modules-load.d/edge-gateway.conf"
+if [ "$LIVE" -eq 1 ]; then
+    systemctl restart systemd-modules-load.service ||
+        note "warning: some driver in /etc/modules-load.d/edge-gateway.conf did not load (journalctl -u systemd-modules-load); devices of that class stay inaccessible"
+else
+    would_run systemctl restart systemd-modules-load.service
+fi
+
+# 4. The venv, built from a clean copy so the checkout stays untouched (and may be read-only).
 say "python venv $VENV"
 if [ -x "$R$VENV/bin/python" ]; then
     note "venv exists, upgrading edge-gateway in it"
@@ -140,7 +150,7 @@ fi
 [ -x "$R$VENV/bin/edge-gateway" ] || die "$VENV/bin/edge-gateway missing after pip install"
 install -D -m 0644 "$SRC/docs/install.md" "$R$APP_DIR/doc/install.md"
 
-# 4. Config: installed once, never overwritten (it is the site's, not ours).
+# 5. Config: installed once, never overwritten (it is the site's, not ours).
 say "config $CONF_FILE"
 if [ -e "$R$CONF_FILE" ]; then
     note "exists, left as it is"
@@ -149,12 +159,12 @@ else
     note "installed from $CONFIG_SRC; edit it for this site (node id, broker, devices)"
 fi
 
-# 5. Units.
+# 6. Units.
 say "systemd units in $UNIT_DIR"
 install -D -m 0644 "$SRC/systemd/edge-gateway.socket" "$R$UNIT_DIR/edge-gateway.socket"
 install -D -m 0644 "$SRC/systemd/edge-gateway.service" "$R$UNIT_DIR/edge-gateway.service"
 
-# 6. Node signing key, created once by the service user so only it can read it.
+# 7. Node signing key, created once by the service user so only it can read it.
 say "node signing key"
 KEY_FILE=$("$R$VENV/bin/python" - "$R$CONF_FILE" <<'PY'
 import sys
@@ -177,7 +187,7 @@ else
     would_run "${KEYS_INIT[@]}"
 fi
 
-# 7. Enable; start the socket first so kiosk apps can connect while the daemon comes up.
+# 8. Enable; start the socket first so kiosk apps can connect while the daemon comes up.
 say "enable and start"
 if [ "$LIVE" -eq 1 ]; then
     WAS_ACTIVE=$(systemctl is-active edge-gateway.service || true)

@@ -12,7 +12,7 @@ usage() {
     cat <<EOF
 usage: $PROG [--root DIR] [--purge]
 
-Stops and disables edge-gateway, removes its units, sysusers.d/tmpfiles.d entries and
+Stops and disables edge-gateway, removes its units, sysusers.d/tmpfiles.d/modules-load.d entries and
 /opt/edge-gateway. Keeps /etc/edge-gateway and /var/lib/edge-gateway (config, outbox, node key)
 unless --purge. The edge-gateway user and the kiosk group are always kept.
 
@@ -91,9 +91,10 @@ elif [ -e "$R$UNIT_DIR/edge-gateway.service" ] || [ -e "$R$UNIT_DIR/edge-gateway
     would_run systemctl disable --now "${UNITS[@]}"
 fi
 
-say "units, sysusers.d, tmpfiles.d, venv"
+say "units, sysusers.d, tmpfiles.d, modules-load.d, venv"
 remove "$R$UNIT_DIR/edge-gateway.service" "$R$UNIT_DIR/edge-gateway.socket" \
     "$R/etc/sysusers.d/edge-gateway.conf" "$R/etc/tmpfiles.d/edge-gateway.conf" \
+    "$R/etc/modules-load.d/edge-gateway.conf" \
     "$R/opt/edge-gateway" "$R/run/edge-gateway"
 
 if [ "$PURGE" -eq 1 ]; then

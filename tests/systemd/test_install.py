@@ -47,6 +47,7 @@ def test_install_lays_out_users_directories_units_and_config(installed: Installe
         (f"{UNIT_DIR}/edge-gateway.socket", "systemd/edge-gateway.socket"),
         ("etc/sysusers.d/edge-gateway.conf", "systemd/edge-gateway.sysusers"),
         ("etc/tmpfiles.d/edge-gateway.conf", "systemd/edge-gateway.tmpfiles"),
+        ("etc/modules-load.d/edge-gateway.conf", "systemd/edge-gateway.modules-load"),
         ("opt/edge-gateway/doc/install.md", "docs/install.md"),
     ):
         assert (root / name).read_bytes() == (REPO / source).read_bytes(), name
@@ -124,6 +125,7 @@ def test_uninstall_keeps_config_and_state_unless_purged(installed: Installed, tm
         f"{UNIT_DIR}/sockets.target.wants/edge-gateway.socket",
         "etc/sysusers.d/edge-gateway.conf",
         "etc/tmpfiles.d/edge-gateway.conf",
+        "etc/modules-load.d/edge-gateway.conf",
         "opt/edge-gateway",
         "run/edge-gateway",
     ):

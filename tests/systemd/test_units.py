@@ -119,3 +119,24 @@ def test_socket_directory_and_service_agree(repo: Path) -> None:
     assert "edge-gateway.socket" in service["Unit"]["Requires"]
     assert last(service, "Service", "Type") == "notify"
     assert last(service, "Service", "WatchdogSec") == "30"
+
+
+# The kernel driver that registers each device class named in DeviceAllow=.
+CLASS_DRIVERS = {
+    "char-ttyUSB": "usbserial",
+    "char-ttyACM": "cdc_acm",
+    "char-video4linux": "videodev",
+}
+
+
+def test_every_allowed_device_class_has_its_driver_preloaded(repo: Path) -> None:
+    """DeviceAllow=char-X only works if X is in /proc/devices when the service starts."""
+    service = parse_unit(repo / "systemd/edge-gateway.service")["Service"]
+    classes = {entry.split()[0] for entry in service["DeviceAllow"] if entry.startswith("char-")}
+    modules = {
+        line.strip()
+        for line in (repo / "systemd/edge-gateway.modules-load").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert classes == set(CLASS_DRIVERS)
+    assert {CLASS_DRIVERS[name] for name in classes} <= modules
