@@ -117,6 +117,17 @@ class PublishChannel(Protocol):
 SessionWorker = Callable[[PublishChannel], Awaitable[None]]
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket that closes itself when the handshake fails (paho would leak it)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
 def tls_context(
     *, ca_file: str | Path | None, client_cert: str | Path | None, client_key: str | Path | None
 ) -> ssl.SSLContext:
@@ -126,6 +137,7 @@ def tls_context(
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = True
         ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.sslsocket_class = _ClosingSSLSocket
         if client_cert:
             ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
     except (OSError, ssl.SSLError) as err:

@@ -1185,7 +1185,7 @@ class Outbox:
                 touched.add(stream)
                 expired[stream] = total
         if expired:
-            log.info("outbox_expired", **expired)
+            log.info("outbox_expired", counts=expired)
         free, pages = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("freelist_count", "page_count"))
         if pages and free > max(256, pages // 4):
             # Give back space from a drained backlog without a full VACUUM.

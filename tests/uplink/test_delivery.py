@@ -1,0 +1,132 @@
+"""Store and forward through a real broker: outage, ACL refusal, priority, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+
+from gateway.uplink.envelope import Sealer
+from gateway.uplink.keys import KeyRing
+from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.outbox import ClassConfig, Outbox, OutboxAlert, OutboxConfig
+from gateway.uplink.publisher import Publisher
+from gateway.uplink.verifier import verify_lines
+from tests.uplink.conftest import NODE, BrokerFactory
+from tests.uplink.helpers import Collector, payload_of
+
+STREAMS = ("tx", "audit", "alert", "event", "telemetry")
+
+
+def first_arrivals(envelopes: list[bytes], stream: str) -> list[int]:
+    """Seqs of one stream in the order they first arrived (resends of the same seq ignored)."""
+    seen: set[int] = set()
+    order = []
+    for raw in envelopes:
+        payload = payload_of(raw)
+        seq = payload["seq"]
+        assert isinstance(seq, int)
+        if payload["stream"] == stream and seq not in seen:
+            seen.add(seq)
+            order.append(seq)
+    return order
+
+
+async def test_broker_outage_loses_nothing_and_keeps_order(
+    tmp_path: Path, sealer: Sealer, ring: KeyRing, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker(persistence=True)
+    total = 1000
+    async with Collector("127.0.0.1", broker.port) as cloud, Outbox(tmp_path / "o.db", sealer) as outbox:
+        publisher = Publisher(outbox, NODE)
+        link = MqttLink(broker.url, NODE, workers=[publisher.run], backoff_min_s=0.1, backoff_max_s=0.5)
+        async with link:
+            await link.wait_connected(timeout=10)
+            rng = random.Random(7)
+
+            async def produce(worker: int) -> None:
+                for i in range(total // 10):
+                    await outbox.enqueue(rng.choice(STREAMS), "reading", {"worker": worker, "i": i})
+                    await asyncio.sleep(rng.random() * 0.004)
+
+            producers = asyncio.gather(*(produce(w) for w in range(10)))
+            await cloud.wait_for(lambda: len(cloud.envelopes()) > 100, timeout=20)
+            await broker.astop()  # SIGTERM: the broker saves the cloud's session and goes away
+            await link.wait_disconnected(timeout=10)
+            await asyncio.sleep(0.5)
+            queued_during_outage = outbox.backlog()
+            await broker.astart()  # same port
+            await producers
+            await link.wait_connected(timeout=15)
+            await cloud.wait_for(lambda: len(set(cloud.envelopes())) >= total, timeout=60)
+            assert link.state.connects >= 2
+        envelopes = cloud.envelopes()
+        report = verify_lines(envelopes, ring)
+        assert report.ok, report.format_report()
+        assert len(set(envelopes)) == total
+        assert sum(s.envelopes for s in report.streams.values()) == total
+        for stream in STREAMS:
+            order = first_arrivals(envelopes, stream)
+            assert order == sorted(order) == list(range(1, len(order) + 1)), f"{stream} out of order"
+        assert queued_during_outage > 0, "the outage must have caught messages in the outbox"
+        assert outbox.backlog() == 0
+        await asyncio.sleep(0.1)
+        assert sum(c["delivered"] for c in outbox.stats()["classes"].values()) >= total
+
+
+async def test_acl_refusal_parks_the_message_and_the_queue_goes_on(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    # mosquitto 2.0.11 answers a denied QoS 1 publish from an MQTT v5 client with PUBACK 0x87.
+    broker = make_broker(acl=f"topic readwrite edge/#\ntopic deny edge/{NODE}/up/audit\n")
+    alerts: list[OutboxAlert] = []
+    async with (
+        Collector("127.0.0.1", broker.port) as cloud,
+        Outbox(tmp_path / "o.db", sealer, on_alert=alerts.append) as outbox,
+    ):
+        publisher = Publisher(outbox, NODE, inflight=1)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            for i in range(3):
+                await outbox.enqueue("tx", "t", {"i": i})
+                await outbox.enqueue("audit", "a", {"i": i})
+            await cloud.wait_for(lambda: len(cloud.envelopes("tx")) == 3, timeout=10)
+            await outbox.enqueue("tx", "t", {"after": True})
+            await cloud.wait_for(lambda: len(cloud.envelopes("tx")) == 4, timeout=10)
+            await asyncio.sleep(0.1)
+        stats = outbox.stats()["classes"]
+    assert cloud.envelopes("audit") == []
+    assert stats["audit"]["rejected"] == 3 and stats["audit"]["parked"] == 3 and stats["audit"]["count"] == 0
+    assert stats["tx"]["delivered"] == 4 and stats["tx"]["rejected"] == 0
+    rejected = [a for a in alerts if a.kind == "rejected"]
+    assert [a.fields["seq"] for a in rejected] == [1, 2, 3]
+    assert all(a.stream == "audit" and a.fields["reason"] == 0x87 for a in rejected)
+    assert publisher.rejected == 3
+
+
+async def test_higher_priority_classes_go_first_and_expired_never_go(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker()
+    config = OutboxConfig(event=ClassConfig(priority=40, ttl_s=0.2, when_full="drop_oldest"))
+    async with (
+        Collector("127.0.0.1", broker.port) as cloud,
+        Outbox(tmp_path / "o.db", sealer, config=config) as outbox,
+    ):
+        # Queued while offline: telemetry first, then the urgent ones.
+        for i in range(30):
+            await outbox.enqueue("telemetry", "cpu", {"i": i})
+        for i in range(3):
+            await outbox.enqueue("event", "e", {"i": i})
+        for i in range(5):
+            await outbox.enqueue("tx", "t", {"i": i})
+            await outbox.enqueue("alert", "door_open", {"i": i})
+        await asyncio.sleep(0.3)
+        publisher = Publisher(outbox, NODE)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]):
+            await cloud.wait_for(lambda: len(cloud.envelopes()) >= 40, timeout=15)
+            await asyncio.sleep(0.2)
+    streams = [str(payload_of(raw)["stream"]) for raw in cloud.envelopes()]
+    assert streams == ["alert"] * 5 + ["tx"] * 5 + ["telemetry"] * 30
+    assert Counter(streams)["event"] == 0

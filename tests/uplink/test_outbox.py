@@ -1,0 +1,279 @@
+"""The outbox on real SQLite files: group commit, seq continuity, classes, full disk, corruption."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from gateway.uplink.envelope import GENESIS_PREV, Sealer, envelope_digest
+from gateway.uplink.keys import KeyRing
+from gateway.uplink.outbox import (
+    ClassConfig,
+    Enqueued,
+    InvalidMessage,
+    Outbox,
+    OutboxAlert,
+    OutboxConfig,
+    OutboxError,
+    OutboxFull,
+    Pending,
+    StorageError,
+    UnknownStream,
+)
+from gateway.uplink.verifier import verify_lines
+from tests.uplink.helpers import payload_of
+
+
+def stored(path: Path, stream: str | None = None) -> list[tuple[str, int, bytes]]:
+    """Rows as another process would see them (a separate connection)."""
+    conn = sqlite3.connect(path)
+    try:
+        query = "SELECT stream, seq, envelope FROM messages"
+        rows = conn.execute(
+            query + (" WHERE stream = ?" if stream else "") + " ORDER BY stream, seq",
+            (stream,) if stream else (),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(s, q, bytes(e)) for s, q, e in rows]
+
+
+async def drain(outbox: Outbox, stream: str) -> list[Pending]:
+    """Mark every queued message of a stream delivered, as the publisher would on PUBACKs."""
+    items = await outbox.read_page(stream, 0, 100_000)
+    await asyncio.gather(*(outbox.mark_delivered(item) for item in items))
+    return items
+
+
+async def test_concurrent_enqueues_share_commits_and_return_after_commit(
+    tmp_path: Path, sealer: Sealer
+) -> None:
+    path = tmp_path / "outbox.db"
+    config = OutboxConfig(batch_window_ms=5)
+    async with Outbox(path, sealer, config=config) as outbox:
+        reader = sqlite3.connect(path)
+        seen_at_return: list[bool] = []
+
+        async def produce(i: int) -> Enqueued:
+            result = await outbox.enqueue(("tx", "audit", "event")[i % 3], "test", {"i": i})
+            # Another connection sees the row the moment enqueue returns: it was committed.
+            row = reader.execute("SELECT seq FROM messages WHERE id = ?", (result.id,)).fetchone()
+            seen_at_return.append(row == (result.seq,))
+            return result
+
+        results = await asyncio.gather(*(produce(i) for i in range(300)))
+        reader.close()
+        assert all(seen_at_return) and len(seen_at_return) == 300
+        assert outbox.commits < 300 / 3, f"{outbox.commits} commits for 300 messages"
+        for stream in ("tx", "audit", "event"):
+            seqs = sorted(r.seq for r in results if r.stream == stream)
+            assert seqs == list(range(1, 101))
+
+
+async def test_seq_and_chain_continue_across_restarts_and_deliveries(
+    tmp_path: Path, sealer: Sealer, ring: KeyRing
+) -> None:
+    path = tmp_path / "outbox.db"
+    envelopes: list[bytes] = []
+    for _ in range(3):
+        async with Outbox(path, sealer) as outbox:
+            for i in range(4):
+                await outbox.enqueue("tx", "service_request", {"i": i})
+            envelopes += [item.envelope for item in await drain(outbox, "tx")]
+    assert [payload_of(e)["seq"] for e in envelopes] == list(range(1, 13))
+    assert payload_of(envelopes[0])["prev"] == GENESIS_PREV
+    report = verify_lines(envelopes, ring)
+    assert report.ok, report.format_report()
+    # Delivered rows are gone from the file; the counters remain.
+    assert stored(path) == []
+    async with Outbox(path, sealer) as outbox:
+        assert outbox.stats()["classes"]["tx"]["delivered"] == 12
+        assert (await outbox.enqueue("tx", "t", {})).seq == 13
+
+
+async def test_critical_class_over_quota_is_refused_with_an_alert(tmp_path: Path, sealer: Sealer) -> None:
+    alerts: list[OutboxAlert] = []
+    config = OutboxConfig(tx=ClassConfig(priority=80, max_bytes=4000))
+    async with Outbox(tmp_path / "o.db", sealer, config=config, on_alert=alerts.append) as outbox:
+        accepted = 0
+        with pytest.raises(OutboxFull) as caught:
+            for i in range(100):
+                await outbox.enqueue("tx", "service_request", {"i": i, "pad": "x" * 200})
+                accepted += 1
+        assert 0 < accepted < 100
+        assert caught.value.stream == "tx" and caught.value.reason == "quota"
+        assert isinstance(caught.value, OutboxError)
+        await asyncio.sleep(0)
+        assert [a.kind for a in alerts] == ["outbox_full"]
+        stats = outbox.stats()["classes"]["tx"]
+        assert stats["count"] == accepted and stats["refused"] == 1 and stats["dropped"] == 0
+        # Nothing was dropped and other classes still flow.
+        assert [seq for _, seq, _ in stored(outbox.path, "tx")] == list(range(1, accepted + 1))
+        assert (await outbox.enqueue("audit", "login", {"ok": True})).seq == 1
+        # Delivering frees the quota; the seq continues without a hole.
+        await drain(outbox, "tx")
+        assert (await outbox.enqueue("tx", "service_request", {})).seq == accepted + 1
+
+
+async def test_telemetry_drops_oldest_when_full_and_counts_it(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    config = OutboxConfig(telemetry=ClassConfig(priority=10, max_bytes=5000, when_full="drop_oldest"))
+    async with Outbox(path, sealer, config=config) as outbox:
+        for i in range(60):
+            await outbox.enqueue("telemetry", "cpu", {"i": i, "pad": "y" * 100})
+        stats = outbox.stats()["classes"]["telemetry"]
+        assert stats["bytes"] <= 5000
+        assert stats["dropped"] == 60 - stats["count"] > 0
+        kept = [seq for _, seq, _ in stored(path, "telemetry")]
+        assert kept == list(range(61 - stats["count"], 61)), "the oldest are dropped first"
+    async with Outbox(path, sealer, config=config) as outbox:
+        assert outbox.stats()["classes"]["telemetry"]["dropped"] == stats["dropped"], "counters persist"
+
+
+async def test_expired_messages_are_removed_counted_and_not_sent(tmp_path: Path, sealer: Sealer) -> None:
+    config = OutboxConfig(event=ClassConfig(priority=40, ttl_s=0.2, when_full="drop_oldest"))
+    async with Outbox(tmp_path / "o.db", sealer, config=config) as outbox:
+        for i in range(5):
+            await outbox.enqueue("event", "e", {"i": i})
+        await outbox.enqueue("tx", "t", {})
+        await asyncio.sleep(0.3)
+        pending = await outbox.read_page("event", 0, 100)
+        assert len(pending) == 5 and all(p.expires is not None and p.expires <= time.time() for p in pending)
+        await outbox.sweep()
+        stats = outbox.stats()["classes"]
+        assert stats["event"]["expired"] == 5 and stats["event"]["count"] == 0
+        assert stats["tx"]["count"] == 1 and stats["tx"]["expired"] == 0
+
+
+async def test_full_disk_keeps_running_drops_telemetry_and_refuses_critical(
+    tmp_path: Path, sealer: Sealer
+) -> None:
+    path = tmp_path / "o.db"
+    alerts: list[OutboxAlert] = []
+    async with Outbox(path, sealer, max_page_count=48, on_alert=alerts.append) as outbox:
+        pad = "z" * 1500
+        for i in range(200):  # far more than 48 pages hold
+            await outbox.enqueue("telemetry", "cpu", {"i": i, "pad": pad})
+        telemetry = outbox.stats()["classes"]["telemetry"]
+        assert telemetry["dropped"] > 0 and telemetry["count"] > 0
+        # A critical message makes room by evicting telemetry, never the reverse.
+        first_tx = await outbox.enqueue("tx", "service_request", {"pad": pad})
+        assert first_tx.seq == 1
+        accepted = 1
+        with pytest.raises(OutboxFull) as caught:
+            for _ in range(500):
+                await outbox.enqueue("tx", "service_request", {"pad": pad})
+                accepted += 1
+        assert caught.value.reason == "disk"
+        await asyncio.sleep(0)
+        assert "disk_full" in [a.kind for a in alerts]
+        assert outbox.stats()["classes"]["telemetry"]["count"] == 0
+        assert [seq for _, seq, _ in stored(path, "tx")] == list(range(1, accepted + 1)), "no tx was dropped"
+        # Telemetry has nothing of its own left to drop: refused too, daemon alive.
+        with pytest.raises(OutboxFull):
+            await outbox.enqueue("telemetry", "cpu", {"pad": pad})
+        # Deliveries free pages and writing resumes where the seq left off.
+        await drain(outbox, "tx")
+        assert (await outbox.enqueue("tx", "service_request", {"pad": pad})).seq == accepted + 1
+
+
+async def test_corrupt_file_is_moved_aside_and_seq_keeps_going_up(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(10):
+            await outbox.enqueue("tx", "t", {"i": i})
+    garbage = os.urandom(20_000)
+    path.write_bytes(garbage)
+    alerts: list[OutboxAlert] = []
+    async with Outbox(path, sealer, on_alert=alerts.append) as outbox:
+        [recovery] = outbox.recoveries
+        assert recovery.moved_to[0].name.startswith("o.db.corrupt-")
+        assert recovery.moved_to[0].read_bytes() == garbage, "the corrupt file is kept, never deleted"
+        assert recovery.seq_from == "side_file"
+        assert [a.kind for a in alerts] == ["corrupt_db"]
+        new = await outbox.enqueue("tx", "t", {})
+        assert new.seq > 10
+        assert (await outbox.enqueue("audit", "a", {})).seq >= 1
+
+
+async def test_malformed_pages_are_detected_and_recovered(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i, "pad": "q" * 300}) for i in range(300)))
+        last = outbox.stats()["classes"]["tx"]["last_seq"]
+    size = path.stat().st_size
+    with path.open("r+b") as fh:  # keep the header, smash pages in the middle
+        fh.seek(size // 2)
+        fh.write(os.urandom(8192))
+    async with Outbox(path, sealer) as outbox:
+        assert len(outbox.recoveries) == 1
+        assert all(p.exists() for p in outbox.recoveries[0].moved_to)
+        assert (await outbox.enqueue("tx", "t", {})).seq > last
+        # The fresh file works normally.
+        assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchone() == ("ok",)
+
+
+async def test_lost_database_does_not_restart_seq(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for _ in range(5):
+            await outbox.enqueue("alert", "a", {})
+    path.unlink()
+    async with Outbox(path, sealer) as outbox:
+        assert (await outbox.enqueue("alert", "a", {})).seq > 5
+
+
+async def test_bad_input_is_refused_and_the_outbox_goes_on(tmp_path: Path, sealer: Sealer) -> None:
+    async with Outbox(tmp_path / "o.db", sealer) as outbox:
+        with pytest.raises(UnknownStream):
+            await outbox.enqueue("nope", "t", {})
+        with pytest.raises(InvalidMessage):
+            await outbox.enqueue("tx", "t", {"not json": {1, 2}})
+        assert (await outbox.enqueue("tx", "t", {"ok": 1})).seq == 1, "a refused body used no seq"
+
+
+async def test_stats_report_every_class(tmp_path: Path, sealer: Sealer) -> None:
+    async with Outbox(tmp_path / "o.db", sealer) as outbox:
+        await outbox.enqueue("tx", "t", {})
+        await asyncio.sleep(0.02)
+        stats = outbox.stats()
+    assert set(stats["classes"]) == {"tx", "audit", "alert", "telemetry", "event"}
+    tx = stats["classes"]["tx"]
+    for key in ("count", "bytes", "oldest_age_s", "delivered", "expired", "dropped", "rejected", "refused"):
+        assert key in tx
+    assert tx["count"] == 1 and tx["oldest_age_s"] > 0 and tx["bytes"] > 100
+    assert stats["classes"]["audit"]["oldest_age_s"] is None
+    assert "delivery_rate_per_s" in stats and "last_puback" in stats
+
+
+def test_config_is_strict_and_protects_critical_classes() -> None:
+    config = msgspec.convert(
+        {"max_bytes": 10_000_000, "telemetry": {"priority": 5, "ttl_s": 60, "when_full": "drop_oldest"}},
+        OutboxConfig,
+    )
+    assert config.telemetry.ttl_s == 60 and config.tx.when_full == "refuse"
+    assert config.by_priority()[0] == "alert" and config.by_priority()[-1] == "telemetry"
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"bogus": 1}, OutboxConfig)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"tx": {"when_full": "drop_oldest"}}, OutboxConfig)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"inflight": 101}, OutboxConfig)
+
+
+async def test_a_closed_outbox_refuses_clearly(tmp_path: Path, sealer: Sealer) -> None:
+    outbox = Outbox(tmp_path / "o.db", sealer)
+    with pytest.raises(OutboxError):
+        await outbox.enqueue("tx", "t", {})
+    await outbox.start()
+    await outbox.close()
+    with pytest.raises(OutboxError):
+        await outbox.enqueue("tx", "t", {})
+    assert not isinstance(OutboxError(), StorageError)
+    assert envelope_digest(b"x")  # the default digest is the envelope module's
