@@ -6,7 +6,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -139,7 +139,6 @@ class Authenticator:
         subject: Subject,
         check: Check,
         *,
-        bound_to: Subject | None = None,
         extra: dict[str, Any] | None = None,
     ) -> ProvenFactor:
         """Throttle check, the factor's own check, counting, state update and audit, in order."""
@@ -162,7 +161,7 @@ class Authenticator:
         factor = ProvenFactor(
             kind=kind,
             category=info.category,
-            subject=bound_to or subject,
+            subject=subject,
             cryptographic=info.cryptographic,
             at=self._clock(),
             session_id=state.session_id,
@@ -182,7 +181,7 @@ class Authenticator:
         log.info("factor_proven", factor=kind, session=state.session_id, subject=subject.masked)
         return factor
 
-    async def _fail(self, state: AuthState, kind: FactorKind, subject: Subject, reason: str) -> None:
+    async def _fail(self, state: AuthState, kind: FactorKind, subject: Subject, reason: str) -> NoReturn:
         record = await self.throttle.failure(subject, kind)
         body = self._body(state, kind, subject, reason=reason, consecutive=record.consecutive)
         await self._emit("auth.failure", body)
