@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -139,3 +142,14 @@ async def test_citizen_lockout_is_keyed_by_hash_and_reenabled_by_id_number(
     assert record.subject.startswith("citizen:") and CITIZEN_A not in record.subject
     assert await engine.reenable(CITIZEN_A, "otp") is True
     assert await engine.disabled() == []
+
+
+async def test_store_is_a_wal_sqlite_file(make_engine: EngineFactory, state_dir: Path) -> None:
+    engine = await make_engine()
+    state = engine.new_state("t1", "technician")
+    with pytest.raises(FactorFailed):
+        await engine.prove_totp(state, "tech01", WRONG)
+    with contextlib.closing(sqlite3.connect(state_dir / "auth.sqlite")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        rows = db.execute("SELECT subject, authenticator, consecutive FROM failures").fetchall()
+    assert rows == [("staff:tech01", "totp", 1)]
