@@ -3,6 +3,8 @@
 # a throwaway root (--root DIR / DESTDIR) without touching the running system.
 # Safe to run again: it upgrades the code, keeps the config and the node key.
 set -euo pipefail
+# The venv must be readable by the service user whatever the technician's umask is.
+umask 0022
 
 readonly PROG=install.sh
 readonly UNIT_DIR=/etc/systemd/system

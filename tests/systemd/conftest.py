@@ -30,11 +30,15 @@ def need(tool: str, package: str) -> str:
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run one of scripts/*.sh; creating the venv and pip make install.sh take ~10 s."""
+    """Run one of scripts/*.sh; creating the venv and pip make install.sh take ~10 s.
+
+    Under a hardened umask (077), as a technician's root shell may have: the scripts must not
+    depend on a friendly one.
+    """
     for tool in ("systemd-sysusers", "systemd-tmpfiles", "systemctl"):
         need(tool, "systemd")
     return subprocess.run(
-        ["bash", str(REPO / "scripts" / name), *args],
+        ["bash", "-c", 'umask 077 && exec bash "$0" "$@"', str(REPO / "scripts" / name), *args],
         capture_output=True,
         text=True,
         timeout=110,

@@ -82,6 +82,21 @@ def test_install_builds_the_venv_the_unit_runs(installed: Installed) -> None:
     assert str(REPO) not in (venv / "bin/edge-gateway").read_text()
 
 
+def other_read(path: Path) -> int:
+    """The permission bits "others" need to use a file (read) or directory (list and enter)."""
+    return 0o005 if path.is_dir() else 0o004
+
+
+def test_the_service_user_can_read_the_venv(installed: Installed) -> None:
+    """install.sh ran under umask 077; the venv must still be readable by user edge-gateway."""
+    unreadable = [
+        path
+        for path in (installed.root / "opt/edge-gateway").rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & (need := other_read(path)) != need
+    ]
+    assert unreadable == []
+
+
 def test_install_prints_the_live_only_steps_instead_of_running_them(installed: Installed) -> None:
     would = [line for line in installed.output.splitlines() if "would run on the live system" in line]
     assert any(
