@@ -108,6 +108,8 @@ class SamvReader:
         self._must_leave = False
         self._silent = 0
         self._last_health = 0.0
+        self._in_presence = False
+        self._presence_quiet_until = 0.0
 
     # --- Device protocol -------------------------------------------------------------------
 
@@ -331,6 +333,10 @@ class SamvReader:
         return card
 
     async def _command(self, command: Command, *, limit: float) -> Reply:
+        if not self._in_presence:
+            # A caller driving find/select/read itself must not have the presence loop's
+            # find land between its select and its read.
+            self._presence_quiet_until = time.monotonic() + 1.0
         reply = await self._transact(Request.of(command), limit=limit)
         self._raise_for(reply, command)
         return reply
@@ -346,10 +352,12 @@ class SamvReader:
         try:
             proto = self._link.require()
             fut = proto.replies.expect()
+            answered = False
             try:
                 proto.send(request)
                 async with asyncio.timeout(limit):
                     reply = await fut
+                answered = True
             except TimeoutError:
                 self._note_silence()
                 raise SamvTimeout(
@@ -358,9 +366,9 @@ class SamvReader:
                 ) from None
             finally:
                 proto.replies.forget(fut)
-                if not fut.done():
-                    fut.cancel()
-                    proto.resync()
+                fut.cancel()
+                if not answered:
+                    proto.resync()  # a partial reply must not swallow the next one
             self._note_answer()
             return reply
         finally:
@@ -417,8 +425,9 @@ class SamvReader:
             if not self._link.connected:
                 self._card_present = False
                 continue
-            if self._read_lock.locked():
+            if self._read_lock.locked() or time.monotonic() < self._presence_quiet_until:
                 continue
+            self._in_presence = True
             try:
                 if not self.status.state.usable:
                     now = time.monotonic()
@@ -430,6 +439,8 @@ class SamvReader:
             except DriverError as err:
                 log.debug("presence_poll_failed", device=self.name, error=str(err))
                 continue
+            finally:
+                self._in_presence = False
             if self._read_lock.locked():
                 continue  # a read started meanwhile; it owns the card now
             if present and not self._card_present:

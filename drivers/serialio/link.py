@@ -13,7 +13,13 @@ from typing import Generic, TypeVar
 import serial
 import serial_asyncio_fast
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from drivers.base import DeviceState, DeviceUnavailable, DriverError, StatusTracker
 
@@ -28,6 +34,9 @@ class LinkProtocol(asyncio.Protocol):
         self.device = device
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        # Set by SerialLink: runs first in connection_lost, so the state says no_device
+        # before any failed request's caller wakes up.
+        self.on_lost: Callable[[BaseException | None], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -42,6 +51,11 @@ class LinkProtocol(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
         reason = f"{type(exc).__name__}: {exc}" if exc else "closed"
+        if self.on_lost is not None:
+            try:
+                self.on_lost(exc)
+            except Exception:
+                log.exception("on_lost_failed", device=self.device)
         self.fail_pending(
             DeviceUnavailable(
                 f"{self.device}: connection lost ({reason})",
@@ -216,18 +230,29 @@ class SerialLink(Generic[P]):
             try:
                 await self._on_up(proto)
             except DriverError as err:
-                # The device opened but did not check out; its state says why, and on_up's
-                # caller retries through the driver's own health loop.
+                # The device opened but did not check out; its state says why, and the
+                # driver's own health loop keeps checking.
                 log.warning("device_check_failed", device=self.device, error=str(err))
-            exc = await asyncio.shield(proto.lost)
-            self._up.clear()
-            self.outages += 1
+            except Exception:
+                log.exception("device_check_crashed", device=self.device)
+            await asyncio.shield(proto.lost)
             self.protocol = None
             self._transport = None
-            reason = f"{type(exc).__name__}: {exc}" if exc else "port closed by peer"
-            self._tracker.record_error(reason)
-            self._tracker.set(DeviceState.NO_DEVICE, f"port lost: {reason}")
-            log.warning("port_lost", device=self.device, port=self.port, reason=reason)
+
+    def _mark_lost(self, exc: BaseException | None) -> None:
+        if self._task is None:
+            return  # closing on purpose
+        self._up.clear()
+        self.outages += 1
+        reason = f"{type(exc).__name__}: {exc}" if exc else "port closed by peer"
+        self._tracker.record_error(reason)
+        self._tracker.set(DeviceState.NO_DEVICE, f"port lost: {reason}")
+        log.warning("port_lost", device=self.device, port=self.port, reason=reason)
+
+    def _make_protocol(self) -> P:
+        proto = self._factory()
+        proto.on_lost = self._mark_lost
+        return proto
 
     async def _open_with_backoff(self) -> P:
         first_failure_at: float | None = None
@@ -245,12 +270,14 @@ class SerialLink(Generic[P]):
                 log.debug("port_open_retry", device=self.device, attempt=state.attempt_number)
 
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(
-                initial=self._backoff_initial,
-                max=self._backoff_max,
-                jitter=self._backoff_initial,
-            ),
-            retry=retry_if_exception_type(DeviceUnavailable),
+            # Exponential from backoff_initial, plus up to backoff_initial of jitter, capped.
+            wait=wait_exponential(
+                multiplier=self._backoff_initial,
+                max=max(self._backoff_initial, self._backoff_max - self._backoff_initial),
+            )
+            + wait_random(0, self._backoff_initial),
+            # Anything else failing in open is a surprise, but still no reason to stop trying.
+            retry=retry_if_exception_type(Exception),
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -260,7 +287,7 @@ class SerialLink(Generic[P]):
                 transport, proto = await open_port(
                     self.device,
                     self.port,
-                    self._factory,
+                    self._make_protocol,
                     baudrate=self.baudrate,
                     timeout=self._open_timeout,
                 )
