@@ -1,4 +1,4 @@
-"""The cloud side for end-to-end tests: a signing key, an MQTT client that reads uplinks and sends commands."""
+"""The cloud side for end-to-end tests: a signing key and an MQTT client reading uplinks, sending commands."""
 
 from __future__ import annotations
 
