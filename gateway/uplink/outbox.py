@@ -46,6 +46,7 @@ _SQLITE_FULL: Final = 13
 _SQLITE_NOTADB: Final = 26
 _QUEUED: Final = 0
 _REJECTED: Final = 1
+_BATCH_GAP_S: Final = 0.0005
 _COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused")
 
 
@@ -825,6 +826,8 @@ class Outbox:
 
     def _writer(self) -> None:
         window = self.config.batch_window_ms / 1000.0
+        # A burst of enqueues arrives tens of microseconds apart; a pause this long ends it early.
+        gap = min(window, _BATCH_GAP_S)
         stop = False
         while not stop:
             job = self._jobs.get()
@@ -834,7 +837,9 @@ class Outbox:
                 remaining = deadline - time.monotonic()
                 try:
                     batch.append(
-                        self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+                        self._jobs.get(timeout=min(remaining, gap))
+                        if remaining > 0
+                        else self._jobs.get_nowait()
                     )
                 except queue.Empty:
                     break
