@@ -1,0 +1,412 @@
+"""Red / yellow / blue alerts as the service centres use them, raised once and cleared once.
+
+RED: a device's failure rate over a sliding window reaches its threshold. YELLOW: sessions that
+saw a user-visible error reach their share of sessions in a window. BLUE: system anomalies (loop
+lag, disk nearly full, watchdog close to missing, outbox backlog growing). Each alert has a raise
+and a lower clear threshold (hysteresis), so a value hovering at the line does not flap; raise and
+clear go to the `alert` stream as `alert_raised` / `alert_cleared`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import structlog
+
+from gateway.cloud import CloudSink
+
+log = structlog.get_logger(__name__)
+
+ALERT_STREAM: Final = "alert"
+RAISED: Final = "alert_raised"
+CLEARED: Final = "alert_cleared"
+
+DEVICE_FAILURE_RATE: Final = "device_failure_rate"
+SESSION_ERROR_RATE: Final = "session_error_rate"
+LOOP_LAG: Final = "loop_lag"
+DISK_NEARLY_FULL: Final = "disk_nearly_full"
+WATCHDOG_SLACK: Final = "watchdog_slack"
+OUTBOX_BACKLOG: Final = "outbox_backlog_growing"
+
+
+class Severity(enum.StrEnum):
+    """The service centres' colours: RED device, YELLOW user-visible, BLUE system."""
+
+    RED = "red"
+    YELLOW = "yellow"
+    BLUE = "blue"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRules:
+    """Thresholds: each rule raises at one value and clears at a safer one."""
+
+    device_window_s: float = 900.0
+    device_min_samples: int = 10
+    device_raise_rate: float = 0.15
+    device_clear_rate: float = 0.10
+    session_window_s: float = 900.0
+    session_min_samples: int = 20
+    session_raise_rate: float = 0.05
+    session_clear_rate: float = 0.03
+    loop_lag_raise_s: float = 0.5
+    loop_lag_clear_s: float = 0.25
+    disk_raise_free: float = 0.05
+    disk_clear_free: float = 0.08
+    # Seconds left before systemd's watchdog would fire.
+    watchdog_raise_slack_s: float = 5.0
+    watchdog_clear_slack_s: float = 10.0
+    # Consecutive evaluations with a larger backlog than the one before.
+    backlog_growth_checks: int = 5
+    backlog_clear_shrinks: int = 2
+    # Bound on the samples one window keeps, whatever the traffic.
+    max_window_samples: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One raised alert; `id` pairs its raise with its clear."""
+
+    id: str
+    severity: Severity
+    rule: str
+    subject: str
+    detail: str
+    value: float
+    threshold: float
+    raised_at: float
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": self.severity.value,
+            "rule": self.rule,
+            "subject": self.subject,
+            "detail": self.detail,
+            "value": self.value,
+            "threshold": self.threshold,
+        }
+
+
+Remedy = Callable[[Alert], Awaitable[None] | None]
+
+
+@dataclass
+class _Window:
+    """Outcomes within the last `span` seconds, with a running failure count."""
+
+    span: float
+    limit: int
+    samples: collections.deque[tuple[float, bool]] = field(default_factory=collections.deque)
+    failures: int = 0
+
+    def add(self, now: float, ok: bool) -> None:
+        self.samples.append((now, ok))
+        if not ok:
+            self.failures += 1
+        while len(self.samples) > self.limit:
+            self._pop()
+        self.prune(now)
+
+    def prune(self, now: float) -> None:
+        while self.samples and self.samples[0][0] <= now - self.span:
+            self._pop()
+
+    def _pop(self) -> None:
+        _, ok = self.samples.popleft()
+        if not ok:
+            self.failures -= 1
+
+    @property
+    def count(self) -> int:
+        return len(self.samples)
+
+    @property
+    def rate(self) -> float:
+        return self.failures / len(self.samples) if self.samples else 0.0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
+def _number(snapshot: Mapping[str, Any], *paths: str) -> float | None:
+    """The first numeric value found at one of the dotted paths."""
+    for path in paths:
+        value: Any = snapshot
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+class AlertEngine:
+    """Evaluates the rules as outcomes and snapshots arrive; sends each change once, in order."""
+
+    def __init__(
+        self,
+        sink: CloudSink,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        rules: AlertRules | None = None,
+        remedy_timeout_s: float = 30.0,
+    ) -> None:
+        self.sink = sink
+        self.remedy_timeout_s = remedy_timeout_s
+        self.rules = rules or AlertRules()
+        self._clock = clock
+        self._devices: dict[str, _Window] = {}
+        self._sessions = _Window(self.rules.session_window_s, self.rules.max_window_samples)
+        self._active: dict[tuple[str, str], Alert] = {}
+        self._remedies: dict[str, list[Remedy]] = {}
+        self._outbox_last: float | None = None
+        self._outbox_growth = 0
+        self._outbox_shrinks = 0
+        self._queue: asyncio.Queue[tuple[str, Alert]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.raised_total = 0
+        self.cleared_total = 0
+
+    # ---------------------------------------------------------------- wiring
+
+    def add_remedy(self, rule: str, action: Remedy) -> None:
+        """Run `action(alert)` when `rule` raises (reopen a device, shed telemetry, ...)."""
+        self._remedies.setdefault(rule, []).append(action)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._sender(), name="alert-sender")
+
+    async def flush(self) -> None:
+        """Wait until every raise/clear so far has been handed to the sink (and remedies ran)."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ---------------------------------------------------------------- inputs
+
+    def record_device_op(self, device: str, ok: bool) -> None:
+        """One finished device operation."""
+        now = self._clock()
+        window = self._devices.get(device)
+        if window is None:
+            window = self._devices[device] = _Window(
+                self.rules.device_window_s, self.rules.max_window_samples
+            )
+        window.add(now, ok)
+        self._judge_device(device, window)
+
+    def record_session(self, ok: bool) -> None:
+        """One finished session; `ok=False` when it saw a user-visible error."""
+        self._sessions.add(self._clock(), ok)
+        self._judge_sessions()
+
+    def evaluate(self) -> None:
+        """Re-judge the sliding windows as time passes (old outcomes leave them)."""
+        now = self._clock()
+        for device, window in self._devices.items():
+            window.prune(now)
+            self._judge_device(device, window)
+        self._sessions.prune(now)
+        self._judge_sessions()
+
+    def evaluate_system(self, snapshot: Mapping[str, Any]) -> None:
+        """BLUE rules from a snapshot: `loop_lag_s`, `disk_free_fraction`, `watchdog_slack_s`,
+        `outbox_backlog` (a telemetry sample's `disk.free_fraction` and `/v1/status`'s
+        `outbox.count` are read too); missing figures leave their rule as it is."""
+        r = self.rules
+        lag = _number(snapshot, "loop_lag_s", "loop.lag_s")
+        if lag is not None:
+            self._judge(
+                Severity.BLUE,
+                LOOP_LAG,
+                "event_loop",
+                lag,
+                r.loop_lag_raise_s,
+                raise_when=lag >= r.loop_lag_raise_s,
+                clear_when=lag < r.loop_lag_clear_s,
+                detail=f"event loop lag {lag * 1000:.0f} ms (limit {r.loop_lag_raise_s * 1000:.0f} ms)",
+            )
+        free = _number(snapshot, "disk_free_fraction", "disk.free_fraction")
+        if free is not None:
+            self._judge(
+                Severity.BLUE,
+                DISK_NEARLY_FULL,
+                "state_dir",
+                free,
+                r.disk_raise_free,
+                raise_when=free < r.disk_raise_free,
+                clear_when=free >= r.disk_clear_free,
+                detail=f"{free:.1%} free on the state file system (alert below {r.disk_raise_free:.0%})",
+            )
+        slack = _number(snapshot, "watchdog_slack_s", "watchdog.slack_s")
+        if slack is not None:
+            self._judge(
+                Severity.BLUE,
+                WATCHDOG_SLACK,
+                "watchdog",
+                slack,
+                r.watchdog_raise_slack_s,
+                raise_when=slack < r.watchdog_raise_slack_s,
+                clear_when=slack >= r.watchdog_clear_slack_s,
+                detail=f"{slack:.1f} s left before the systemd watchdog fires",
+            )
+        backlog = _number(snapshot, "outbox_backlog", "outbox.count")
+        if backlog is not None:
+            self._judge_backlog(backlog)
+        self.evaluate()
+
+    # ---------------------------------------------------------------- state
+
+    def active(self) -> list[dict[str, Any]]:
+        """Alerts raised and not cleared (for /v1/status), oldest first."""
+        return [
+            {**a.body(), "raised_at": a.raised_at}
+            for a in sorted(self._active.values(), key=lambda a: a.raised_at)
+        ]
+
+    # ---------------------------------------------------------------- rules
+
+    def _judge_device(self, device: str, window: _Window) -> None:
+        r = self.rules
+        if window.count < r.device_min_samples:
+            return
+        rate = window.rate
+        self._judge(
+            Severity.RED,
+            DEVICE_FAILURE_RATE,
+            device,
+            round(rate, 4),
+            r.device_raise_rate,
+            raise_when=rate >= r.device_raise_rate,
+            clear_when=rate < r.device_clear_rate,
+            detail=f"{device}: {window.failures} of {window.count} operations failed in the last "
+            f"{_minutes(r.device_window_s)} ({rate:.0%})",
+        )
+
+    def _judge_sessions(self) -> None:
+        r = self.rules
+        window = self._sessions
+        if window.count < r.session_min_samples:
+            return
+        rate = window.rate
+        self._judge(
+            Severity.YELLOW,
+            SESSION_ERROR_RATE,
+            "sessions",
+            round(rate, 4),
+            r.session_raise_rate,
+            raise_when=rate >= r.session_raise_rate,
+            clear_when=rate < r.session_clear_rate,
+            detail=f"{window.failures} of {window.count} sessions saw an error in the last "
+            f"{_minutes(r.session_window_s)} ({rate:.0%})",
+        )
+
+    def _judge_backlog(self, backlog: float) -> None:
+        r = self.rules
+        last, self._outbox_last = self._outbox_last, backlog
+        if last is not None and backlog > last:
+            self._outbox_growth += 1
+            self._outbox_shrinks = 0
+        elif last is not None and backlog < last:
+            self._outbox_shrinks += 1
+            self._outbox_growth = 0
+        else:
+            self._outbox_growth = 0
+        self._judge(
+            Severity.BLUE,
+            OUTBOX_BACKLOG,
+            "outbox",
+            backlog,
+            float(r.backlog_growth_checks),
+            raise_when=self._outbox_growth >= r.backlog_growth_checks,
+            clear_when=backlog == 0 or self._outbox_shrinks >= r.backlog_clear_shrinks,
+            detail=f"outbox backlog grew {self._outbox_growth} checks in a row to {backlog:.0f} messages",
+        )
+
+    def _judge(
+        self,
+        severity: Severity,
+        rule: str,
+        subject: str,
+        value: float,
+        threshold: float,
+        *,
+        raise_when: bool,
+        clear_when: bool,
+        detail: str,
+    ) -> None:
+        key = (rule, subject)
+        current = self._active.get(key)
+        if current is None and raise_when:
+            alert = Alert(
+                id=uuid.uuid4().hex,
+                severity=severity,
+                rule=rule,
+                subject=subject,
+                detail=detail,
+                value=value,
+                threshold=threshold,
+                raised_at=time.time(),
+            )
+            self._active[key] = alert
+            self.raised_total += 1
+            log.warning("alert_raised", severity=severity.value, rule=rule, subject=subject, value=value)
+            self._queue.put_nowait((RAISED, alert))
+        elif current is not None and clear_when:
+            del self._active[key]
+            self.cleared_total += 1
+            cleared = Alert(
+                id=current.id,
+                severity=severity,
+                rule=rule,
+                subject=subject,
+                detail=detail,
+                value=value,
+                threshold=threshold,
+                raised_at=current.raised_at,
+            )
+            log.info("alert_cleared", severity=severity.value, rule=rule, subject=subject, value=value)
+            self._queue.put_nowait((CLEARED, cleared))
+
+    # ---------------------------------------------------------------- delivery
+
+    async def _sender(self) -> None:
+        while True:
+            kind, alert = await self._queue.get()
+            try:
+                await self._deliver(kind, alert)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, kind: str, alert: Alert) -> None:
+        try:
+            await self.sink.send(ALERT_STREAM, kind, alert.body())
+        except Exception as err:
+            log.error("alert_send_failed", kind=kind, rule=alert.rule, error=str(err))
+        if kind != RAISED:
+            return
+        for remedy in self._remedies.get(alert.rule, ()):
+            try:
+                result = remedy(alert)
+                if inspect.isawaitable(result):
+                    async with asyncio.timeout(self.remedy_timeout_s):
+                        await result
+                log.info("alert_remedy_applied", rule=alert.rule, subject=alert.subject)
+            except Exception:
+                log.exception("alert_remedy_failed", rule=alert.rule, subject=alert.subject)

@@ -1,0 +1,264 @@
+"""Device usage per device per day (operations, failures, service times) and the daily roll-up report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from gateway.cloud import CloudSink
+
+log = structlog.get_logger(__name__)
+
+EVENT_STREAM: Final = "event"
+DAILY_TYPE: Final = "device_usage_daily"
+# Service-time samples kept per device per day for the p95 (a uniform reservoir beyond this).
+MAX_SAMPLES: Final = 2000
+
+
+@dataclass
+class _DayFigures:
+    """One device on one day."""
+
+    operations: int = 0
+    failures: int = 0
+    total_s: float = 0.0
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, ok: bool, seconds: float, rng: random.Random, cap: int) -> None:
+        self.operations += 1
+        if not ok:
+            self.failures += 1
+        self.total_s += seconds
+        if len(self.samples) < cap:
+            self.samples.append(seconds)
+        else:
+            slot = rng.randrange(self.operations)
+            if slot < cap:
+                self.samples[slot] = seconds
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.samples)
+        p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)] if ordered else None
+        return {
+            "operations": self.operations,
+            "failures": self.failures,
+            "failure_rate": round(self.failures / self.operations, 4) if self.operations else 0.0,
+            "mean_s": round(self.total_s / self.operations, 4) if self.operations else None,
+            "p95_s": round(p95, 4) if p95 is not None else None,
+        }
+
+
+class UsageTracker:
+    """Counts each device's completed operations per calendar day (local time unless `tz` is given)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        tz: dt.tzinfo | None = None,
+        devices: Iterable[str] = (),
+        max_samples: int = MAX_SAMPLES,
+    ) -> None:
+        self._clock = clock
+        self._tz = tz
+        self._max_samples = max_samples
+        self._rng = random.Random(0x5EED)
+        self.devices: set[str] = set(devices)
+        self._days: dict[dt.date, dict[str, _DayFigures]] = {}
+        self.since: dt.date = self.today()
+
+    def today(self) -> dt.date:
+        return dt.datetime.fromtimestamp(self._clock(), self._tz).date()
+
+    def register(self, device: str) -> None:
+        """A device that appears in every roll-up, with zeros on a day it was not used."""
+        self.devices.add(device)
+
+    def record(self, device: str, ok: bool, seconds: float) -> None:
+        """One completed operation (hooked to DeviceQueue completions)."""
+        self.devices.add(device)
+        day = self._days.setdefault(self.today(), {})
+        day.setdefault(device, _DayFigures()).add(ok, max(0.0, seconds), self._rng, self._max_samples)
+
+    def rollup(self, day: dt.date) -> dict[str, Any]:
+        """The figures of one day: every known device, zeros where unused."""
+        figures = self._days.get(day, {})
+        names = sorted(self.devices | set(figures))
+        return {
+            "day": day.isoformat(),
+            "devices": {name: figures.get(name, _DayFigures()).summary() for name in names},
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Today so far (for /v1/status)."""
+        return self.rollup(self.today())
+
+    def days(self) -> list[dt.date]:
+        return sorted(self._days)
+
+    def forget(self, through: dt.date) -> None:
+        """Drop the figures of `through` and every earlier day (once reported)."""
+        for day in [d for d in self._days if d <= through]:
+            del self._days[day]
+
+    def dump(self) -> dict[str, Any]:
+        """Plain data for the state file, so a restart keeps the day's counts."""
+        return {
+            "since": self.since.isoformat(),
+            "devices": sorted(self.devices),
+            "days": {
+                day.isoformat(): {
+                    name: {
+                        "operations": f.operations,
+                        "failures": f.failures,
+                        "total_s": f.total_s,
+                        "samples": f.samples,
+                    }
+                    for name, f in figures.items()
+                }
+                for day, figures in self._days.items()
+            },
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Merge a dump written by an earlier run (counts add up; the earliest `since` wins)."""
+        self.since = min(self.since, dt.date.fromisoformat(data["since"]))
+        self.devices.update(data.get("devices", ()))
+        for day_text, figures in data.get("days", {}).items():
+            day = self._days.setdefault(dt.date.fromisoformat(day_text), {})
+            for name, raw in figures.items():
+                f = day.setdefault(name, _DayFigures())
+                f.operations += int(raw["operations"])
+                f.failures += int(raw["failures"])
+                f.total_s += float(raw["total_s"])
+                f.samples.extend(float(s) for s in raw["samples"][: self._max_samples - len(f.samples)])
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, rename: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class UsageReporter:
+    """Sends each finished day's roll-up once on the `event` stream, surviving restarts.
+
+    The last reported day lives in `<state_dir>/usage/last_reported` and the running counts in
+    `<state_dir>/usage/usage.json`, so a restart neither resends a day nor skips one.
+    """
+
+    def __init__(
+        self,
+        tracker: UsageTracker,
+        sink: CloudSink,
+        state_dir: Path,
+        *,
+        interval_s: float = 60.0,
+    ) -> None:
+        self.tracker = tracker
+        self.sink = sink
+        self.interval_s = interval_s
+        self.directory = Path(state_dir) / "usage"
+        self.marker = self.directory / "last_reported"
+        self.counts_file = self.directory / "usage.json"
+        self.last_reported: dt.date | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+
+    def load(self) -> None:
+        """Read the marker and merge the saved counts (once, before the first report)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        with contextlib.suppress(FileNotFoundError):
+            text = self.marker.read_text(encoding="utf-8").strip()
+            try:
+                self.last_reported = dt.date.fromisoformat(text)
+            except ValueError:
+                log.warning("usage_marker_unreadable", path=str(self.marker))
+        with contextlib.suppress(FileNotFoundError):
+            try:
+                self.tracker.restore(json.loads(self.counts_file.read_text(encoding="utf-8")))
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("usage_counts_unreadable", path=str(self.counts_file), error=str(err))
+        if self.last_reported is not None:
+            self.tracker.forget(self.last_reported)
+
+    def due(self) -> list[dt.date]:
+        """Finished days not reported yet, oldest first."""
+        today = self.tracker.today()
+        first = self.tracker.since
+        if self.last_reported is not None:
+            first = max(first, self.last_reported + dt.timedelta(days=1))
+        return [first + dt.timedelta(days=n) for n in range(max(0, (today - first).days))]
+
+    async def report_due(self) -> list[dt.date]:
+        """Send every due day; stops at the first failure so the next tick retries it."""
+        self.load()
+        sent = []
+        for day in self.due():
+            body = self.tracker.rollup(day)
+            try:
+                await self.sink.send(EVENT_STREAM, DAILY_TYPE, body)
+            except Exception as err:
+                log.warning("usage_report_failed", day=day.isoformat(), error=str(err))
+                break
+            self.last_reported = day
+            await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
+            self.tracker.forget(day)
+            sent.append(day)
+            log.info("usage_reported", day=day.isoformat(), devices=len(body["devices"]))
+        return sent
+
+    async def save(self) -> None:
+        """Persist the running counts."""
+        await asyncio.to_thread(_write_atomic, self.counts_file, json.dumps(self.tracker.dump()))
+
+    def start(self) -> None:
+        if self._task is None:
+            self.load()
+            self._task = asyncio.create_task(self._run(), name="usage-reporter")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.report_due()
+                await self.save()
+            except OSError as err:
+                log.warning("usage_state_write_failed", error=str(err))
+            await asyncio.sleep(self.interval_s)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._loaded:
+            try:
+                await self.save()
+            except OSError as err:
+                log.warning("usage_state_write_failed", error=str(err))
