@@ -46,7 +46,7 @@ def state_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def broker(state_dir: Path) -> Iterator[Mosquitto]:
-    with Mosquitto(state_dir / "broker") as mosq:
+    with Mosquitto(state_dir / "broker", persistence=True) as mosq:
         yield mosq
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.uplink.envelope import GENESIS_PREV, Sealer
 from gateway.uplink.keys import NodeKey, b64url_decode, format_rfc3339
@@ -65,6 +67,7 @@ class Cloud:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._counter = 0
+        self.client_id = f"cloud-{time.time_ns()}"
 
     async def __aenter__(self) -> Cloud:
         self._task = asyncio.create_task(self._run())
@@ -80,12 +83,17 @@ class Cloud:
 
     async def _run(self) -> None:
         while True:
+            # A persistent session, so nothing published while this client reconnects is lost.
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 3600
             client = aiomqtt.Client(
                 "127.0.0.1",
                 self.port,
-                identifier=f"cloud-{id(self)}",
+                identifier=self.client_id,
                 protocol=aiomqtt.ProtocolVersion.V5,
                 tls_context=self.tls,
+                clean_start=False,
+                properties=props,
                 timeout=5,
                 keepalive=5,
             )
