@@ -16,6 +16,8 @@ have systemd-analyze || need+=(systemd)
 have ffmpeg || need+=(ffmpeg)
 have curl || need+=(curl)
 have gcc || need+=(gcc)
+# The install-path tests build a venv from Debian's own python3.
+if [ -x /usr/bin/python3 ]; then /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv); else need+=(python3 python3-venv); fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
