@@ -91,3 +91,11 @@ def test_env_variable_selects_config(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EDGE_GATEWAY_CONFIG", str(path))
     assert load_config(None).node.id == "from-env"
     assert load_config(None).source == str(path)
+
+
+def test_production_example_is_valid() -> None:
+    path = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+    config = parse_config(path.read_text(), source=str(path))
+    assert config.node.auto_init_key is False
+    assert config.uplink.broker.startswith("mqtts://")
+    assert set(config.devices) == {"idcard", "printer", "cardreader", "camera"}
