@@ -90,15 +90,14 @@ cloud_keys = ["{jwk}"]
         assert "card_present" in log_text or "factor" in log_text or "session_created" in log_text
         assert leaks(log_text) == [], f"logs expose {leaks(log_text)}"
         streams = envelopes_by_stream(state_dir) if (state_dir / "outbox.sqlite3").exists() else {}
-        delivered = {
-            u.stream: [json.dumps(u.payload, ensure_ascii=False)] for u in cloud.received if "/up/" in u.topic
-        }
+        delivered: dict[str, list[str]] = {}
+        for uplink in cloud.received:
+            if "/up/" in uplink.topic:
+                delivered.setdefault(uplink.stream, []).append(json.dumps(uplink.payload, ensure_ascii=False))
         for stream in set(streams) | set(delivered):
             if stream == "tx":
                 continue  # the one place an ID number may travel, signed, to the cloud
-            text = "\n".join(
-                streams.get(stream, []) + [json.dumps(delivered.get(stream, []), ensure_ascii=False)]
-            )
+            text = "\n".join([*streams.get(stream, []), *delivered.get(stream, [])])
             assert leaks(text) == [], f"stream {stream} exposes {leaks(text)}"
         audits = [json.loads(json.dumps(u.payload)) for u in cloud.uplinks("audit")]
         assert audits, "the flow was audited"
