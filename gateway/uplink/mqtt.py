@@ -50,6 +50,10 @@ class LinkDown(LinkError):
     """The connection is gone (or never came up); pending publishes fail with it."""
 
 
+class LinkTimeout(LinkError, TimeoutError):
+    """The link did not reach the awaited state (up or down) in time."""
+
+
 class PublishTimeout(LinkDown, TimeoutError):
     """No PUBACK within the timeout: the connection is treated as dead."""
 
@@ -57,6 +61,10 @@ class PublishTimeout(LinkDown, TimeoutError):
         super().__init__(f"no PUBACK for {topic} within {timeout}s")
         self.topic = topic
         self.timeout = timeout
+
+
+class _NotConnected(LinkDown, LinkTimeout):
+    """wait_connected ran out of time."""
 
 
 @dataclass(frozen=True)
@@ -333,17 +341,20 @@ class MqttLink:
         await self.close()
 
     async def wait_connected(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
-        """Return once the link is up; LinkDown after `timeout`."""
+        """Return once the link is up; LinkDown (a LinkTimeout too) after `timeout`."""
         try:
             async with asyncio.timeout(timeout):
                 await self._connected.wait()
         except TimeoutError as err:
-            raise LinkDown(f"not connected within {timeout}s: {self._state.last_error}") from err
+            raise _NotConnected(f"not connected within {timeout}s: {self._state.last_error}") from err
 
     async def wait_disconnected(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
-        """Return once the link is down; LinkError after `timeout`."""
-        async with asyncio.timeout(timeout):
-            await self._disconnected.wait()
+        """Return once the link is down; LinkTimeout after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._disconnected.wait()
+        except TimeoutError as err:
+            raise LinkTimeout(f"still connected after {timeout}s") from err
 
     # ---------------------------------------------------------------- the loop
 

@@ -399,6 +399,8 @@ class Outbox:
         # (whole monotonic second, deliveries in it) for the last minute: flat in memory.
         self._delivered_times: collections.deque[list[int]] = collections.deque()
         self.last_puback: float | None = None
+        self._acks: list[Pending] = []
+        self._acks_future: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -491,7 +493,25 @@ class Outbox:
             self._delivered_times[-1][1] += 1
         else:
             self._delivered_times.append([second, 1])
-        return self._submit(_DeliveredJob(None, [item]))
+        if self._closed or self._loop is None:
+            raise OutboxClosed("the outbox is closed")
+        # PUBACKs arrive in bursts: one writer job (and one future) per loop iteration.
+        if self._acks_future is None:
+            self._acks_future = self._loop.create_future()
+            self._loop.call_soon(self._flush_acks)
+        self._acks.append(item)
+        return self._acks_future
+
+    def _flush_acks(self) -> None:
+        job = _DeliveredJob(self._acks_future, self._acks)
+        self._acks, self._acks_future = [], None
+        if job.future is None:
+            return
+        if self._closed:
+            job.future.set_exception(OutboxClosed("the outbox is closed"))
+            job.future.exception()
+            return
+        self._jobs.put(job)
 
     def mark_rejected(self, item: Pending, reason: int) -> asyncio.Future[None]:
         """The broker refused it (PUBACK reason >= 0x80): park the row, count it, alert."""
@@ -513,6 +533,8 @@ class Outbox:
 
     async def read_page(self, stream: str, after_seq: int, limit: int) -> list[Pending]:
         """Queued messages of one stream with seq > after_seq, in seq order (one page)."""
+        if self._closed:
+            raise OutboxClosed("the outbox is closed")
         return await asyncio.to_thread(self._read_page, stream, after_seq, limit)
 
     def backlog(self) -> int:
@@ -624,6 +646,8 @@ class Outbox:
 
     def _read_page(self, stream: str, after_seq: int, limit: int) -> list[Pending]:
         with self._reader_lock:
+            if self._closed:
+                raise OutboxClosed("the outbox is closed")
             generation = self.generation
             if self._reader is None or self._reader_generation != generation:
                 if self._reader is not None:
@@ -1124,33 +1148,35 @@ class Outbox:
             st.counters["dropped"] += len(chosen)
         return freed
 
-    @staticmethod
     def _apply_delivered(
-        conn: sqlite3.Connection, work: dict[str, _StreamState], items: list[Pending], touched: set[str]
+        self, conn: sqlite3.Connection, work: dict[str, _StreamState], items: list[Pending], touched: set[str]
     ) -> None:
-        for item in items:
-            row = conn.execute(
-                "DELETE FROM messages WHERE id = ? AND stream = ? AND seq = ? RETURNING size, state",
-                (item.id, item.stream, item.seq),
-            ).fetchone()
-            if row is None:  # dropped, expired or replaced by a recovery meanwhile
-                continue
-            st = work[item.stream]
-            size, state = row
-            if state == _QUEUED:
-                st.count -= 1
-                st.bytes -= size
-            else:
-                st.parked -= 1
-                st.parked_bytes -= size
-            st.counters["delivered"] += 1
-            touched.add(item.stream)
+        # Row ids restart in a database that replaced a corrupt one: older acks are void.
+        ids = [item.id for item in items if item.generation == self.generation]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            # Rows already dropped or expired are simply not there any more.
+            for stream, size, state in conn.execute(
+                f"DELETE FROM messages WHERE id IN ({marks}) RETURNING stream, size, state",  # noqa: S608
+                chunk,
+            ).fetchall():
+                st = work[stream]
+                if state == _QUEUED:
+                    st.count -= 1
+                    st.bytes -= size
+                else:
+                    st.parked -= 1
+                    st.parked_bytes -= size
+                st.counters["delivered"] += 1
+                touched.add(stream)
 
-    @staticmethod
     def _apply_reject(
-        conn: sqlite3.Connection, work: dict[str, _StreamState], job: _RejectJob, touched: set[str]
+        self, conn: sqlite3.Connection, work: dict[str, _StreamState], job: _RejectJob, touched: set[str]
     ) -> None:
         item = job.item
+        if item.generation != self.generation:
+            return
         row = conn.execute(
             "UPDATE messages SET state = 1, reason = ? WHERE id = ? AND stream = ? AND seq = ? AND state = 0"
             " RETURNING size",

@@ -171,3 +171,10 @@ class SilentProxy:
             await self._flowing.wait()
             writer.write(data)
             await writer.drain()
+
+
+async def until(predicate: Callable[[], bool], *, timeout: float) -> None:
+    """Poll a condition that changes on another thread (e.g. the outbox writer's commits)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)

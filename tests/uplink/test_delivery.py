@@ -14,7 +14,7 @@ from gateway.uplink.outbox import ClassConfig, Outbox, OutboxAlert, OutboxConfig
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines
 from tests.uplink.conftest import NODE, BrokerFactory
-from tests.uplink.helpers import Collector, payload_of
+from tests.uplink.helpers import Collector, payload_of, until
 
 STREAMS = ("tx", "audit", "alert", "event", "telemetry")
 
@@ -70,8 +70,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
             order = first_arrivals(envelopes, stream)
             assert order == sorted(order) == list(range(1, len(order) + 1)), f"{stream} out of order"
         assert queued_during_outage > 0, "the outage must have caught messages in the outbox"
-        assert outbox.backlog() == 0
-        await asyncio.sleep(0.1)
+        await until(lambda: outbox.backlog() == 0, timeout=10)
         assert sum(c["delivered"] for c in outbox.stats()["classes"].values()) >= total
 
 
