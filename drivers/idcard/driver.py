@@ -187,7 +187,11 @@ class SamvReader:
 
     async def find_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Find card (20 01); NoCard when the field is empty."""
-        await self._command(Command.FIND_CARD, limit=timeout or self._find_timeout)
+        try:
+            await self._command(Command.FIND_CARD, limit=timeout or self._find_timeout)
+        except NoCard:
+            self._must_leave = False  # the field was seen empty: the last card has left
+            raise
 
     async def select_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Select card (20 02); CardLost when the found card is gone."""
@@ -305,7 +309,6 @@ class SamvReader:
         try:
             await self.find_card()
         except NoCard:
-            self._must_leave = False
             return False
         # Some readers find a card that stays in the field again; it is the same card.
         return not self._must_leave
