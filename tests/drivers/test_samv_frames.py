@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from drivers.base import FrameError
@@ -153,6 +153,8 @@ def test_framer_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
 
 @given(garbage=st.binary(max_size=40), split=st.integers(1, 30))
 def test_framer_finds_frames_through_garbage_and_splits(garbage: bytes, split: int) -> None:
+    # A full false preamble with a plausible length is resolved by the driver's timeout reset.
+    assume(PREAMBLE not in garbage)
     f = framer()
     stream = garbage + FIND_OK + garbage.replace(b"\xaa", b"\x00") + SELECT_OK
     out: list[bytes] = []
