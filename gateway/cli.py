@@ -92,6 +92,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_diag(args: argparse.Namespace) -> int:
+    from gateway.ops.diag import run_diag
+
+    return run_diag(args.config, as_json=args.json, only=args.only)
+
+
+def _cmd_support_bundle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gateway.ops.bundle import make_bundle
+
+    return make_bundle(args.config, Path(args.output))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-gateway", description="Kiosk edge daemon: peripherals, 2FA, signed uplink."
@@ -141,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.add_argument("file", nargs="?", help="file of envelopes, or - for stdin (default)")
     verify.set_defaults(func=_cmd_verify)
+
+    from gateway.ops.diag import add_arguments as add_diag_arguments
+
+    diag = with_config(
+        sub.add_parser(
+            "diag",
+            help="ops checks: config, keys, clock, disk, socket, "
+            "devices, broker, outbox, systemd (works with the daemon down)",
+        )
+    )
+    add_diag_arguments(diag)
+    diag.set_defaults(func=_cmd_diag)
+
+    bundle = with_config(
+        sub.add_parser(
+            "support-bundle",
+            help="a tar.gz for support: logs, redacted config, diag, versions; no personal data",
+        )
+    )
+    bundle.add_argument("-o", "--output", required=True, help="the tar.gz to write")
+    bundle.set_defaults(func=_cmd_support_bundle)
     return parser
 
 

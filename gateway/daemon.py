@@ -16,7 +16,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from drivers.base import DeviceEvent
+from drivers.base import DeviceEvent, UserActionNeeded
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
@@ -31,6 +31,10 @@ from gateway.config import GatewayConfig, as_dict, load_config
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
+from gateway.ops.alerts import DEVICE_FAILURE_RATE, OUTBOX_BACKLOG, Alert, AlertEngine
+from gateway.ops.metrics import GatewayMetrics
+from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
+from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
@@ -137,6 +141,7 @@ class Daemon:
         self.cloud: CloudSink = MemorySink()
         self._background: set[asyncio.Task[Any]] = set()
         self.link: MqttLink | None = None
+        self.watchdog: Watchdog | None = None
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
             max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
@@ -272,9 +277,9 @@ class Daemon:
         self.notifier.ready(f"serving on {where}")
         interval = watchdog_interval()
         if interval is not None:
-            watchdog = Watchdog(self.notifier, self.monitor, interval)
-            watchdog.start()
-            stack.push_async_callback(watchdog.close)
+            self.watchdog = Watchdog(self.notifier, self.monitor, interval)
+            self.watchdog.start()
+            stack.push_async_callback(self.watchdog.close)
 
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
@@ -311,6 +316,7 @@ class Daemon:
         self.route_tables.append(session_routes)
         await self._build_auth(stack)
         self._build_commands(stack)
+        self._build_ops(stack)
         if self.link is not None:
             # Last: commands may touch sessions and devices, so those exist before the first one.
             await self.link.start()
@@ -562,6 +568,64 @@ class Daemon:
             return init_key(path, node)
         except KeyStoreError as err:
             raise StartupError(str(err)) from err
+
+    def _build_ops(self, stack: AsyncExitStack) -> None:
+        """Metrics, telemetry, device usage roll-ups and the red/yellow/blue alerts."""
+        config = self.config
+        metrics = GatewayMetrics()
+        self.ctx.request_observer = metrics.observe_request
+
+        async def render_metrics() -> bytes:
+            return metrics.render(await self.status())
+
+        self.ctx.metrics = render_metrics
+        self.usage = UsageTracker(devices=self.devices.devices.keys())
+        reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
+        reporter.start()
+        stack.push_async_callback(reporter.close)
+        self.alerts = AlertEngine(self.cloud)
+        self.alerts.start()
+        stack.push_async_callback(self.alerts.close)
+        self.alerts.add_remedy(DEVICE_FAILURE_RATE, self._reopen_failing_device)
+        self.alerts.add_remedy(OUTBOX_BACKLOG, self._shed_telemetry)
+        for managed in self.devices.devices.values():
+            managed.queue.on_complete.append(self._device_op_done)
+        self.sessions.on_end(lambda session, _reason: self.alerts.record_session(session.errors == 0))
+        collector = TelemetryCollector(config.state_dir, lambda: self.monitor.lag, self.ctx.started_at)
+        self.telemetry = TelemetryLoop(
+            collector, self.cloud, config.ops.telemetry_interval_s, on_sample=self._judge_system
+        )
+        self.telemetry.start()
+        stack.push_async_callback(self.telemetry.close)
+        self.on_reload(lambda cfg: setattr(self.telemetry, "interval_s", cfg.ops.telemetry_interval_s))
+        self.add_status("alerts", self.alerts.active)
+        self.add_status("usage", self.usage.snapshot)
+
+    def _device_op_done(self, device: str, seconds: float, error: BaseException | None) -> None:
+        # A user's mistake (no card, paper out) is not the device failing.
+        ok = error is None or isinstance(error, UserActionNeeded)
+        self.usage.record(device, ok, seconds)
+        self.alerts.record_device_op(device, ok)
+
+    def _judge_system(self, sample: dict[str, Any]) -> None:
+        snapshot: dict[str, Any] = {
+            **sample,
+            "loop_lag_s": self.monitor.lag,
+            "outbox_backlog": self.outbox.backlog(),
+        }
+        if self.watchdog is not None:
+            snapshot["watchdog_slack_s"] = self.watchdog.slack()
+        self.alerts.evaluate_system(snapshot)
+
+    async def _reopen_failing_device(self, alert: Alert) -> None:
+        if alert.subject in self.devices.devices:
+            log.warning("remedy_reopen_device", device=alert.subject)
+            await self._reset_device(alert.subject)
+
+    def _shed_telemetry(self, alert: Alert) -> None:
+        """A growing backlog: send telemetry ten times less often until the next reload."""
+        self.telemetry.interval_s = max(self.telemetry.interval_s * 10, 600.0)
+        log.warning("remedy_shed_telemetry", interval_s=self.telemetry.interval_s, backlog=alert.value)
 
     def _release(self, session_id: str, reason: str) -> None:
         self.devices.cancel_session(session_id, f"the session ended ({reason})")

@@ -58,6 +58,8 @@ class Position:
 
 
 PositionListener = Callable[[Position], None]
+# Called after every operation that reached the device: (device, seconds, error or None).
+CompletionListener = Callable[[str, float, BaseException | None], None]
 
 
 @dataclass(eq=False)
@@ -123,6 +125,7 @@ class DeviceQueue:
         self._current_task: asyncio.Task[Any] | None = None
         self.service_estimate = INITIAL_SERVICE_ESTIMATE
         self.stats = QueueStats()
+        self.on_complete: list[CompletionListener] = []
         self._closed = False
 
     # Public API -------------------------------------------------------------------------
@@ -375,14 +378,19 @@ class DeviceQueue:
         except Exception as err:
             self.stats.failed += 1
             self._fail(request, err)
-            self._observe(self._clock() - started)
+            self._observe(self._clock() - started, err)
         else:
             self.stats.served += 1
             if not request.future.done():
                 request.future.set_result(result)
-            self._observe(self._clock() - started)
+            self._observe(self._clock() - started, None)
         finally:
             self._current_task = None
 
-    def _observe(self, seconds: float) -> None:
+    def _observe(self, seconds: float, error: BaseException | None) -> None:
         self.service_estimate = (1 - EWMA_ALPHA) * self.service_estimate + EWMA_ALPHA * seconds
+        for listener in self.on_complete:
+            try:
+                listener(self.device, seconds, error)
+            except Exception:
+                log.exception("completion_listener_failed", device=self.device)

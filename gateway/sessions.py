@@ -84,6 +84,8 @@ class Session:
     last_activity: float = field(default_factory=time.monotonic)
     warned: bool = False
     ended: str | None = None
+    # Requests of this session that failed on the gateway's side (5xx): the yellow alert's input.
+    errors: int = 0
     jobs: dict[str, Job] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Auth state (factors held) lives here; the auth layer owns its type.

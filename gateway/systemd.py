@@ -138,6 +138,7 @@ class Watchdog:
         self.interval = interval
         self.pings = 0
         self.skipped = 0
+        self.last_ping = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -148,10 +149,15 @@ class Watchdog:
             if self._monitor.healthy():
                 self._notifier.watchdog()
                 self.pings += 1
+                self.last_ping = time.monotonic()
             else:
                 self.skipped += 1
                 log.warning("watchdog_ping_withheld", loop_lag_s=round(self._monitor.lag, 3))
             await asyncio.sleep(self.interval)
+
+    def slack(self) -> float:
+        """Seconds left before systemd would give up on us (WATCHDOG_USEC is twice the interval)."""
+        return 2 * self.interval - (time.monotonic() - self.last_ping)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -91,6 +91,10 @@ def make_metrics_middleware(ctx: ApiContext) -> Callable[..., Awaitable[web.Stre
             route = request.match_info.route.resource
             name = route.canonical if route is not None else "unmatched"
             ctx.observe_request(request.method, name, status, time.perf_counter() - start)
+            if status >= 500 and ctx.sessions is not None:
+                session = ctx.sessions.get(request.match_info.get("session_id", ""))
+                if session is not None:
+                    session.errors += 1
 
     return metrics_middleware
 

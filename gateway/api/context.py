@@ -26,7 +26,7 @@ class ApiContext:
     started_at: float = field(default_factory=time.time)
     health: Callable[[], Awaitable[dict[str, Any]]] | None = None
     status: Callable[[], Awaitable[dict[str, Any]]] | None = None
-    metrics: Callable[[], bytes] | None = None
+    metrics: Callable[[], Awaitable[bytes]] | None = None
     request_observer: RequestObserver | None = None
     sessions: SessionRegistry | None = None
     devices: DeviceManager | None = None

@@ -46,5 +46,5 @@ async def openapi(_request: web.Request) -> web.Response:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    body = ctx.metrics() if ctx.metrics else b""
+    body = await ctx.metrics() if ctx.metrics else b""
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
