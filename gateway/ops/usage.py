@@ -226,10 +226,12 @@ class UsageReporter:
             except Exception as err:
                 log.warning("usage_report_failed", day=day.isoformat(), error=str(err))
                 break
+            # Queued before the marker is written: a crash in between resends the day once
+            # (at least once), never skips it.
             self.last_reported = day
-            await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
             self.tracker.forget(day)
             sent.append(day)
+            await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
             log.info("usage_reported", day=day.isoformat(), devices=len(body["devices"]))
         return sent
 
