@@ -214,6 +214,8 @@ class Daemon:
         # Logged before the new level applies, so a quieter level still records the reload.
         log.warning("reloaded", applied=applied, needs_restart=restart)
         self._apply(effective)
+        if read_pending_announcement(self.config.state_dir) is not None:
+            self._spawn(self._announce_pending_rotation(reload_key=True), "key-rotation")
         note = f"reloaded: {len(applied)} applied" + (
             f", restart needed for {', '.join(restart)}" if restart else ""
         )
@@ -419,11 +421,13 @@ class Daemon:
 
         self._spawn(send(), f"alert-{alert.kind}")
 
-    async def _announce_pending_rotation(self) -> None:
-        """A `keys rotate` from the CLI is announced here, sealed by the retiring key."""
+    async def _announce_pending_rotation(self, *, reload_key: bool = False) -> None:
+        """A `keys rotate` from the CLI is announced here (at start or SIGHUP), sealed by the old key."""
         pending = read_pending_announcement(self.config.state_dir)
         if pending is None:
             return
+        if reload_key:
+            self.node_key = self._load_node_key()
         retired = load_previous_key(self.config.key_path, self.config.node.id)
         if retired is None or retired.key.kid != pending.get("old_kid"):
             log.error("rotation_announcement_dropped", reason="previous key missing or different")

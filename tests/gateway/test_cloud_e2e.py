@@ -319,3 +319,47 @@ async def test_transactions_queue_while_broker_is_down_and_flow_when_back(
             return {u.payload["body"].get("id") for u in cloud.uplinks("tx")}
 
         await cloud.wait_for(lambda _u: set(ids) <= delivered(), timeout=30)
+
+
+async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
+    state_dir: Path, broker: Mosquitto
+) -> None:
+    cloud_key = NodeKey.generate("cloud")
+    jwk = write_jwk(cloud_key, state_dir / "cloud.jwk")
+    config = uplink_config(broker.url, jwk)
+    async with Cloud(broker.port, NODE, cloud_key) as cloud:
+        async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
+            first_jwk = gw.daemon.node_key.public_jwk
+            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+            rotate_id = await cloud.send("keys.rotate", {})
+            result = await cloud.wait_for(
+                lambda u: u.stream == "event" and u.payload["body"].get("id") == rotate_id
+            )
+            new_kid = result.payload["body"]["new_kid"]
+            assert new_kid != first_jwk["kid"]
+            assert gw.daemon.node_key.kid == new_kid
+            await http.post("/v1/sessions", json={})  # something more goes up, signed by the new key
+            await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")
+
+        # The CLI rotates the key on disk; the running daemon picks it up on SIGHUP (here: reload()).
+        from gateway.cli import main as cli_main
+
+        async with inprocess_daemon(state_dir, config) as gw:
+            cfg = str(state_dir / "gateway.toml")
+            assert await asyncio.to_thread(cli_main, ["keys", "rotate", "-c", cfg]) == 0
+            before = gw.daemon.node_key.kid
+            gw.daemon.reload()
+            await cloud.wait_for(
+                lambda u: (
+                    u.stream == "audit"
+                    and u.payload["type"] == "key_rotated"
+                    and u.payload["body"]["old_kid"] == before
+                )
+            )
+            assert gw.daemon.node_key.kid != before
+
+        # A cloud that trusted only the first key follows both rotations and verifies everything.
+        uplinks = [u.raw for u in cloud.received if "/up/" in u.topic]
+        report = verify_lines(uplinks, KeyRing.from_jwks([first_jwk]))
+        assert report.ok, report.format_report()
+        assert len(report.learned_kids) == 2
