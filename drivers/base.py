@@ -156,7 +156,7 @@ class StatusTracker:
         for listener in list(self._listeners):
             try:
                 listener(event)
-            except Exception:  # noqa: BLE001, S112 - a broken listener must not break the driver
+            except Exception:  # noqa: S112 - a broken listener must not break the driver
                 continue
 
 
