@@ -123,9 +123,28 @@ async def test_socket_path_printed_for_embedded_default(tmp_path: Path) -> None:
         assert dp.socket_path == expected
         assert "curl --unix-socket" in dp.output
         async with unix_session(dp.socket_path) as http:
-            assert (await http.get("/v1/health")).status in (200, 503)
+            assert (await http.get("/v1/health")).status == 200
+            for _ in range(100):
+                devices = (await (await http.get("/v1/devices")).json())["devices"]
+                if all(d["state"] == "online" for d in devices):
+                    break
+                await asyncio.sleep(0.1)
+            assert {d["name"]: d["state"] for d in devices} == {"idcard": "online", "printer": "online"}
+            assert all(d["simulated"] for d in devices)
     finally:
         assert await dp.stop() == 0
+
+
+async def test_missing_device_makes_health_degraded(state_dir: Path) -> None:
+    extra = '[devices.printer]\ndriver = "escpos"\nport = "/dev/ttyNOPE-test"\n'
+    config = write_config(state_dir, extra)
+    async with running_daemon(config) as dp, unix_session(dp.socket_path) as http:
+        health = await (await http.get("/v1/health")).json()
+        assert health["status"] == "degraded"
+        assert health["checks"]["devices"]["down"] == {"printer": "no_device"}
+        devices = (await (await http.get("/v1/devices")).json())["devices"]
+        assert devices[0]["state"] == "no_device"
+        assert "ttyNOPE" in devices[0]["reason"]
 
 
 async def test_key_readable_by_others_refuses_to_start(state_dir: Path) -> None:
