@@ -29,8 +29,13 @@ def short_tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="egw-", dir="/tmp"))
 
 
-def write_config(state_dir: Path, extra: str = "", *, node_id: str = "edge-test") -> Path:
-    """A minimal config for tests: state in `state_dir`, no broker unless `extra` sets one."""
+def write_config(
+    state_dir: Path, extra: str = "", *, node_id: str = "edge-test", api_extra: str = ""
+) -> Path:
+    """A minimal config for tests: state in `state_dir`, no broker unless `extra` sets one.
+
+    `api_extra` goes inside the [api] table (which this config already declares).
+    """
     path = state_dir / "gateway.toml"
     text = f"""
 [node]
@@ -40,6 +45,7 @@ auto_init_key = true
 
 [api]
 socket = "{state_dir / "api.sock"}"
+{api_extra}
 
 [log]
 level = "debug"
@@ -179,10 +185,10 @@ class InProcessDaemon:
 
 @contextlib.asynccontextmanager
 async def inprocess_daemon(
-    state_dir: Path, extra: str = "", **daemon_kwargs: Any
+    state_dir: Path, extra: str = "", *, api_extra: str = "", **daemon_kwargs: Any
 ) -> AsyncIterator[InProcessDaemon]:
     """The daemon in the test's own event loop (fast; for API-level tests)."""
-    config_path = write_config(state_dir, extra)
+    config_path = write_config(state_dir, extra, api_extra=api_extra)
     config = parse_config(config_path.read_text(), source=str(config_path))
     ready = asyncio.Event()
     lines: list[str] = []
