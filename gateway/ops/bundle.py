@@ -27,13 +27,15 @@ from typing import Any, Final
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config, redacted
 from gateway.errors import ConfigError
-from gateway.logs import mask_text, mask_value
+from gateway.logs import PERSONAL_KEYS, mask_text, mask_value
 from gateway.ops.diag import DiagReport, diagnose
 
 # Newest log bytes taken across gateway.jsonl and its rotations.
 DEFAULT_LOG_BYTES: Final = 16 << 20
 ROTATIONS: Final = 3
 SECRET_MARKERS: Final = ("password", "secret", "client_key", "pin_hash", "token")
+# An integer this long could be a card number; gateway figures (bytes, counts) stay below it.
+LONG_NUMBER: Final = 10**11
 
 
 @dataclass
@@ -45,8 +47,26 @@ class BundleResult:
     notes: list[str] = field(default_factory=list)
 
 
+def scrub_data(value: Any, key: str | None = None, *, personal_keys: bool = True) -> Any:
+    """Mask a JSON value: strings and keys by pattern, long integers, and (for log events) the
+    values of personal keys. Numbers are not rewritten as text, so the JSON stays valid."""
+    if isinstance(value, dict):
+        return {
+            mask_text(str(k)): scrub_data(v, str(k), personal_keys=personal_keys) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [scrub_data(v, personal_keys=personal_keys) for v in value]
+    if personal_keys and key in PERSONAL_KEYS and value not in (None, ""):
+        return mask_value(key, value)
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LONG_NUMBER:
+        return mask_text(str(value))
+    return value
+
+
 def scrub_log_line(line: str) -> str:
-    """Re-mask one log line: personal keys of a JSON event, then ID/card numbers anywhere."""
+    """Re-mask one log line: a JSON event field by field, any other line as text."""
     stripped = line.strip()
     if stripped.startswith("{"):
         try:
@@ -54,7 +74,7 @@ def scrub_log_line(line: str) -> str:
         except ValueError:
             event = None
         if isinstance(event, dict):
-            return mask_text(json.dumps(mask_value(None, event), ensure_ascii=False))
+            return json.dumps(scrub_data(event), ensure_ascii=False)
     return mask_text(line.rstrip("\n"))
 
 
@@ -118,7 +138,9 @@ def versions() -> dict[str, Any]:
 
 
 def _json(data: Any) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False, default=str, sort_keys=False) + "\n"
+    """A structured member, masked value by value (device `name`s are not personal here)."""
+    masked = scrub_data(data, personal_keys=False)
+    return json.dumps(masked, indent=2, ensure_ascii=False, default=str) + "\n"
 
 
 async def build_bundle(
@@ -172,8 +194,11 @@ async def build_bundle(
             if truncated:
                 notes.append(f"{path.name}: only the newest part is included")
 
-    # The final pass: structured members were built from masked sources; mask them once more.
-    final = {name: (text if name.startswith("logs/") else mask_text(text)) for name, text in members.items()}
+    # The final pass over the plain-text members (JSON members and logs were masked field by field).
+    final = {
+        name: text if name.endswith(".json") or name.startswith("logs/") else mask_text(text)
+        for name, text in members.items()
+    }
     manifest = {
         "created": created.isoformat(),
         "node": config.node.id if config else None,

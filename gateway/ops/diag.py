@@ -238,7 +238,7 @@ def check_key(config: GatewayConfig) -> CheckResult:
 # ------------------------------------------------------------------------------------ clock
 
 
-async def clock_synchronised(*, timeout: float = DEFAULT_TIMEOUT) -> bool | None:  # noqa: ASYNC109
+async def clock_synchronised(*, timeout: float = DEFAULT_TIMEOUT) -> bool | None:
     """What timedatectl (or systemd-timesyncd's flag file) says; None when nothing reports."""
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -351,7 +351,7 @@ def check_disk(state_dir: Path) -> CheckResult:
 # ------------------------------------------------------------------------------------ daemon
 
 
-async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
+async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """GET /v1/status over the daemon's Unix socket; DaemonUnreachable says why not."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
@@ -493,7 +493,7 @@ def device_from_status(item: Mapping[str, Any], config: GatewayConfig, *, now: f
     return CheckResult(f"device:{name}", verdict, "; ".join(parts), fix=fix, data=data)
 
 
-async def _tcp_probe(host: str, port: int, *, timeout: float) -> str | None:  # noqa: ASYNC109
+async def _tcp_probe(host: str, port: int, *, timeout: float) -> str | None:
     """None when a TCP connection opens, else why not."""
     try:
         async with asyncio.timeout(timeout):
@@ -536,7 +536,7 @@ def _char_device(path: Path, what: str, fix: str, name: str) -> CheckResult:
     return CheckResult(name, Verdict.PASS, f"{what} {path} present (daemon down: state not known)", data=data)
 
 
-async def device_direct(name: str, cfg: Any, *, timeout: float) -> CheckResult:  # noqa: ASYNC109
+async def device_direct(name: str, cfg: Any, *, timeout: float) -> CheckResult:
     """Without the daemon: does what the config points at exist?"""
     check = f"device:{name}"
     driver = driver_name(cfg)
@@ -579,7 +579,7 @@ async def check_devices(
     *,
     names: Sequence[str] | None = None,
     now: float,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> list[CheckResult]:
     """Each device: from /v1/status when the daemon answers, else directly from config."""
     wanted = list(names) if names is not None else list(config.devices)
@@ -648,7 +648,7 @@ def _cert_files_verdict(
 async def check_broker(
     config: GatewayConfig,
     *,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
+    timeout: float = DEFAULT_TIMEOUT,
     now: dt.datetime | None = None,
 ) -> CheckResult:
     """DNS, TCP, TLS (chain and expiry) and an MQTT v5 connect with the node's credentials."""
@@ -948,7 +948,7 @@ async def check_systemd(
     *,
     unit: str = UNIT,
     systemd_dir: Path = SYSTEMD_DIR,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> CheckResult:
     """The unit's state and watchdog, where systemd runs."""
     if not await asyncio.to_thread(systemd_dir.is_dir):
@@ -1019,7 +1019,7 @@ async def diagnose(
     config_path: str | None,
     *,
     only: Sequence[str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> DiagReport:
     """Run the selected checks; independent ones run concurrently, the output keeps a fixed order."""
     selection = Selection.parse(only)
