@@ -360,7 +360,7 @@ class PcscCardReader:
         self._card_present = False
         self._tracker.set(DeviceState.OFFLINE, "closed")
 
-    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:  # noqa: ASYNC109
+    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:
         """Poll pcscd now and return the resulting status."""
         if self._scard is None or self._closed:
             return self.status
@@ -368,19 +368,15 @@ class PcscCardReader:
             await self._poll(within=timeout)
         return self.status
 
-    async def read_social_security(
-        self,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - project style: keyword-only timeouts
-    ) -> SocialSecurityCard:
+    async def read_social_security(self, *, timeout: float | None = None) -> SocialSecurityCard:
         """Wait for a card (within timeout) and read EF05 and EF06 of the social security app."""
         return await self._read("sscard", self._read_ssc, timeout)
 
-    async def read_bank_card(self, *, timeout: float | None = None) -> BankCardInfo:  # noqa: ASYNC109
+    async def read_bank_card(self, *, timeout: float | None = None) -> BankCardInfo:
         """Wait for a card and read its PPSE: the preferred application's AID and label."""
         return await self._read("bank", self._read_bank, timeout)
 
-    async def read_card_id(self, *, timeout: float | None = None) -> str:  # noqa: ASYNC109
+    async def read_card_id(self, *, timeout: float | None = None) -> str:
         """Wait for a card and return its identifier (UID, hex) for the staff-card mapping."""
         return await self._read("staff", self._read_uid, timeout)
 

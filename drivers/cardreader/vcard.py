@@ -352,7 +352,7 @@ class VirtualCard:
     def inserted(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def insert(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def insert(self, *, timeout: float = 10.0) -> None:
         """Connect to vpcd, retrying until pcscd has loaded it or the timeout passes."""
         if self.inserted:
             return
