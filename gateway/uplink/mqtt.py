@@ -118,7 +118,7 @@ class PublishChannel(Protocol):
         payload: bytes,
         *,
         retain: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109 - project style: keyword-only timeouts
+        timeout: float | None = None,
     ) -> int: ...
 
 
@@ -199,7 +199,7 @@ class _Client(aiomqtt.Client):
         payload: bytes,
         *,
         retain: bool = False,
-        timeout: float,  # noqa: ASYNC109 - project style: keyword-only timeouts
+        timeout: float,
     ) -> int:
         """QoS 1 publish; returns the PUBACK reason code once the broker answered."""
         info = self._client.publish(topic, payload, 1, retain)
@@ -230,7 +230,7 @@ class _Channel:
         payload: bytes,
         *,
         retain: bool = False,
-        timeout: float | None = None,  # noqa: ASYNC109 - project style: keyword-only timeouts
+        timeout: float | None = None,
     ) -> int:
         return await self._client.publish_acked(
             topic, payload, retain=retain, timeout=self._timeout if timeout is None else timeout
@@ -320,7 +320,7 @@ class MqttLink:
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link-{self.node_id}")
         return self
 
-    async def close(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - project style
+    async def close(self, *, timeout: float = 10.0) -> None:
         """Say `offline`, disconnect cleanly and end every task (cancelled after `timeout`)."""
         task, self._task = self._task, None
         if task is None:
@@ -340,7 +340,7 @@ class MqttLink:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def wait_connected(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
+    async def wait_connected(self, *, timeout: float) -> None:
         """Return once the link is up; LinkDown (a LinkTimeout too) after `timeout`."""
         try:
             async with asyncio.timeout(timeout):
@@ -348,7 +348,7 @@ class MqttLink:
         except TimeoutError as err:
             raise _NotConnected(f"not connected within {timeout}s: {self._state.last_error}") from err
 
-    async def wait_disconnected(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
+    async def wait_disconnected(self, *, timeout: float) -> None:
         """Return once the link is down; LinkTimeout after `timeout`."""
         try:
             async with asyncio.timeout(timeout):

@@ -467,7 +467,7 @@ class Outbox:
         type: str,
         body: Any,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 - project style: keyword-only timeouts
+        timeout: float | None = None,
     ) -> Enqueued:
         """Seal and store one message; returns only after its transaction committed."""
         if stream not in self._classes:
