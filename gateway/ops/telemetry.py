@@ -154,7 +154,7 @@ class TelemetryLoop:
     ) -> None:
         self.collector = collector
         self.sink = sink
-        self.interval_s = interval_s
+        self._interval_s = interval_s
         self.sent = 0
         self.failures = 0
         self.last_sample: dict[str, Any] | None = None
@@ -166,10 +166,18 @@ class TelemetryLoop:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="telemetry")
 
-    def set_interval(self, interval_s: float) -> None:
-        """Apply a new interval at once (SIGHUP reload of ops.telemetry_interval_s)."""
-        self.interval_s = interval_s
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
+    @interval_s.setter
+    def interval_s(self, value: float) -> None:
+        """A new interval applies at once (reload, or a remedy shedding telemetry)."""
+        self._interval_s = value
         self._wake.set()
+
+    def set_interval(self, interval_s: float) -> None:
+        self.interval_s = interval_s
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -113,7 +113,7 @@ async def test_interval_change_applies_at_once(tmp_path: Path) -> None:
             while not sink.messages:
                 sink.changed.clear()
                 await sink.changed.wait()
-            loop.set_interval(0.02)
+            loop.interval_s = 0.02  # as a reload hook sets it
             while len(sink.messages) < 3:
                 sink.changed.clear()
                 await sink.changed.wait()
