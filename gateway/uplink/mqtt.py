@@ -436,11 +436,12 @@ class MqttLink:
             self._connected.set()
             self._disconnected.clear()
             log.info("mqtt_link_up", broker=self._broker_text(), node=self.node_id)
+            # Subscribed before saying `online`: a cloud that reacts to presence reaches us.
+            if self._on_command is not None:
+                await client.subscribe(self.down_topic, qos=1, timeout=self._connect_timeout_s)
             await client.publish_acked(
                 self.status_topic, b"online", retain=True, timeout=self._connect_timeout_s
             )
-            if self._on_command is not None:
-                await client.subscribe(self.down_topic, qos=1, timeout=self._connect_timeout_s)
             try:
                 await self._serve(client)
             finally:

@@ -272,9 +272,8 @@ async def test_signed_downlinks_over_mtls(
         mark = len(cloud.received)
         async with inprocess_daemon(state_dir, config):
             before = len(rejections(cloud, "replayed"))
+            # The gateway subscribes to its commands before it announces itself online.
             await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online", start=mark)
-            # The subscription follows the presence message; give it a moment to be in place.
-            await asyncio.sleep(0.5)
             await cloud.publish("ping", ping_raw)
             await cloud.wait_for(lambda u: len(rejections(cloud, "replayed")) > before)
             assert len(results(cloud, ping_id)) == 1, "the replayed ping did not run again"
