@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -259,3 +260,30 @@ async def test_close_wakes_a_waiting_read(reader: PcscCardReader) -> None:
     await reader.close()
     with pytest.raises(ReaderUnavailable):
         await read
+
+
+async def test_virtual_card_command_line(reader: PcscCardReader, events: EventLog) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "drivers.cardreader.vcard",
+        "--personality",
+        "staff",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(20):
+            while b"inserted" not in (line := await process.stdout.readline()):
+                assert line, "vcard exited before inserting the card"
+        assert await reader.read_card_id(timeout=10) == "04A1B2C3D4E5F6"
+        mark = len(events.events)
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        await events.wait_for("card_removed", after=mark)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
