@@ -1,0 +1,131 @@
+"""kill -9 the real daemon while kiosk clients queue transactions: every 2xx is delivered, same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.uplink.keys import KeyRing, NodeKey
+from gateway.uplink.verifier import verify_lines
+from tests.gateway.test_cloud_e2e import DEVICES
+from tests.support.cloud import Cloud, Uplink, write_jwk
+from tests.support.daemon import short_tmpdir, spawn_daemon, unix_session, write_config
+from tests.support.mosquitto import Mosquitto
+
+ROUNDS = 20
+CLIENTS = 3
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    path = short_tmpdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def produce(http: aiohttp.ClientSession, base: str, auth: dict[str, str], acked: list[str]) -> None:
+    """Queue transactions until the daemon dies; remember every id answered 202."""
+    n = 0
+    while True:
+        n += 1
+        try:
+            resp = await http.post(
+                f"{base}/transactions", headers=auth, json={"service": "s", "data": {"n": n}}
+            )
+            body = await resp.json()
+        except (aiohttp.ClientError, ConnectionError, json.JSONDecodeError):
+            return
+        assert resp.status == 202, body
+        acked.append(body["id"])
+
+
+class SmsService:
+    """The cloud's SMS codes: a new code per round, since a used code is never accepted twice."""
+
+    def __init__(self) -> None:
+        self.code = "100000"
+
+    def __call__(self, uplink: Uplink) -> dict[str, Any] | None:
+        payload = uplink.payload
+        body = payload["body"]
+        if payload["type"] == "request.otp.challenge":
+            return {"id": body["id"], "result": {"challenge": "c", "expires_in_s": 300}}
+        if payload["type"] == "request.otp.verify":
+            return {"id": body["id"], "result": {"ok": body.get("code") == self.code}}
+        return None
+
+
+async def test_kill_9_loses_no_acknowledged_transaction(state_dir: Path) -> None:
+    rng = random.Random(467)
+    sms = SmsService()
+    cloud_key = NodeKey.generate("cloud")
+    jwk = write_jwk(cloud_key, state_dir / "cloud.jwk")
+    acked: list[str] = []
+    with Mosquitto(state_dir / "broker", persistence=True) as broker:
+        extra = f"""
+[uplink]
+broker = "{broker.url}"
+cloud_keys = ["{jwk}"]
+backoff_min_s = 0.2
+backoff_max_s = 0.5
+{DEVICES}
+"""
+        config = write_config(state_dir, extra)
+        async with Cloud(broker.port, "edge-test", cloud_key, responder=sms) as cloud:
+            node_jwk: dict[str, str] | None = None
+            for round_no in range(ROUNDS):
+                sms.code = f"{100000 + round_no:06d}"
+                dp = await spawn_daemon(config)
+                async with unix_session(dp.socket_path) as http:
+                    body = await (await http.post("/v1/sessions", json={})).json()
+                    base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
+                    assert (await http.post(f"{base}/factors/idcard", headers=auth)).status == 200
+                    assert (await http.post(f"{base}/factors/otp/challenge", headers=auth)).status == 202
+                    resp = await http.post(f"{base}/factors/otp", headers=auth, json={"code": sms.code})
+                    assert resp.status == 200
+                    producers = [
+                        asyncio.create_task(produce(http, base, auth, acked)) for _ in range(CLIENTS)
+                    ]
+                    await asyncio.sleep(rng.uniform(0.05, 0.6))
+                    dp.signal(signal.SIGKILL)
+                    await dp.wait_exit()
+                    await asyncio.gather(*producers)
+                if node_jwk is None:
+                    from gateway.uplink.keys import load_key
+
+                    node_jwk = load_key(state_dir / "keys" / "node.ed25519", "edge-test").public_jwk
+            assert len(acked) > ROUNDS, "clients got transactions acknowledged in the rounds"
+
+            # A last, clean run drains whatever the killed ones left behind.
+            dp = await spawn_daemon(config)
+            try:
+
+                def delivered() -> set[str]:
+                    return {
+                        u.payload["body"]["id"]
+                        for u in cloud.uplinks("tx")
+                        if u.payload["type"] == "transaction"
+                    }
+
+                await cloud.wait_for(lambda _u: set(acked) <= delivered(), timeout=60)
+            finally:
+                assert await dp.stop() == 0
+
+        lost = set(acked) - delivered()
+        assert lost == set()
+        by_seq: dict[int, set[bytes]] = {}
+        for uplink in cloud.uplinks("tx"):
+            by_seq.setdefault(uplink.payload["seq"], set()).add(uplink.raw)
+        assert all(len(versions) == 1 for versions in by_seq.values()), "a resend is the same bytes"
+        assert node_jwk is not None
+        report = verify_lines([u.raw for u in cloud.uplinks("tx")], KeyRing.from_jwks([node_jwk]))
+        assert report.ok, report.format_report()
