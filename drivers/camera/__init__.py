@@ -10,7 +10,7 @@ from drivers.camera.errors import (
     FrameTooLarge,
     InvalidFrame,
 )
-from drivers.camera.http_camera import HttpCamera
+from drivers.camera.http import HttpCamera
 from drivers.camera.jpeg import Frame
 from drivers.camera.v4l2 import V4l2Camera
 
