@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -101,3 +102,30 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One server-sent event as the kiosk sees it."""
+
+    type: str
+    data: dict[str, Any]
+
+
+async def read_events(resp: aiohttp.ClientResponse, *, until: str, timeout: float = 15.0) -> list[SseEvent]:
+    """Read an event stream until an event of type `until` arrives (included) or the stream ends."""
+    events: list[SseEvent] = []
+    kind, data = "message", ""
+    async with asyncio.timeout(timeout):
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif not line and data:
+                events.append(SseEvent(kind, json.loads(data)))
+                if kind == until:
+                    return events
+                kind, data = "message", ""
+    return events
