@@ -5,18 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import structlog
 
 from drivers.base import (
     DeviceState,
-    DeviceStatus,
     DeviceUnavailable,
     DriverError,
     FrameError,
-    Listener,
-    StatusTracker,
 )
 from drivers.idcard.errors import (
     BadRead,
@@ -40,7 +36,7 @@ from drivers.idcard.frames import (
 )
 from drivers.idcard.identity import CardDataError, CheckDigitMismatch, IdCard, parse_text_block
 from drivers.idcard.protocol import SamvProtocol
-from drivers.serialio import CommandGate, SerialLink
+from drivers.serialio.device import SerialDevice
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +53,7 @@ _SAM_FAULT = frozenset({Status.SAM_SELFTEST_FAILED, Status.SAM_NOT_AUTHORISED})
 _SILENT_LIMIT = 3  # consecutive unanswered commands before the reader counts as offline
 
 
-class SamvReader:
+class SamvReader(SerialDevice[SamvProtocol]):
     """A SAM_V resident ID card reader on a serial port (or pyserial URL).
 
     One command is in flight at a time. start() opens the port in the background, checks
@@ -82,28 +78,21 @@ class SamvReader:
         backoff_initial: float = 0.2,
         backoff_max: float = 2.0,
     ) -> None:
-        self.name = name
-        self.port = port
+        super().__init__(
+            name,
+            port,
+            baudrate=baudrate,
+            protocol_factory=lambda: SamvProtocol(name),
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
         self._poll_interval = poll_interval
         self._find_timeout = find_timeout
         self._read_timeout = read_timeout
         self._fingerprint_timeout = fingerprint_timeout
         self._status_timeout = status_timeout
         self._card_wait_timeout = card_wait_timeout
-        self._tracker = StatusTracker(name, DeviceState.OFFLINE)
-        self._gate = CommandGate()
         self._read_lock = asyncio.Lock()
-        self._link: SerialLink[SamvProtocol] = SerialLink(
-            device=name,
-            port=port,
-            baudrate=baudrate,
-            tracker=self._tracker,
-            protocol_factory=lambda: SamvProtocol(name),
-            on_up=self._on_up,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-        )
-        self._presence: asyncio.Task[None] | None = None
         self._card_present = False
         self._must_leave = False
         self._silent = 0
@@ -111,61 +100,17 @@ class SamvReader:
         self._in_presence = False
         self._presence_quiet_until = 0.0
 
-    # --- Device protocol -------------------------------------------------------------------
+    # --- SerialDevice hooks ----------------------------------------------------------------
 
-    @property
-    def status(self) -> DeviceStatus:
-        return self._tracker.status
+    async def _background_loop(self) -> None:
+        await self._presence_loop()
 
-    @property
-    def queue_depth(self) -> int:
-        """Commands waiting for the reader behind the one in flight."""
-        return self._gate.depth
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self._tracker.subscribe(listener)
-
-    async def start(self) -> None:
-        self._tracker.set(DeviceState.NO_DEVICE, f"opening {self.port}")
-        await self._link.start()
-        if self._presence is None:
-            self._presence = asyncio.create_task(self._presence_loop(), name=f"{self.name}-presence")
-
-    async def close(self) -> None:
-        task, self._presence = self._presence, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._link.close()
-        self._tracker.set(DeviceState.OFFLINE, "closed")
-
-    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:  # noqa: ASYNC109
-        """Status 11 FF now; the state reflects the answer (or its absence). Never raises."""
-        with contextlib.suppress(DriverError):
-            await self.sam_status(timeout=timeout)
-        return self.status
-
-    async def wait_online(self, *, timeout: float) -> DeviceStatus:  # noqa: ASYNC109
-        """Wait until the reader is online (start-up ordering, tests)."""
-        ready = asyncio.Event()
-
-        def watch(_event: object) -> None:
-            if self.status.state.usable:
-                ready.set()
-
-        unsubscribe = self.subscribe(watch)
-        try:
-            if not self.status.state.usable:
-                async with asyncio.timeout(timeout):
-                    await ready.wait()
-        finally:
-            unsubscribe()
-        return self.status
+    async def _health_check(self, timeout: float | None) -> None:
+        await self.sam_status(timeout=timeout)
 
     # --- typed commands --------------------------------------------------------------------
 
-    async def sam_status(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def sam_status(self, *, timeout: float | None = None) -> None:
         """Ask the SAM for its status (11 FF); online on 90, hardware_error on a SAM fault."""
         try:
             await self._command(Command.STATUS, limit=timeout or self._status_timeout)
@@ -175,17 +120,17 @@ class SamvReader:
         if not self.status.state.usable:
             self._tracker.set(DeviceState.ONLINE, "ready")
 
-    async def reset_sam(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def reset_sam(self, *, timeout: float | None = None) -> None:
         await self._command(Command.RESET_SAM, limit=timeout or self._status_timeout)
 
-    async def sam_id(self, *, timeout: float | None = None) -> str:  # noqa: ASYNC109
+    async def sam_id(self, *, timeout: float | None = None) -> str:
         reply = await self._command(Command.SAM_ID, limit=timeout or self._status_timeout)
         try:
             return decode_sam_id(reply.data)
         except FrameError as err:
             raise SamvRejected(str(err), device=self.name, code=reply.sw3) from err
 
-    async def find_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def find_card(self, *, timeout: float | None = None) -> None:
         """Find card (20 01); NoCard when the field is empty."""
         try:
             await self._command(Command.FIND_CARD, limit=timeout or self._find_timeout)
@@ -193,23 +138,23 @@ class SamvReader:
             self._must_leave = False  # the field was seen empty: the last card has left
             raise
 
-    async def select_card(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def select_card(self, *, timeout: float | None = None) -> None:
         """Select card (20 02); CardLost when the found card is gone."""
         await self._command(Command.SELECT_CARD, limit=timeout or self._find_timeout)
 
-    async def read_text_photo(self, *, timeout: float | None = None) -> IdCard:  # noqa: ASYNC109
+    async def read_text_photo(self, *, timeout: float | None = None) -> IdCard:
         """Read text + photo (30 01) of the selected card, parsed and check-digit verified."""
         return await self._read(fingerprint=False, limit=timeout)
 
     async def read_with_fingerprint(
         self,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> IdCard:
         """Read text + photo + fingerprint (30 10) of the selected card."""
         return await self._read(fingerprint=True, limit=timeout)
 
-    async def read_new_address(self, *, timeout: float | None = None) -> str | None:  # noqa: ASYNC109
+    async def read_new_address(self, *, timeout: float | None = None) -> str | None:
         """Newest appended address (30 03), or None when the card has none (91)."""
         try:
             reply = await self._command(Command.READ_NEW_ADDRESS, limit=timeout or self._read_timeout)
@@ -225,7 +170,7 @@ class SamvReader:
     async def read_card(
         self,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         fingerprint: bool = False,
     ) -> IdCard:
         """Wait for a card (polling find), then select and read it, all within `timeout`.

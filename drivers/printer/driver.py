@@ -6,17 +6,13 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
 from drivers.base import (
     DeviceState,
-    DeviceStatus,
     DriverError,
-    Listener,
-    StatusTracker,
 )
 from drivers.printer.errors import (
     CoverOpen,
@@ -36,7 +32,7 @@ from drivers.printer.frames import (
 )
 from drivers.printer.job import PrintJob, encode_job
 from drivers.printer.protocol import EscPosProtocol
-from drivers.serialio import CommandGate, SerialLink
+from drivers.serialio.device import SerialDevice
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +55,7 @@ class PrintResult:
         return self.status.warnings
 
 
-class EscPosPrinter:
+class EscPosPrinter(SerialDevice[EscPosProtocol]):
     """An ESC/POS receipt printer on a serial port or `socket://host:9100`.
 
     Each job: DLE EOT 1-4 first (refuse when not ready), the job bytes, then (with
@@ -84,82 +80,36 @@ class EscPosPrinter:
         backoff_initial: float = 0.2,
         backoff_max: float = 2.0,
     ) -> None:
-        self.name = name
-        self.port = port
-        self.baudrate = baudrate
+        super().__init__(
+            name,
+            port,
+            baudrate=baudrate,
+            protocol_factory=lambda: EscPosProtocol(name, self._on_push),
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
         self._status_back = status_back
         self._status_timeout = status_timeout
         self._confirm = confirm_print
         self._job_timeout = job_timeout
         self._job_poll = job_poll
         self._poll_interval = poll_interval
-        self._tracker = StatusTracker(name, DeviceState.OFFLINE)
-        self._gate = CommandGate()
-        self._link: SerialLink[EscPosProtocol] = SerialLink(
-            device=name,
-            port=port,
-            baudrate=baudrate,
-            tracker=self._tracker,
-            protocol_factory=lambda: EscPosProtocol(name, self._on_push),
-            on_up=self._on_up,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-        )
         self._pids = itertools.count(1)
         self._printing = False
         self._wire_free_at = 0.0
         self.last_status: PrinterStatus | None = None
-        self._monitor: asyncio.Task[None] | None = None
 
-    # --- Device protocol -------------------------------------------------------------------
+    # --- SerialDevice hooks ----------------------------------------------------------------
 
-    @property
-    def status(self) -> DeviceStatus:
-        return self._tracker.status
+    async def _background_loop(self) -> None:
+        await self._monitor_loop()
 
-    @property
-    def queue_depth(self) -> int:
-        return self._gate.depth
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]:
-        return self._tracker.subscribe(listener)
-
-    async def start(self) -> None:
-        self._tracker.set(DeviceState.NO_DEVICE, f"opening {self.port}")
-        await self._link.start()
-        if self._monitor is None:
-            self._monitor = asyncio.create_task(self._monitor_loop(), name=f"{self.name}-monitor")
-
-    async def close(self) -> None:
-        task, self._monitor = self._monitor, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._link.close()
-        self._tracker.set(DeviceState.OFFLINE, "closed")
-
-    async def probe(self, *, timeout: float | None = None) -> DeviceStatus:  # noqa: ASYNC109
-        """DLE EOT 1-4 now; the state follows the answer. Never raises."""
-        with contextlib.suppress(DriverError):
-            await self.read_status(timeout=timeout)
-        return self.status
-
-    async def wait_online(self, *, timeout: float) -> DeviceStatus:  # noqa: ASYNC109
-        """Wait until the printer is ready (start-up ordering, tests)."""
-        ready = asyncio.Event()
-        unsubscribe = self.subscribe(lambda _e: ready.set() if self.status.state.usable else None)
-        try:
-            if not self.status.state.usable:
-                async with asyncio.timeout(timeout):
-                    await ready.wait()
-        finally:
-            unsubscribe()
-        return self.status
+    async def _health_check(self, timeout: float | None) -> None:
+        await self.read_status(timeout=timeout)
 
     # --- API -------------------------------------------------------------------------------
 
-    async def read_status(self, *, timeout: float | None = None) -> PrinterStatus:  # noqa: ASYNC109
+    async def read_status(self, *, timeout: float | None = None) -> PrinterStatus:
         """DLE EOT 1-4 through the command gate; the device state follows the answer."""
         limit = self._status_timeout if timeout is None else timeout
         try:
@@ -172,7 +122,7 @@ class EscPosPrinter:
         finally:
             self._gate.release()
 
-    async def print_job(self, job: PrintJob, *, timeout: float | None = None) -> PrintResult:  # noqa: ASYNC109
+    async def print_job(self, job: PrintJob, *, timeout: float | None = None) -> PrintResult:
         """Print one job; returns once the printer confirms it printed (or raises why not)."""
         data = encode_job(job)
         self._link.require()
