@@ -56,6 +56,7 @@ class HttpCamera:
         self._max_bytes = max_bytes
         self._tracker = StatusTracker(name, DeviceState.OFFLINE)
         self._session: aiohttp.ClientSession | None = None
+        self._first_probe: asyncio.Task[DeviceStatus] | None = None
         self._closed = False
 
     @property
@@ -80,15 +81,22 @@ class HttpCamera:
         return aiohttp.ClientSession(timeout=timeout, middlewares=(digest,))
 
     async def start(self) -> None:
-        """Open the HTTP client; the first capture or probe tells whether the camera answers."""
+        """Open the HTTP client and probe once in the background, so the state soon says."""
         self._closed = False
         if self._session is None:
             self._session = self._make_session()
         self._tracker.set(DeviceState.OFFLINE, "not checked yet")
+        if self._first_probe is None:
+            self._first_probe = asyncio.create_task(self.probe(), name=f"probe-{self.name}")
 
     async def close(self) -> None:
         """Close the HTTP client and its connections."""
         self._closed = True
+        probe, self._first_probe = self._first_probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
         session, self._session = self._session, None
         if session is not None:
             await session.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,12 @@ from drivers.camera.simulator import CameraFault, CameraSimulator
 USER, PASSWORD = "operator", "s3cret-Pa55"
 
 
+async def wait_online(camera: HttpCamera) -> None:
+    async with asyncio.timeout(5):
+        while camera.status.state is not DeviceState.ONLINE:
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[CameraSimulator]:
     async with CameraSimulator(username=USER, password=PASSWORD) as simulator:
@@ -32,18 +39,20 @@ async def sim() -> AsyncIterator[CameraSimulator]:
 async def camera(sim: CameraSimulator) -> AsyncIterator[HttpCamera]:
     cam = HttpCamera("camera", sim.url, username=USER, password=PASSWORD, timeout=5)
     await cam.start()
+    await wait_online(cam)  # start's background probe has captured once
     yield cam
     await cam.close()
 
 
 async def test_digest_auth_capture(sim: CameraSimulator, camera: HttpCamera) -> None:
+    served = sim.frames_served
     first = await camera.capture()
     second = await camera.capture()
     assert (first.width, first.height) == (320, 240)
     assert first.jpeg.startswith(b"\xff\xd8") and first.jpeg.endswith(b"\xff\xd9")
     assert first.jpeg != second.jpeg
     assert second.captured_at >= first.captured_at
-    assert sim.frames_served == 2
+    assert sim.frames_served == served + 2
     assert sim.unauthorized >= 1  # the challenge really happened
     assert camera.status.state is DeviceState.ONLINE
 
@@ -157,9 +166,19 @@ async def test_unreachable_camera_is_offline() -> None:
         await cam.close()
 
 
-async def test_probe_and_close(camera: HttpCamera) -> None:
-    assert camera.status.state is DeviceState.OFFLINE
-    assert (await camera.probe(timeout=5)).state is DeviceState.ONLINE
+async def test_start_probes_in_the_background(sim: CameraSimulator) -> None:
+    cam = HttpCamera("camera", sim.url, username=USER, password=PASSWORD)
+    await cam.start()
+    try:
+        await wait_online(cam)
+        assert sim.frames_served == 1
+    finally:
+        await cam.close()
+
+
+async def test_probe_and_close(sim: CameraSimulator, camera: HttpCamera) -> None:
+    sim.fault = CameraFault.SERVER_ERROR
+    assert (await camera.probe(timeout=5)).last_error == "camera answered HTTP 500"
     await camera.close()
     with pytest.raises(CameraUnreachable, match="closed"):
         await camera.capture()
