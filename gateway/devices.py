@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -115,14 +116,24 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
     if isinstance(cfg, PcscDevice):
         from drivers.cardreader.driver import PcscCardReader
 
+        reader = cfg.reader
+        if cfg.simulate:
+            from drivers.cardreader.vcard import VIRTUAL_READER, VirtualCard, personality
+
+            simulator = VirtualCard(personality(cfg.simulate))
+            reader = reader or VIRTUAL_READER
+            stack.push_async_callback(simulator.remove)
+            # The card goes into vpcd's slot once pcscd is there; without pcscd the reader says so.
+            task = asyncio.create_task(_insert_virtual_card(name, simulator), name=f"{name}-vcard")
+            stack.push_async_callback(_cancel, task)
         return (
             PcscCardReader(
                 name,
-                reader=cfg.reader,
+                reader=reader,
                 poll_interval=cfg.poll_interval_s,
                 apdu_timeout=cfg.apdu_timeout_s,
             ),
-            None,
+            simulator,
         )
     if isinstance(cfg, HttpCameraDevice):
         from drivers.camera.http import HttpCamera
@@ -151,6 +162,21 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
 
         return V4l2Camera(name, cfg.device, timeout=cfg.timeout_s, max_bytes=cfg.max_bytes), None
     raise GatewayError(f"devices.{name}: unsupported driver")
+
+
+async def _insert_virtual_card(name: str, card: Any) -> None:
+    from drivers.cardreader.vcard import VirtualCardError
+
+    try:
+        await card.insert(timeout=30.0)
+    except VirtualCardError as err:
+        log.warning("virtual_card_not_inserted", device=name, error=str(err))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class DeviceManager:

@@ -30,6 +30,8 @@ from drivers.cardreader.apdu import PPSE_AID, SSC_AID
 log = structlog.get_logger(__name__)
 
 VPCD_PORT = 35963
+# The reader pcscd lists for vpcd's first slot (the one on VPCD_PORT).
+VIRTUAL_READER = "Virtual PCD 00 00"
 Personality = Literal["sscard", "bank", "staff"]
 
 _POWER_OFF, _POWER_ON, _RESET, _GET_ATR = 0x00, 0x01, 0x02, 0x04

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support.daemon import inprocess_daemon, short_tmpdir
+from tests.support.daemon import inprocess_daemon
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_bad_requests_get_problems_and_service_continues(state_dir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sqlite3
 import ssl
 import time
@@ -18,7 +17,7 @@ from drivers.idcard.identity import sample_card
 from gateway.uplink.keys import KeyRing, NodeKey
 from gateway.uplink.verifier import verify_lines
 from tests.support.cloud import Cloud, Uplink, write_jwk
-from tests.support.daemon import inprocess_daemon, short_tmpdir
+from tests.support.daemon import inprocess_daemon
 from tests.support.mosquitto import BrokerTls, Mosquitto, free_port
 from tests.uplink.tls import TestCA
 
@@ -35,13 +34,6 @@ baudrate = 115200
 sim_print_time_s = 0.05
 """
 OTP_CODE = "246810"
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,31 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gateway.uplink.keys import KeyRing, NodeKey
 from gateway.uplink.verifier import verify_lines
 from tests.gateway.test_cloud_e2e import DEVICES
 from tests.support.cloud import Cloud, Uplink, write_jwk
-from tests.support.daemon import short_tmpdir, spawn_daemon, unix_session, write_config
+from tests.support.daemon import spawn_daemon, unix_session, write_config
 from tests.support.mosquitto import Mosquitto
 
 ROUNDS = 20
 CLIENTS = 3
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def produce(http: aiohttp.ClientSession, base: str, auth: dict[str, str], acked: list[str]) -> None:

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from drivers.idcard.identity import sample_card
 from gateway.uplink.keys import NodeKey, b64url_decode
 from tests.gateway.test_cloud_e2e import DEVICES, OTP_CODE, otp_responder
 from tests.support.cloud import Cloud, write_jwk
-from tests.support.daemon import running_daemon, short_tmpdir, unix_session, write_config
+from tests.support.daemon import running_daemon, unix_session, write_config
 from tests.support.mosquitto import Mosquitto
 
 CARD = sample_card()
 SECRETS = [CARD.id_number, CARD.name, CARD.address, CARD.issuer]
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def envelopes_by_stream(state_dir: Path) -> dict[str, list[str]]:

@@ -7,21 +7,9 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.support.daemon import running_daemon, short_tmpdir, spawn_daemon, unix_session, write_config
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_health_answers_and_sigterm_exits_zero(state_dir: Path) -> None:
@@ -129,7 +117,11 @@ async def test_socket_path_printed_for_embedded_default(tmp_path: Path) -> None:
                 if all(d["state"] == "online" for d in devices):
                     break
                 await asyncio.sleep(0.1)
-            assert {d["name"]: d["state"] for d in devices} == {"idcard": "online", "printer": "online"}
+            assert {d["name"]: d["state"] for d in devices} == {
+                "idcard": "online",
+                "printer": "online",
+                "camera": "online",
+            }
             assert all(d["simulated"] for d in devices)
     finally:
         assert await dp.stop() == 0

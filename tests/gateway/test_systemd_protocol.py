@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import inprocess_daemon, short_tmpdir, spawn_daemon, unix_session, write_config
+from tests.support.daemon import inprocess_daemon, spawn_daemon, unix_session, write_config
 
 
 class NotifyListener:
@@ -45,13 +45,6 @@ class NotifyListener:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    path = short_tmpdir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

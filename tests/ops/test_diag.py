@@ -29,9 +29,8 @@ from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import NodeKey
 from gateway.uplink.outbox import Outbox
 from tests.ops.certs import make_pki
-from tests.ops.conftest import BrokerFactory
 from tests.support.daemon import REPO, running_daemon, write_config
-from tests.support.mosquitto import BrokerTls, free_port
+from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
 
 
 def by_name(report: DiagReport) -> dict[str, CheckResult]:

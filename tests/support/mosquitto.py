@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,3 +176,7 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+BrokerFactory = Callable[..., Mosquitto]
+"""The `make_broker` fixture's type: start a broker with Mosquitto's keyword arguments."""

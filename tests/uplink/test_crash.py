@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.uplink.keys import KeyRing, init_key
-from tests.uplink.conftest import BrokerFactory
+from tests.support.mosquitto import BrokerFactory
 from tests.uplink.crash import run_kill_rounds
 from tests.uplink.helpers import Collector
 

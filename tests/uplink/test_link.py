@@ -10,8 +10,8 @@ import aiomqtt
 import pytest
 
 from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, LinkState, MqttLink
-from tests.support.mosquitto import BrokerTls, free_port
-from tests.uplink.conftest import NODE, BrokerFactory
+from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
+from tests.uplink.conftest import NODE
 from tests.uplink.helpers import Collector, SilentProxy
 from tests.uplink.tls import TestCA
 

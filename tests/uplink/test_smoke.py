@@ -11,7 +11,8 @@ from gateway.uplink.mqtt import MqttLink
 from gateway.uplink.outbox import Outbox
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines
-from tests.uplink.conftest import NODE, BrokerFactory
+from tests.support.mosquitto import BrokerFactory
+from tests.uplink.conftest import NODE
 from tests.uplink.helpers import Collector
 
 
