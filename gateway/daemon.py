@@ -267,6 +267,7 @@ class Daemon:
             drain_timeout=config.api.drain_timeout_s,
             inherited=listen_sockets(),
             debug_tcp=config.api.debug_tcp,
+            max_sessions=config.api.max_sessions,
         )
         await self.server.start()
         stack.push_async_callback(self.server.stop)

@@ -214,8 +214,23 @@ class DeviceQueue:
         (self._priority if priority else self._waiting).append(request)
         self._report_positions()
         self._wakeup.set()
+        deadline = asyncio.timeout(max(0.0, request.deadline - now))
         try:
-            return await future
+            async with deadline:
+                return await future
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the operation's own timeout error, passed through
+            # Still waiting at its deadline: it leaves the queue now, not when it reaches the head.
+            if self._discard_waiting(request):
+                self.stats.expired += 1
+                raise DeadlineExpired(
+                    f"deadline passed after {self._clock() - now:.1f}s in the {self.device} queue",
+                    device=self.device,
+                ) from None
+            raise DeadlineExpired(
+                f"the {self.device} did not finish before the deadline", device=self.device
+            ) from None
         except asyncio.CancelledError:
             self._withdraw(request)
             raise
@@ -293,15 +308,20 @@ class DeviceQueue:
         else:
             self._session_counts[request.session] = remaining
 
+    def _discard_waiting(self, request: _Request[Any]) -> bool:
+        """Take a request out of its lane if it is still waiting there."""
+        lane = self._priority if request.priority else self._waiting
+        if request not in lane:
+            return False
+        lane.remove(request)
+        self._forget(request)
+        self._report_positions()
+        return True
+
     def _withdraw(self, request: _Request[Any]) -> None:
-        for lane in (self._priority, self._waiting):
-            if request in lane:
-                lane.remove(request)
-                self._forget(request)
-                self.stats.cancelled += 1
-                self._report_positions()
-                return
-        if self._current is request and self._current_task is not None:
+        if self._discard_waiting(request):
+            self.stats.cancelled += 1
+        elif self._current is request and self._current_task is not None:
             self._current_task.cancel("the client went away")
 
     def _fail(self, request: _Request[Any], error: BaseException) -> None:

@@ -118,6 +118,8 @@ async def read_json(request: web.Request, model: type[T], *, optional: bool = Fa
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
         raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
+    except RecursionError as err:
+        raise Problem(400, "malformed-body", "Malformed JSON", "nested too deeply") from err
     try:
         return msgspec.convert(data, model)
     except msgspec.ValidationError as err:

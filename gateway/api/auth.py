@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -61,45 +62,44 @@ def proven(ctx: ApiContext, session: Session, factor: ProvenFactor) -> web.Respo
     return json_response({"factor": factor.as_dict(), "assurance": assurance})
 
 
-@routes.post("/v1/sessions/{session_id}/factors/idcard")
-async def factor_idcard(request: web.Request) -> web.Response:
+CardRead = Callable[[Any, float], Awaitable[Any]]
+CardProve = Callable[[Authenticator, AuthState, Any], Awaitable[ProvenFactor]]
+
+# factor -> (the device kind that reads it, how to read, how to prove what was read)
+CARD_FACTORS: dict[str, tuple[str, CardRead, CardProve]] = {
+    "idcard": (
+        "idcard",
+        lambda device, remaining: device.read_card(timeout=remaining),
+        lambda auth, state, card: auth.prove_idcard(
+            state, card.id_number, photo=card.photo, valid_until=card.valid_to
+        ),
+    ),
+    "sscard": (
+        "cardreader",
+        lambda device, remaining: device.read_social_security(timeout=remaining),
+        lambda auth, state, card: auth.prove_sscard(state, card.id_number),
+    ),
+    "staffcard": (
+        "cardreader",
+        lambda device, remaining: device.read_card_id(timeout=remaining),
+        lambda auth, state, card_id: auth.prove_staffcard(state, card_id),
+    ),
+}
+
+
+async def card_factor(request: web.Request) -> web.Response:
+    """Read the card on its device (through the queue, within the deadline) and prove the factor."""
     ctx = request.app[CONTEXT]
     session = session_of(request)
-
-    async def read(device: Any, remaining: float) -> Any:
-        return await device.read_card(timeout=remaining)
-
-    card = await queued_device_call(request, session, "idcard", read, label="idcard")
-    factor = await engine(ctx).prove_idcard(
-        state_of(session), card.id_number, photo=card.photo, valid_until=card.valid_to
-    )
+    factor_kind = request.path.rsplit("/", 1)[-1]
+    device_kind, read, prove = CARD_FACTORS[factor_kind]
+    evidence = await queued_device_call(request, session, device_kind, read, label=factor_kind)
+    factor = await prove(engine(ctx), state_of(session), evidence)
     return proven(ctx, session, factor)
 
 
-@routes.post("/v1/sessions/{session_id}/factors/sscard")
-async def factor_sscard(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-
-    async def read(device: Any, remaining: float) -> Any:
-        return await device.read_social_security(timeout=remaining)
-
-    card = await queued_device_call(request, session, "cardreader", read, label="sscard")
-    factor = await engine(ctx).prove_sscard(state_of(session), card.id_number)
-    return proven(ctx, session, factor)
-
-
-@routes.post("/v1/sessions/{session_id}/factors/staffcard")
-async def factor_staffcard(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-
-    async def read(device: Any, remaining: float) -> Any:
-        return await device.read_card_id(timeout=remaining)
-
-    card_id = await queued_device_call(request, session, "cardreader", read, label="staffcard")
-    factor = await engine(ctx).prove_staffcard(state_of(session), card_id)
-    return proven(ctx, session, factor)
+for _kind in CARD_FACTORS:
+    routes.post(f"/v1/sessions/{{session_id}}/factors/{_kind}")(card_factor)
 
 
 async def capture_frame(request: web.Request, session: Session) -> Any:
@@ -132,31 +132,26 @@ async def otp_challenge(request: web.Request) -> web.Response:
     return json_response(answer, status=202)
 
 
-@routes.post("/v1/sessions/{session_id}/factors/otp")
-async def factor_otp(request: web.Request) -> web.Response:
+async def code_factor(request: web.Request) -> web.Response:
+    """A typed-in code: SMS one-time code, TOTP, or a staff PIN."""
     ctx = request.app[CONTEXT]
     session = session_of(request)
-    body = await read_json(request, CodeBody)
-    factor = await engine(ctx).prove_otp(state_of(session), body.code)
+    auth, state = engine(ctx), state_of(session)
+    kind = request.path.rsplit("/", 1)[-1]
+    if kind == "pin":
+        pin = await read_json(request, PinBody)
+        factor = await auth.prove_pin(state, pin.staff_id, pin.pin)
+    else:
+        body = await read_json(request, CodeBody)
+        if kind == "otp":
+            factor = await auth.prove_otp(state, body.code)
+        else:
+            factor = await auth.prove_totp(state, body.staff_id, body.code)
     return proven(ctx, session, factor)
 
 
-@routes.post("/v1/sessions/{session_id}/factors/totp")
-async def factor_totp(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-    body = await read_json(request, CodeBody)
-    factor = await engine(ctx).prove_totp(state_of(session), body.staff_id, body.code)
-    return proven(ctx, session, factor)
-
-
-@routes.post("/v1/sessions/{session_id}/factors/pin")
-async def factor_pin(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-    body = await read_json(request, PinBody)
-    factor = await engine(ctx).prove_pin(state_of(session), body.staff_id, body.pin)
-    return proven(ctx, session, factor)
+for _kind in ("otp", "totp", "pin"):
+    routes.post(f"/v1/sessions/{{session_id}}/factors/{_kind}")(code_factor)
 
 
 # Protected operations --------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class ApiServer:
         drain_timeout: float,
         inherited: list[socket.socket] | None = None,
         debug_tcp: str = "",
+        max_sessions: int = 200,
     ) -> None:
         self.app = app
         self.socket_path = socket_path
@@ -71,6 +72,8 @@ class ApiServer:
         self.inherited = inherited or []
         self.debug_tcp = debug_tcp
         self.listening: list[str] = []
+        # Every kiosk may connect at the same moment: the listen backlog must hold them all.
+        self.backlog = max(128, 2 * max_sessions)
         self._runner: web.AppRunner | None = None
         self._owns_path = False
 
@@ -80,26 +83,31 @@ class ApiServer:
 
     async def start(self) -> None:
         runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=self.drain_timeout
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=self.drain_timeout,
+            # A kiosk that hangs up withdraws its request: its queued device work is cancelled.
+            handler_cancellation=True,
         )
         await runner.setup()
         self._runner = runner
         try:
             if self.inherited:
                 for sock in self.inherited:
-                    site: web.BaseSite = web.SockSite(runner, sock)
+                    site: web.BaseSite = web.SockSite(runner, sock, backlog=self.backlog)
                     await site.start()
                     self.listening.append(f"fd:{sock.fileno()}")
             else:
                 prepare_socket_path(self.socket_path)
-                site = web.UnixSite(runner, self.socket_path)
+                site = web.UnixSite(runner, self.socket_path, backlog=self.backlog)
                 await site.start()
                 self._owns_path = True
                 os.chmod(self.socket_path, self.socket_mode)
                 self.listening.append(str(self.socket_path))
             if self.debug_tcp:
                 host, port = debug_tcp_address(self.debug_tcp)
-                tcp = web.TCPSite(runner, host, port)
+                tcp = web.TCPSite(runner, host, port, backlog=self.backlog)
                 await tcp.start()
                 self.listening.append(f"http://{host}:{port}")
         except OSError as err:
