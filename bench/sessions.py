@@ -102,6 +102,15 @@ class CallFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Answer:
+    """What a call got back."""
+
+    status: int
+    body: Any
+    retry_after: float | None
+
+
+@dataclass(frozen=True)
 class Opened:
     """A session the bench holds: id and bearer token."""
 
@@ -132,12 +141,13 @@ class Recorder:
 
     async def call(
         self, kind: str, http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any
-    ) -> tuple[int, Any]:
+    ) -> Answer:
         started = time.perf_counter()
         try:
             async with http.request(method, path, **kwargs) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, OSError) as err:
             self.errors[f"{kind}: {type(err).__name__}"] += 1
             raise CallFailed from err
@@ -147,7 +157,7 @@ class Recorder:
                 self.saturated[kind] += 1
             else:
                 self.errors[f"{kind}: HTTP {status}"] += 1
-        return status, (json.loads(raw) if raw else None)
+        return Answer(status, json.loads(raw) if raw else None, float(retry_after) if retry_after else None)
 
     @property
     def error_count(self) -> int:
@@ -156,10 +166,10 @@ class Recorder:
 
 async def create(rec: Recorder, http: aiohttp.ClientSession, kind: str = "create") -> Opened | None:
     try:
-        status, body = await rec.call(kind, http, "POST", "/v1/sessions")
+        answer = await rec.call(kind, http, "POST", "/v1/sessions")
     except CallFailed:
         return None
-    return Opened(body["id"], body["token"]) if status == 201 else None
+    return Opened(answer.body["id"], answer.body["token"]) if answer.status == 201 else None
 
 
 async def warm(http: aiohttp.ClientSession, connections: int) -> None:
@@ -258,8 +268,10 @@ class FlowRun:
     http: aiohttp.ClientSession
     end: float
     until_complete: bool
-    open_sessions: dict[int, Opened] = field(default_factory=dict)
+    open_sessions: dict[str, Opened] = field(default_factory=dict)
+    in_flow: int = 0
     completed: int = 0
+    failed: int = 0
 
     def deadline(self) -> str:
         if self.until_complete:
@@ -280,41 +292,44 @@ async def ui_poll(run: FlowRun, session: Opened) -> None:
 async def wait_print(run: FlowRun, session: Opened, job: str) -> str:
     while True:
         await asyncio.sleep(JOB_POLL_S)
-        status, body = await run.rec.call(
+        answer = await run.rec.call(
             "job", run.http, "GET", f"{session.path}/jobs/{job}", headers=session.auth
         )
-        if status != 200:
-            return f"HTTP {status}"
-        if body["state"] in ("done", "failed", "expired", "cancelled"):
-            return str(body["state"])
+        if answer.status != 200:
+            return f"HTTP {answer.status}"
+        if answer.body["state"] in ("done", "failed", "expired", "cancelled"):
+            return str(answer.body["state"])
 
 
-async def device_steps(run: FlowRun, session: Opened) -> None:
-    """Read the ID card, then print a receipt and wait for it; errors are recorded, not raised."""
+async def device_steps(run: FlowRun, session: Opened) -> float | None:
+    """ID card, then a receipt: None if all went well, else the pause before a retry (Retry-After)."""
     rec, http, auth = run.rec, run.http, session.auth
     params = {"deadline_s": run.deadline()}
-    status, _ = await rec.call(
+    read = await rec.call(
         "idcard", http, "POST", f"{session.path}/factors/idcard", headers=auth, params=params
     )
-    if status != 200:
-        return
+    if read.status != 200:
+        return read.retry_after or 1.0
     params = {"deadline_s": run.deadline()}
-    status, job = await rec.call(
+    submitted = await rec.call(
         "print", http, "POST", f"{session.path}/print", json=RECEIPT, headers=auth, params=params
     )
-    if status != 202:
-        return
+    if submitted.status != 202:
+        return submitted.retry_after or 1.0
     started = time.perf_counter()
-    state = await wait_print(run, session, job["job"])
+    state = await wait_print(run, session, submitted.body["job"])
     if state == "done":
         rec.print_jobs.append(time.perf_counter() - started)
-    elif state == "expired":
+        return None
+    if state == "expired":
         rec.saturated["print job expired"] += 1
     else:
         rec.errors[f"print job {state}"] += 1
+    return 1.0
 
 
-async def flow_client(run: FlowRun, number: int, first: Opened | None) -> None:
+async def flow_client(run: FlowRun, first: Opened | None) -> None:
+    """One kiosk: flow after flow (one flow with --until-complete), each in a new session."""
     loop = asyncio.get_running_loop()
     session = first
     while run.until_complete or loop.time() < run.end:
@@ -324,11 +339,13 @@ async def flow_client(run: FlowRun, number: int, first: Opened | None) -> None:
             if session is None:
                 await asyncio.sleep(1.0)  # a refused create is an error already; do not spin
                 continue
-        run.open_sessions[number] = session
+        run.open_sessions[session.id] = session
+        run.in_flow += 1
         poller = asyncio.create_task(ui_poll(run, session))
+        pause: float | None = 1.0
         try:
             with contextlib.suppress(CallFailed):
-                await device_steps(run, session)
+                pause = await device_steps(run, session)
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -336,10 +353,16 @@ async def flow_client(run: FlowRun, number: int, first: Opened | None) -> None:
         with contextlib.suppress(CallFailed):
             await run.rec.call("get", run.http, "GET", session.path, headers=session.auth)
             await run.rec.call("delete", run.http, "DELETE", session.path, headers=session.auth)
-        run.open_sessions.pop(number, None)
+            run.open_sessions.pop(session.id, None)
+        run.in_flow -= 1
         session = None
-        run.completed += 1
-        run.rec.flows.append(time.perf_counter() - started)
+        if pause is None:
+            run.completed += 1
+            run.rec.flows.append(time.perf_counter() - started)
+        else:
+            run.failed += 1
+            if not run.until_complete:
+                await asyncio.sleep(pause)
         if run.until_complete:
             return
 
@@ -430,7 +453,7 @@ async def measure(args: argparse.Namespace, state: Path, daemon_pid: int) -> dic
             run = FlowRun(rec, http, loop.time() + args.duration, args.until_complete)
             cpu = CpuMeter.start(daemon_pid)
             started = loop.time()
-            tasks = [asyncio.create_task(flow_client(run, n, s)) for n, s in enumerate(opened)]
+            tasks = [asyncio.create_task(flow_client(run, s)) for s in opened]
             if args.until_complete:
                 await asyncio.gather(*tasks)
             else:
@@ -438,17 +461,19 @@ async def measure(args: argparse.Namespace, state: Path, daemon_pid: int) -> dic
             figures["flow_seconds"] = loop.time() - started
             figures["flow_cpu_percent"] = cpu.percent()
             figures["queues"] = queues(await status_of(http))
-            figures["unfinished"] = len(run.open_sessions)
+            figures["unfinished"] = run.in_flow
             figures["flows_completed"] = run.completed
+            figures["flows_failed"] = run.failed
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
             sampler.phase = "cleanup"
-            cleanup = Recorder()
+            cleanup: Counter[int] = Counter()
             for session in list(run.open_sessions.values()):
-                with contextlib.suppress(CallFailed):
-                    await cleanup.call("delete", http, "DELETE", session.path, headers=session.auth)
+                async with http.delete(session.path, headers=session.auth) as resp:
+                    # 404: a DELETE abandoned mid-flight at the end had already ended it.
+                    cleanup[resp.status] += 1
 
             async def drained() -> bool:
                 body = await status_of(http)
@@ -457,7 +482,7 @@ async def measure(args: argparse.Namespace, state: Path, daemon_pid: int) -> dic
                 )
 
             figures["drained"] = await until(drained, 15)
-            figures["cleanup_errors"] = dict(cleanup.errors)
+            figures["cleanup_errors"] = {code: n for code, n in cleanup.items() if code not in (204, 404)}
     finally:
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -492,7 +517,8 @@ def report(args: argparse.Namespace, f: dict[str, Any], log_errors: Counter[str]
     bare_rounds: list[GetRound] = f["bare_rounds"]
     gw_rate = statistics.median(r.rate for r in gw_rounds)
     bare_rate = statistics.median(r.rate for r in bare_rounds)
-    ratio = gw_rate / bare_rate
+    # Each gateway round is paired with the bare round right after it: load from others hits both.
+    ratio = statistics.median(g.rate / b.rate for g, b in zip(gw_rounds, bare_rounds, strict=True))
     flows_per_s = f["flows_completed"] / f["flow_seconds"]
 
     print(
@@ -501,6 +527,7 @@ def report(args: argparse.Namespace, f: dict[str, Any], log_errors: Counter[str]
     print(
         f"completed flows: {f['flows_completed']} = {flows_per_s:.2f} flows/s (one ID card reader bounds it)"
     )
+    print(f"failed flows (an error on the way; the kiosk retried after Retry-After): {f['flows_failed']}")
     print(f"unfinished at the end (flow started, waiting on a device, abandoned): {f['unfinished']}")
     print(f"flow time p50 {percentile(rec.flows, 50):.2f} s, p99 {percentile(rec.flows, 99):.2f} s")
     print("latency by call (flow phase):")
@@ -539,7 +566,8 @@ def report(args: argparse.Namespace, f: dict[str, Any], log_errors: Counter[str]
     cost = statistics.median(r.server_us_per_request for r in bare_rounds) / statistics.median(
         r.server_us_per_request for r in gw_rounds
     )
-    print(f"  gateway/bare throughput ratio {ratio:.2f}; server CPU per request, bare/gateway {cost:.2f}")
+    print(f"  gateway/bare throughput ratio {ratio:.2f} (median of paired rounds)")
+    print(f"  server CPU per request, bare/gateway {cost:.2f}")
     print("  (the one client process is the limit when neither server is at 100% CPU)")
 
     bad_gets = sum(n for r in gw_rounds for code, n in r.statuses.items() if code != 200)
@@ -558,6 +586,7 @@ def report(args: argparse.Namespace, f: dict[str, Any], log_errors: Counter[str]
     if args.json:
         summary = {
             "flows_completed": f["flows_completed"],
+            "flows_failed": f["flows_failed"],
             "flows_per_s": flows_per_s,
             "unfinished": f["unfinished"],
             "latency_s": {
