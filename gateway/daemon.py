@@ -477,9 +477,7 @@ class Daemon:
         return {"factors": assurance["factors"], "assurance": assurance}
 
     async def _reset_device(self, name: str) -> dict[str, Any]:
-        managed = self.devices.devices.get(name)
-        if managed is None:
-            raise CommandFailed(f"no device named {name!r}")
+        managed = self.devices.named(name)
         cancelled = managed.queue.purge("the device is being reset")
         await managed.device.close()
         await managed.device.start()

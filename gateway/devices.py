@@ -46,6 +46,14 @@ class NoSuchDevice(GatewayError):
         self.kind = kind
 
 
+class UnknownDevice(GatewayError):
+    """No device of that name is configured."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no device named {name!r}")
+        self.name = name
+
+
 @dataclass
 class ManagedDevice:
     """A device with its queue and config."""
@@ -217,6 +225,12 @@ class DeviceManager:
             if managed.kind == kind:
                 return managed
         raise NoSuchDevice(kind)
+
+    def named(self, name: str) -> ManagedDevice:
+        managed = self.devices.get(name)
+        if managed is None:
+            raise UnknownDevice(name)
+        return managed
 
     def find(self, kind: str) -> ManagedDevice | None:
         with contextlib.suppress(NoSuchDevice):

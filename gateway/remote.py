@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.errors import GatewayError
 from gateway.uplink.commands import Command, CommandRejected, CommandVerifier
 
 log = structlog.get_logger(__name__)
@@ -77,7 +78,7 @@ class CommandDispatcher:
             return {"id": command.id, "ok": False, "error": f"unknown command {command.type!r}"}
         try:
             outcome = await handler(command.body)
-        except CommandFailed as err:
+        except (CommandFailed, GatewayError) as err:
             log.warning("command_failed", id=command.id, type=command.type, error=str(err))
             return {"id": command.id, "ok": False, "error": str(err)}
         except Exception as err:

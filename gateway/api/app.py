@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import time
@@ -115,15 +114,25 @@ async def read_json(request: web.Request, model: type[T], *, optional: bool = Fa
             f"send application/json, not {ctype}",
         )
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
+        return msgspec.json.decode(raw, type=model)
+    except msgspec.ValidationError as err:
+        # The typed decoder stops at the first wrong type; a body that is not JSON at all is a 400.
+        _check_syntax(raw)
+        raise Problem(422, "invalid-body", "Invalid body", str(err)) from err
+    except msgspec.DecodeError as err:
+        # Also lone UTF-16 surrogates and invalid UTF-8: text we could never store or sign.
         raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
     except RecursionError as err:
         raise Problem(400, "malformed-body", "Malformed JSON", "nested too deeply") from err
+
+
+def _check_syntax(raw: bytes) -> None:
     try:
-        return msgspec.convert(data, model)
-    except msgspec.ValidationError as err:
-        raise Problem(422, "invalid-body", "Invalid body", str(err)) from err
+        msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
+    except RecursionError as err:
+        raise Problem(400, "malformed-body", "Malformed JSON", "nested too deeply") from err
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

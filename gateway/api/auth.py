@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -15,6 +15,7 @@ from gateway.api.problems import Problem
 from gateway.api.sessions import devices, queued_device_call, session_of
 from gateway.auth.engine import Authenticator
 from gateway.auth.factors import AuthState, ProvenFactor
+from gateway.auth.settings import StaffId
 from gateway.sessions import Session
 
 routes = web.RouteTableDef()
@@ -23,13 +24,13 @@ MAX_SERVICE_BYTES = 64 * 1024
 
 
 class CodeBody(msgspec.Struct, forbid_unknown_fields=True):
-    code: str
-    staff_id: str | None = None
+    code: Annotated[str, msgspec.Meta(max_length=64)]
+    staff_id: StaffId | None = None
 
 
 class PinBody(msgspec.Struct, forbid_unknown_fields=True):
-    pin: str
-    staff_id: str | None = None
+    pin: Annotated[str, msgspec.Meta(max_length=64)]
+    staff_id: StaffId | None = None
 
 
 class TransactionBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -216,10 +217,7 @@ async def maintenance_purge(request: web.Request) -> web.Response:
     _technician(ctx, session)
     await engine(ctx).authorize("maintenance", state_of(session), online=online(ctx))
     name = request.match_info["device"]
-    managed = devices(ctx).devices.get(name)
-    if managed is None:
-        raise Problem(404, "device-not-found", "No such device", f"no device named {name!r}")
-    purged = managed.queue.purge()
+    purged = devices(ctx).named(name).queue.purge()
     return json_response({"device": name, "purged": purged})
 
 

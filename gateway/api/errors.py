@@ -12,7 +12,7 @@ from drivers.base import (
 )
 from gateway.api.problems import Problem, retry_after
 from gateway.auth.errors import AuthError
-from gateway.devices import NoSuchDevice
+from gateway.devices import NoSuchDevice, UnknownDevice
 from gateway.queueing import DeadlineExpired, QueueFull, RequestCancelled
 from gateway.sessions import SessionNotFound, SessionsFull, Unauthenticated
 from gateway.uplink.outbox import OutboxError, OutboxFull
@@ -82,6 +82,8 @@ def to_problem(err: Exception) -> Problem | None:
         return Problem(504, "deadline-expired", "Deadline expired", str(err), device=err.device)
     if isinstance(err, RequestCancelled):
         return Problem(409, "request-cancelled", "Request cancelled", str(err), device=err.device)
+    if isinstance(err, UnknownDevice):
+        return Problem(404, "device-not-found", "No such device", str(err), device=err.name)
     if isinstance(err, NoSuchDevice):
         return Problem(
             503,

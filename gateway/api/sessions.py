@@ -92,7 +92,9 @@ def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
     if describe is not None:
         view.update(describe(session))
     else:
-        view.update({"factors": [], "assurance": "none"})
+        view.update(
+            {"factors": [], "assurance": {"level": "none", "factors": [], "categories": [], "subjects": []}}
+        )
     return view
 
 

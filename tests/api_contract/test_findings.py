@@ -1,7 +1,6 @@
-"""Defects the contract run found in the route code, held until fixed (strict xfail: a fix turns them red).
+"""Defects the contract run found in the route code, now fixed and held here as regression tests.
 
-Each test states the answer the document promises; the reason says what the gateway does today.
-When the lead fixes one, its test passes, strict xfail reports XPASS as a failure, and the marker goes.
+Each test states the answer the document promises; the comment says what the gateway used to do.
 """
 
 from __future__ import annotations
@@ -21,11 +20,7 @@ def assert_problem(status: int, headers: dict[str, str], body: bytes, expected: 
     assert json.loads(body)["status"] == status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/daemon.py _reset_device raises CommandFailed (gateway.remote), which "
-    "gateway/api/errors.py to_problem does not map: the route answers 500 internal",
-)
+# Was: the reset raised an error to_problem did not map, so the route answered 500 internal.
 def test_reset_of_unknown_device_is_404(gateway: Gateway, sessions: Sessions) -> None:
     tech = sessions.technician()
     reply = gateway.request(
@@ -35,51 +30,38 @@ def test_reset_of_unknown_device_is_404(gateway: Gateway, sessions: Sessions) ->
     assert reply.json()["type"].endswith("/device-not-found")
 
 
-CONVERT = "read_json: msgspec.convert raises UnicodeEncodeError -> 500"
-
+# Was: read_json, the QR encoder, the transaction size check and the audit sealer each met the
+# surrogate as a UnicodeEncodeError (500, or 503 storage-unavailable). read_json now refuses it.
 # (route under the session or "", session kind, raw JSON body with a lone UTF-16 surrogate escape)
 SURROGATE_BODIES = [
     pytest.param(
         "",
         None,
         b'{"kind": "\\ud800"}',
-        marks=pytest.mark.xfail(strict=True, reason=CONVERT),
         id="create-session-kind",
     ),
     pytest.param(
         "",
         None,
         b'{"\\ud800": 1}',
-        marks=pytest.mark.xfail(strict=True, reason=CONVERT),
         id="create-session-unknown-field",
     ),
     pytest.param(
         "print",
         "citizen",
         b'{"lines": [], "qr": "\\ud800"}',
-        marks=pytest.mark.xfail(
-            strict=True, reason="print: encoding the qr as UTF-8 raises UnicodeEncodeError, not caught -> 500"
-        ),
         id="print-qr",
     ),
     pytest.param(
         "transactions",
         "citizen",
         b'{"service": "x", "data": {"\\ud800": 1}}',
-        marks=pytest.mark.xfail(
-            strict=True, reason="transaction: msgspec.json.encode(body.data) raises UnicodeEncodeError -> 500"
-        ),
         id="transaction-data-key",
     ),
     pytest.param(
         "factors/totp",
         "technician",
         b'{"code": "123456", "staff_id": "\\ud800"}',
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the staff_id reaches the audit record, which cannot be sealed: 503 storage-unavailable "
-            "(a server fault for a client's bad input, with an internal error text in `detail`)",
-        ),
         id="totp-staff-id",
     ),
 ]
