@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.load.conftest import gateway, sim_devices
 from tests.load.kiosk import RECEIPT, Opened, wait_job
@@ -84,14 +83,6 @@ async def test_200_sessions_complete_and_the_201st_gets_503(state_dir: Path) -> 
         assert printer["queue"]["queued"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway defect: the API's Unix socket listens with aiohttp's default backlog of 128, below "
-        "api.max_sessions (200); connects beyond the backlog fail (EAGAIN, seen as ENOTCONN). "
-        "Fix: web.UnixSite(..., backlog=) >= max_sessions in gateway/api/server.py"
-    ),
-)
 async def test_200_kiosks_connecting_at_the_same_moment_are_all_served(state_dir: Path) -> None:
     async with (
         gateway(state_dir, devices=sim_devices(idcard=False)) as gw,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
+from drivers.printer.job import MAX_LINE_CHARS, MAX_LINES, MAX_QR_BYTES
 from tests.load.conftest import Gateway, gateway, sim_devices
 from tests.load.kiosk import Opened, open_session, wait_job
 
@@ -32,6 +33,13 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     params: dict[str, str] = field(default_factory=dict)
+    # Other answers that are as right (status, problem type).
+    also: tuple[tuple[int, str], ...] = ()
+
+    def accepts(self, status: int, kind: str | None) -> bool:
+        if status == self.status and (self.problem is None or kind == self.problem):
+            return True
+        return (status, kind) in self.also
 
 
 def _cases(victim: Opened, other: Opened) -> list[Case]:
@@ -44,6 +52,10 @@ def _cases(victim: Opened, other: Opened) -> list[Case]:
 
     def bad_body(name: str, status: int, problem: str, body: bytes) -> Case:
         return Case(name, "POST", victim.path("/print"), status, problem, auth, body)
+
+    def invalid(name: str, payload: dict[str, Any]) -> Case:
+        """A well-formed body the printer could not print: refused before anything is queued."""
+        return bad_body(name, 422, "invalid-body", json.dumps(payload).encode())
 
     def bad_deadline(value: str) -> Case:
         params = {"deadline_s": value}
@@ -66,15 +78,38 @@ def _cases(victim: Opened, other: Opened) -> list[Case]:
         bad_body("empty body", 400, "malformed-body", b""),
         bad_body("invalid JSON", 400, "malformed-body", b'{"lines": ["a"'),
         bad_body("not UTF-8", 400, "malformed-body", b"\xff\xfe\xfd"),
+        # Valid JSON, but deeper than any parser recursion: "too deep" or "not an object" both do.
+        Case(
+            "nested 5000 deep",
+            "POST",
+            victim.path("/print"),
+            400,
+            "malformed-body",
+            auth,
+            b"[" * 5000 + b"]" * 5000,
+            also=((422, "invalid-body"),),
+        ),
         bad_body("lines not a list", 422, "invalid-body", b'{"lines": "abc"}'),
         bad_body("lines of numbers", 422, "invalid-body", b'{"lines": [1, 2]}'),
         bad_body("cut not a bool", 422, "invalid-body", b'{"lines": ["a"], "cut": "yes"}'),
         bad_body("a list body", 422, "invalid-body", b"[]"),
         bad_body("unknown field", 422, "invalid-body", b'{"lines": ["a"], "colour": "red"}'),
         bad_body("empty receipt", 422, "invalid-body", b'{"lines": []}'),
-        bad_body("too many lines", 422, "invalid-body", b'{"lines": [' + b",".join([b'"a"'] * 201) + b"]}"),
-        bad_body("a line too long", 422, "invalid-body", b'{"lines": ["' + b"a" * 300 + b'"]}'),
-        bad_body("qr too long", 422, "invalid-body", b'{"lines": [], "qr": "' + b"q" * 800 + b'"}'),
+        invalid("too many lines", {"lines": ["a"] * (MAX_LINES + 1)}),
+        invalid("a line too long", {"lines": ["a" * (MAX_LINE_CHARS + 1)]}),
+        invalid("qr too long", {"lines": [], "qr": "q" * (MAX_QR_BYTES + 1)}),
+        invalid("control characters", {"lines": ["total 5.00\x1b@\x1dV\x00"]}),
+        # A lone surrogate: GB18030 cannot encode it, and I-JSON (RFC 7493) calls it malformed.
+        Case(
+            "lone surrogate",
+            "POST",
+            victim.path("/print"),
+            422,
+            "invalid-body",
+            auth,
+            b'{"lines": ["\\ud800"]}',
+            also=((400, "malformed-body"),),
+        ),
         bad_body("oversize body", 413, "body-too-large", b'{"lines": ["' + b"a" * MAX_BODY + b'"]}'),
         Case(
             "text/plain",
@@ -141,8 +176,8 @@ async def test_hostile_requests_get_the_right_4xx_and_others_are_still_served(st
         wrong = []
         for case in _cases(victim, other):
             status, problem, ctype = await _send(http, case)
-            kind = problem["type"].rsplit("/", 1)[-1] if problem else None
-            if status != case.status or (case.problem and kind != case.problem):
+            kind = str(problem.get("type", "")).rsplit("/", 1)[-1] if problem else None
+            if not case.accepts(status, kind):
                 wrong.append(f"{case.name}: got {status} {kind}, want {case.status} {case.problem}")
             elif ctype != "application/problem+json":
                 wrong.append(f"{case.name}: {ctype} instead of application/problem+json")
@@ -182,46 +217,16 @@ async def test_oversized_and_garbled_requests_are_refused_by_the_http_layer(stat
     assert seen and set(seen) == {200}, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway defect: read_json (gateway/api/app.py) does not catch RecursionError from json.loads, "
-        "so a 5 KB deeply nested body is a 500 with a traceback in the log instead of a 400"
-    ),
-)
-async def test_deeply_nested_json_is_a_400_not_a_500(state_dir: Path) -> None:
+async def test_receipt_text_the_printer_cannot_take_is_refused_before_it_is_queued(state_dir: Path) -> None:
     async with gateway(state_dir, devices=sim_devices(idcard=False)) as gw, gw.client() as http:
         victim = await open_session(http)
-        headers = {**victim.auth, "Content-Type": "application/json"}
-        async with http.post(victim.path("/print"), data=b"[" * 5000, headers=headers) as resp:
-            assert resp.status == 400, await resp.text()
-
-
-async def test_printer_commands_smuggled_in_receipt_text_never_reach_the_printer(state_dir: Path) -> None:
-    async with gateway(state_dir, devices=sim_devices(idcard=False)) as gw, gw.client() as http:
-        victim = await open_session(http)
-        body = {"lines": ["total 5.00\x1b@\x1dV\x00"]}
-        async with http.post(victim.path("/print"), json=body, headers=victim.auth) as resp:
-            if resp.status != 422:
-                assert resp.status == 202, await resp.text()
-                final = await wait_job(http, victim, (await resp.json())["job"])
-                assert final["state"] == "failed"
-                assert "control characters" in final["error"]
+        # ESC @ (reset) and GS V (cut) smuggled into the text; a lone surrogate GB18030 cannot encode.
+        for line, refusals in (("total 5.00\x1b@\x1dV\x00", {422}), ("\ud800", {400, 422})):
+            async with http.post(victim.path("/print"), json={"lines": [line]}, headers=victim.auth) as resp:
+                assert resp.status in refusals, await resp.text()
+        async with http.get(victim.path(), headers=victim.auth) as resp:
+            assert (await resp.json())["jobs"] == 0
         async with http.get("/v1/status") as resp:
             printer = next(d for d in (await resp.json())["devices"] if d["name"] == "printer")
         assert printer["queue"]["served"] == 0
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway defect: the print route accepts (202) lines the driver will refuse (control "
-        "characters, text GB18030 cannot encode); the job then fails instead of a 422 up front"
-    ),
-)
-async def test_receipt_text_the_printer_cannot_take_is_a_422(state_dir: Path) -> None:
-    async with gateway(state_dir, devices=sim_devices(idcard=False)) as gw, gw.client() as http:
-        victim = await open_session(http)
-        for line in ("total 5.00\x1b@", "\ud800"):
-            async with http.post(victim.path("/print"), json={"lines": [line]}, headers=victim.auth) as resp:
-                assert resp.status == 422, await resp.text()
+        assert printer["queue"]["failed"] == 0

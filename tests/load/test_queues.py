@@ -140,14 +140,6 @@ async def test_an_idcard_read_behind_a_busy_reader_answers_504(state_dir: Path) 
         assert code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway defect: DeviceQueue checks a waiting request's deadline only when the request "
-        "reaches the head of the queue, so a request waits past its deadline for every job ahead "
-        "of it (gateway/queueing.py submit/_run)"
-    ),
-)
 async def test_a_deadline_expires_while_the_request_still_waits(state_dir: Path) -> None:
     devices = sim_devices(print_time=SLOW_PRINT_S, idcard=False)
     async with gateway(state_dir, devices=devices) as gw, gw.client() as http:
@@ -165,14 +157,6 @@ async def test_a_deadline_expires_while_the_request_still_waits(state_dir: Path)
 # Withdrawal -----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway defect: the API runs aiohttp without handler_cancellation, so a client that "
-        "disconnects does not cancel its handler and its queued device request is served anyway "
-        "(gateway/api/server.py AppRunner)"
-    ),
-)
 async def test_a_client_that_disconnects_while_waiting_is_withdrawn_from_the_queue(state_dir: Path) -> None:
     async with gateway(state_dir, devices=sim_devices()) as gw, gw.client() as http:
         holder, leaver = await open_session(http), await open_session(http)
