@@ -108,12 +108,25 @@ class NotifySocket:
             self.path.unlink()
 
 
-def spawn_daemon(config: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`python -m gateway run -c CONFIG`, output to a log file beside the config."""
+# `python -m gateway` with some modules made unimportable first (as if not installed).
+_RUN_WITHOUT = (
+    "import runpy, sys\n"
+    "for name in sys.argv[1].split(','):\n"
+    "    sys.modules[name] = None\n"
+    "sys.argv = ['gateway', *sys.argv[2:]]\n"
+    "runpy.run_module('gateway', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def spawn_daemon(
+    config: Path, *, env: dict[str, str] | None = None, without: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """`python -m gateway run -c CONFIG` (optionally with `without` modules hidden), output to a file."""
     out = (config.parent / "daemon.out").open("ab")
+    argv = ["-c", _RUN_WITHOUT, ",".join(without)] if without else ["-m", "gateway"]
     try:
         return subprocess.Popen(
-            [PYTHON, "-m", "gateway", "run", "-c", str(config)],
+            [PYTHON, *argv, "run", "-c", str(config)],
             cwd=REPO,
             env={**os.environ, **(env or {})},
             stdout=out,
