@@ -79,7 +79,7 @@ class LinkProtocol(asyncio.Protocol):
             )
         transport.write(data)
 
-    async def drain(self, *, timeout: float) -> None:  # noqa: ASYNC109 - project style
+    async def drain(self, *, timeout: float) -> None:
         """Wait until the transport's own write buffer is empty (bytes handed to the OS)."""
         async with asyncio.timeout(timeout):
             # Transports expose no "buffer empty" event; a short poll is cheap and bounded.
@@ -119,7 +119,7 @@ async def open_port(
     protocol_factory: Callable[[], P],
     *,
     baudrate: int,
-    timeout: float = 2.0,  # noqa: ASYNC109 - project style: keyword-only timeouts
+    timeout: float = 2.0,
 ) -> tuple[asyncio.Transport, P]:
     """Open a path (`/dev/ttyUSB0`, `/dev/serial/by-id/...`) or pyserial URL (`socket://h:p`)."""
     # A stat on a device node does not block; it tells "unplugged" from other open errors.
@@ -192,7 +192,7 @@ class SerialLink(Generic[P]):
             )
         return proto
 
-    async def wait_up(self, *, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_up(self, *, timeout: float) -> None:
         """Wait until the port is open (tests, start-up ordering)."""
         async with asyncio.timeout(timeout):
             await self._up.wait()

@@ -263,7 +263,7 @@ class Authenticator:
         state: AuthState,
         probe_jpeg: bytes,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> ProvenFactor:
         """A capture compared with the photo of the ID card read in this session."""
         self._require_session_kind(state, "face")

@@ -40,7 +40,7 @@ class FaceVerifier(Protocol):
         probe_jpeg: bytes,
         reference: bytes,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> FaceResult:
         """Compare, or raise VerifierError / FactorUnavailable; never grant on a bad answer."""
         ...
@@ -106,7 +106,7 @@ class HttpFaceVerifier:
         probe_jpeg: bytes,
         reference: bytes,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> FaceResult:
         """POST the images and parse the verdict, all within `timeout` seconds."""
         _check_images(probe_jpeg, reference)
@@ -161,7 +161,7 @@ class CloudFaceVerifier:
         probe_jpeg: bytes,
         reference: bytes,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> FaceResult:
         """Ask the cloud; with the link down answer FactorUnavailable at once."""
         _check_images(probe_jpeg, reference)
@@ -193,7 +193,7 @@ class NoFaceVerifier:
         probe_jpeg: bytes,
         reference: bytes,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> FaceResult:
         """Always unavailable."""
         raise FactorUnavailable("face_verifier_disabled", factor="face")

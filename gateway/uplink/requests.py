@@ -31,7 +31,7 @@ class CloudRequests:
     def pending(self) -> int:
         return len(self._waiting)
 
-    async def request(self, type: str, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    async def request(self, type: str, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
         """Send `type` with `body` and wait for the cloud's answer; Offline at once when the link is down."""
         if not self._is_online():
             raise Offline("the uplink is down")
