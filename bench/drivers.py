@@ -191,3 +191,9 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # The PC/SC card reader and the camera (issue 7) are measured by bench/cards_camera.py.
+    import cards_camera
+
+    asyncio.run(cards_camera.bench_card(200))
+    asyncio.run(cards_camera.bench_camera(400))
+    asyncio.run(cards_camera.bench_v4l2(10))

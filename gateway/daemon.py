@@ -462,19 +462,14 @@ class Daemon:
         )
         stack.push_async_callback(auth.close)
         self.auth = auth
-        self.ctx.services["auth"] = auth
-        self.ctx.services["is_online"] = self.is_online
-        self.ctx.services["init_auth"] = lambda session: setattr(
-            session, "auth", auth.new_state(session.id, session.kind)
+        self.ctx.auth = auth
+        self.ctx.is_online = self.is_online
+        self.ctx.reset_device = self._reset_device
+        self.sessions.on_create(
+            lambda session: setattr(session, "auth", auth.new_state(session.id, session.kind))
         )
-        self.ctx.services["describe_auth"] = self._describe_auth
-        self.ctx.services["reset_device"] = self._reset_device
         self.sessions.on_end(lambda session, _reason: session.auth.clear() if session.auth else None)
         self.route_tables.append(auth_routes)
-
-    def _describe_auth(self, session: Session) -> dict[str, Any]:
-        assurance = self.auth.assurance(session.auth).as_dict()
-        return {"factors": assurance["factors"], "assurance": assurance}
 
     async def _reset_device(self, name: str) -> dict[str, Any]:
         managed = self.devices.named(name)

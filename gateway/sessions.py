@@ -128,12 +128,17 @@ class SessionRegistry:
         self.event_buffer = event_buffer
         self._sessions: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
+        self._create_hooks: list[Callable[[Session], None]] = []
         self._reaper: asyncio.Task[None] | None = None
         self.created_total = 0
         self.ended_total: dict[str, int] = {}
 
     def on_end(self, hook: EndHook) -> None:
         self._end_hooks.append(hook)
+
+    def on_create(self, hook: Callable[[Session], None]) -> None:
+        """Run for every new session before it is handed out (e.g. to give it auth state)."""
+        self._create_hooks.append(hook)
 
     def configure(self, *, max_sessions: int, idle_timeout_s: float, idle_warning_s: float) -> None:
         """Live reload of limits."""
@@ -158,6 +163,8 @@ class SessionRegistry:
             kind=kind,
             hub=EventHub(self.event_buffer),
         )
+        for hook in self._create_hooks:
+            hook(session)
         self._sessions[session.id] = session
         self.created_total += 1
         log.info("session_created", session=session.id, kind=kind, open=len(self._sessions))

@@ -39,21 +39,14 @@ class TransactionBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def engine(ctx: ApiContext) -> Authenticator:
-    auth = ctx.services.get("auth")
-    if auth is None:
+    if ctx.auth is None:
         raise Problem(503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping")
-    assert isinstance(auth, Authenticator)
-    return auth
+    return ctx.auth
 
 
 def state_of(session: Session) -> AuthState:
     assert isinstance(session.auth, AuthState)
     return session.auth
-
-
-def online(ctx: ApiContext) -> bool:
-    check = ctx.services.get("is_online")
-    return bool(check()) if check is not None else False
 
 
 def proven(ctx: ApiContext, session: Session, factor: ProvenFactor) -> web.Response:
@@ -168,7 +161,7 @@ async def transaction(request: web.Request) -> web.Response:
     if len(msgspec.json.encode(body.data)) > MAX_SERVICE_BYTES:
         raise Problem(422, "invalid-body", "Invalid body", f"data must be under {MAX_SERVICE_BYTES} bytes")
     state = state_of(session)
-    decision = await engine(ctx).authorize("transaction", state, online=online(ctx))
+    decision = await engine(ctx).authorize("transaction", state, online=ctx.is_online())
     if ctx.cloud is None:
         raise Problem(503, "not-ready", "Uplink unavailable", "the gateway is starting or stopping")
     tx_id = secrets.token_hex(12)
@@ -202,11 +195,10 @@ async def maintenance_reset(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     session = session_of(request)
     _technician(ctx, session)
-    await engine(ctx).authorize("maintenance", state_of(session), online=online(ctx))
-    reset = ctx.services.get("reset_device")
-    if reset is None:
+    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    if ctx.reset_device is None:
         raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")
-    result = await reset(request.match_info["device"])
+    result = await ctx.reset_device(request.match_info["device"])
     return json_response(result)
 
 
@@ -215,7 +207,7 @@ async def maintenance_purge(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     session = session_of(request)
     _technician(ctx, session)
-    await engine(ctx).authorize("maintenance", state_of(session), online=online(ctx))
+    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
     name = request.match_info["device"]
     purged = devices(ctx).named(name).queue.purge()
     return json_response({"device": name, "purged": purged})

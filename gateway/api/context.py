@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
+    from gateway.auth.engine import Authenticator
     from gateway.cloud import CloudSink
     from gateway.devices import DeviceManager
     from gateway.events import Subscription
@@ -31,7 +32,9 @@ class ApiContext:
     sessions: SessionRegistry | None = None
     devices: DeviceManager | None = None
     cloud: CloudSink | None = None
-    services: dict[str, Any] = field(default_factory=dict)
+    auth: Authenticator | None = None
+    is_online: Callable[[], bool] = lambda: False
+    reset_device: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     streams: set[Subscription] = field(default_factory=set)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -88,13 +88,11 @@ def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
         "idle_remaining_s": round(max(0.0, reg.idle_timeout_s - session.idle_for()), 1),
         "jobs": len(session.jobs),
     }
-    describe = ctx.services.get("describe_auth")
-    if describe is not None:
-        view.update(describe(session))
+    if ctx.auth is not None and session.auth is not None:
+        assurance = ctx.auth.assurance(session.auth).as_dict()
     else:
-        view.update(
-            {"factors": [], "assurance": {"level": "none", "factors": [], "categories": [], "subjects": []}}
-        )
+        assurance = {"level": "none", "factors": [], "categories": [], "subjects": []}
+    view.update({"factors": assurance["factors"], "assurance": assurance})
     return view
 
 
@@ -103,9 +101,6 @@ async def create_session(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     body = await read_json(request, CreateSession, optional=True)
     session, token = registry(ctx).create(body.kind)
-    init = ctx.services.get("init_auth")
-    if init is not None:
-        init(session)
     return json_response(
         {
             "id": session.id,
