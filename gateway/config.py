@@ -131,6 +131,8 @@ class SamvDevice(SerialOptions, tag_field="driver", tag="samv"):
 class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):
     baudrate: Annotated[int, msgspec.Meta(ge=1200, le=921_600)] = 9_600
     status_back: bool = False
+    # Confirm each job printed (GS ( H process id); turn off for printers that lack the command.
+    confirm_print: bool = True
     # Simulator only: seconds the simulated printer takes per job.
     sim_print_time_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
 

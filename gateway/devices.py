@@ -120,7 +120,10 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             simulator = PrinterSimulator(name=name, baudrate=cfg.baudrate, print_time=cfg.sim_print_time_s)
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
-        return EscPosPrinter(name, port, baudrate=cfg.baudrate, status_back=cfg.status_back), simulator
+        printer = EscPosPrinter(
+            name, port, baudrate=cfg.baudrate, status_back=cfg.status_back, confirm_print=cfg.confirm_print
+        )
+        return printer, simulator
     if isinstance(cfg, PcscDevice):
         from drivers.cardreader.driver import PcscCardReader
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -79,3 +80,28 @@ async def test_sessions_full_answers_503_with_retry_after(state_dir: Path) -> No
         assert resp.status == 503
         assert int(resp.headers["Retry-After"]) >= 1
         assert (await resp.json())["type"].endswith("/sessions-full")
+
+
+async def test_printer_without_print_confirmation_still_prints(state_dir: Path) -> None:
+    devices = """
+[devices.printer]
+driver = "escpos"
+port = "sim://printer"
+baudrate = 115200
+sim_print_time_s = 0.05
+confirm_print = false
+"""
+    async with inprocess_daemon(state_dir, devices) as gw, gw.client() as http:
+        body = await (await http.post("/v1/sessions")).json()
+        base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
+        resp = await http.post(f"{base}/print", headers=auth, json={"lines": ["no confirmation"]})
+        assert resp.status == 202
+        job = (await resp.json())["job"]
+        for _ in range(100):
+            state = (await (await http.get(f"{base}/jobs/{job}", headers=auth)).json())["state"]
+            if state not in ("queued", "printing"):
+                break
+            await asyncio.sleep(0.05)
+        assert state == "done"
+        simulator = gw.daemon.devices.named("printer").simulator
+        assert any(b"no confirmation" in job for job in simulator.jobs), "the bytes reached the printer"
