@@ -23,6 +23,7 @@ from gateway.config import (
 )
 from gateway.errors import GatewayError
 from gateway.queueing import DeviceQueue
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -136,7 +137,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             stack.push_async_callback(simulator.remove)
             # The card goes into vpcd's slot once pcscd is there; without pcscd the reader says so.
             task = asyncio.create_task(_insert_virtual_card(name, simulator), name=f"{name}-vcard")
-            stack.push_async_callback(_cancel, task)
+            stack.push_async_callback(cancel_and_wait, task)
         return (
             PcscCardReader(
                 name,
@@ -182,12 +183,6 @@ async def _insert_virtual_card(name: str, card: Any) -> None:
         await card.insert(timeout=30.0)
     except VirtualCardError as err:
         log.warning("virtual_card_not_inserted", device=name, error=str(err))
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class DeviceManager:

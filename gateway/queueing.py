@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -141,11 +142,8 @@ class DeviceQueue:
         self._waiting.clear()
         if self._current_task is not None:
             self._current_task.cancel()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        worker, self._worker = self._worker, None
+        await cancel_and_wait(worker)
 
     @property
     def queued(self) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import secrets
@@ -16,6 +15,7 @@ import structlog
 
 from gateway.errors import GatewayError
 from gateway.events import EventHub
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -220,11 +220,8 @@ class SessionRegistry:
         self._reaper = asyncio.create_task(self._reap(), name="session-reaper")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        reaper, self._reaper = self._reaper, None
+        await cancel_and_wait(reaper)
         await self.end_all("shutdown")
 
     def _tick_interval(self) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import enum
 import inspect
 import time
@@ -23,6 +22,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -193,10 +193,7 @@ class AlertEngine:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     # ---------------------------------------------------------------- inputs
 

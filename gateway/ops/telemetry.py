@@ -14,6 +14,7 @@ import psutil
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -216,7 +217,4 @@ class TelemetryLoop:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)

@@ -19,6 +19,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -255,10 +256,7 @@ class UsageReporter:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self._loaded:
             try:
                 await self.save()

@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from gateway.errors import GatewayError
+from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -330,9 +331,7 @@ class MqttLink:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(task)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def __aenter__(self) -> MqttLink:
         return await self.start()

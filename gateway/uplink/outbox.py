@@ -34,6 +34,7 @@ import msgspec
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.tasks import cancel_and_wait
 from gateway.uplink.envelope import GENESIS_PREV, envelope_digest
 
 log = structlog.get_logger(__name__)
@@ -431,11 +432,8 @@ class Outbox:
         if self._closed:
             return
         self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        sweeper, self._sweeper = self._sweeper, None
+        await cancel_and_wait(sweeper)
         self._jobs.put(_StopJob(None))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
