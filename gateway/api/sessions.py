@@ -32,6 +32,8 @@ class PrintRequest(msgspec.Struct, forbid_unknown_fields=True):
     lines: list[str]
     qr: str | None = None
     cut: bool = True
+    # A certificate is a protected operation (auth policy `certificate_print`); a receipt is not.
+    document: Literal["receipt", "certificate"] = "receipt"
 
 
 def registry(ctx: ApiContext) -> SessionRegistry:
@@ -202,6 +204,12 @@ async def print_receipt(request: web.Request) -> web.Response:
     session = session_of(request)
     body = await read_json(request, PrintRequest)
     payload = _print_job(body)
+    if body.document == "certificate":
+        if ctx.auth is None or session.auth is None:
+            raise Problem(
+                503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping"
+            )
+        await ctx.auth.authorize("certificate_print", session.auth, online=ctx.is_online())
     managed = devices(ctx).by_kind("printer")
     managed.require_usable()
     deadline = deadline_of(request, managed)

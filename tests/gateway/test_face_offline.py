@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +21,12 @@ port = "sim://idcard"
 [devices.camera]
 driver = "http"
 url = "sim://camera"
+
+[devices.printer]
+driver = "escpos"
+port = "sim://printer"
+baudrate = 115200
+sim_print_time_s = 0.05
 """
 
 
@@ -104,3 +111,33 @@ async def test_face_verifier_garbage_gives_clear_error_and_no_factor(
         assert resp.content_type == "application/problem+json"
         session = await (await http.get(base, headers=auth)).json()
         assert [f["kind"] for f in session["factors"]] == ["idcard"]
+
+
+async def test_certificate_print_is_protected_a_receipt_is_not(
+    state_dir: Path, face_service: FaceService
+) -> None:
+    async with inprocess_daemon(state_dir, config(face_service.url)) as gw, gw.client() as http:
+        body = await (await http.post("/v1/sessions")).json()
+        base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
+        printer = gw.daemon.devices.named("printer").simulator
+        certificate = {"lines": ["Certificate of residence"], "document": "certificate"}
+        resp = await http.post(f"{base}/print", headers=auth, json=certificate)
+        assert resp.status == 403
+        assert (await resp.json())["type"].endswith("/policy-denied")
+        resp = await http.post(f"{base}/print", headers=auth, json={"lines": ["Queue ticket 42"]})
+        assert resp.status == 202, "a receipt needs no factor"
+        assert (await http.post(f"{base}/factors/idcard", headers=auth)).status == 200
+        assert (await http.post(f"{base}/factors/face", headers=auth)).status == 200
+        resp = await http.post(f"{base}/print", headers=auth, json=certificate)
+        assert resp.status == 202, await resp.text()
+        job = (await resp.json())["job"]
+        for _ in range(200):
+            state = (await (await http.get(f"{base}/jobs/{job}", headers=auth)).json())["state"]
+            if state not in ("queued", "printing"):
+                break
+            await asyncio.sleep(0.05)
+        assert state == "done"
+        texts = b"".join(printer.jobs)
+        assert texts.count(b"Certificate of residence") == 1, (
+            "the refused certificate never reached the printer"
+        )
