@@ -47,7 +47,6 @@ class ApiConfig(_Section):
     idle_warning_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
-    request_timeout_s: PositiveFloat = 30.0
     event_buffer: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = 256
     sse_heartbeat_s: PositiveFloat = 15.0
     # "127.0.0.1:PORT" for HTTP tools that cannot speak Unix sockets; loopback only, off when empty.
@@ -174,6 +173,7 @@ def driver_name(cfg: DeviceConfig) -> str:
 
 class OpsConfig(_Section):
     telemetry_interval_s: PositiveFloat = 60.0
+    # Event-loop lag that raises a blue alert (it clears at half of it).
     loop_lag_warn_s: PositiveFloat = 0.5
 
 

@@ -31,7 +31,7 @@ from gateway.config import GatewayConfig, as_dict, load_config
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
-from gateway.ops.alerts import DEVICE_FAILURE_RATE, OUTBOX_BACKLOG, Alert, AlertEngine
+from gateway.ops.alerts import DEVICE_FAILURE_RATE, OUTBOX_BACKLOG, Alert, AlertEngine, AlertRules
 from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
@@ -57,11 +57,9 @@ LIVE_KEYS = (
     "api.max_sessions",
     "api.session_idle_timeout_s",
     "api.idle_warning_s",
-    "api.request_timeout_s",
     "api.drain_timeout_s",
     "api.sse_heartbeat_s",
     "ops.telemetry_interval_s",
-    "ops.loop_lag_warn_s",
 )
 
 ReloadHook = Callable[[GatewayConfig], None]
@@ -73,7 +71,6 @@ REMOTE_CONFIG_KEYS = frozenset(
         "api.max_sessions",
         "api.session_idle_timeout_s",
         "api.idle_warning_s",
-        "api.request_timeout_s",
         "ops.telemetry_interval_s",
     }
 )
@@ -581,7 +578,10 @@ class Daemon:
         reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
         reporter.start()
         stack.push_async_callback(reporter.close)
-        self.alerts = AlertEngine(self.cloud)
+        lag = config.ops.loop_lag_warn_s
+        self.alerts = AlertEngine(
+            self.cloud, rules=AlertRules(loop_lag_raise_s=lag, loop_lag_clear_s=lag / 2)
+        )
         self.alerts.start()
         stack.push_async_callback(self.alerts.close)
         self.alerts.add_remedy(DEVICE_FAILURE_RATE, self._reopen_failing_device)
