@@ -159,3 +159,19 @@ async def test_missing_key_without_auto_init_is_refused(state_dir: Path) -> None
     dp = await spawn_daemon(config, wait_ready=False)
     assert await dp.wait_exit(timeout=20) != 0
     assert "edge-gateway keys init" in dp.output
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(state_dir: Path) -> None:
+    config = write_config(state_dir, '[devices.idcard]\ndriver = "samv"\nport = "sim://idcard"\n')
+    dp = await spawn_daemon(config)
+    async with unix_session(dp.socket_path) as http:
+        body = await (await http.post("/v1/sessions")).json()
+        auth = {"Authorization": f"Bearer {body['token']}"}
+        # A card read takes a while (the simulated card is presented after ~0.3 s).
+        read = asyncio.create_task(http.post(f"/v1/sessions/{body['id']}/factors/idcard", headers=auth))
+        await asyncio.sleep(0.1)
+        dp.signal(signal.SIGTERM)
+        resp = await asyncio.wait_for(read, 10)
+        assert resp.status == 200, await resp.text()
+    assert await dp.wait_exit(timeout=10) == 0
+    assert "Traceback" not in dp.output
