@@ -419,8 +419,10 @@ class VirtualCard:
         finally:
             self.removed.set()
             writer.close()
+            # Bounded: a close waits for unsent bytes, and a stuck vpcd must not hold a removal.
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                async with asyncio.timeout(2.0):
+                    await writer.wait_closed()
 
     @staticmethod
     def _quick_ack(writer: asyncio.StreamWriter) -> None:
