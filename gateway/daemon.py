@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -57,7 +58,6 @@ LIVE_KEYS = (
     "api.max_sessions",
     "api.session_idle_timeout_s",
     "api.idle_warning_s",
-    "api.drain_timeout_s",
     "api.sse_heartbeat_s",
     "ops.telemetry_interval_s",
 )
@@ -76,19 +76,27 @@ REMOTE_CONFIG_KEYS = frozenset(
 )
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """`section.key` paths; a device is one entry (`devices.NAME`) plus its queue (`devices.NAME.queue`)."""
     flat: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and prefix.count(".") < 1 and key != "devices":
-            flat.update(_flatten(value, path + "."))
+    for section, table in data.items():
+        if section == "devices":
+            for name, device in table.items():
+                flat[f"devices.{name}"] = {k: v for k, v in device.items() if k != "queue"}
+                flat[f"devices.{name}.queue"] = device.get("queue")
+        elif isinstance(table, dict) and table:
+            flat.update({f"{section}.{key}": value for key, value in table.items()})
         else:
-            flat[path] = value
+            flat[section] = table
     return flat
 
 
+_LIVE_QUEUE = re.compile(r"^devices\.[a-z][a-z0-9_]*\.queue$")
+
+
 def _is_live(path: str) -> bool:
-    return path in LIVE_KEYS
+    # A device's queue depth and deadline change live; its driver and port need a restart.
+    return path in LIVE_KEYS or bool(_LIVE_QUEUE.match(path))
 
 
 def merge_reload(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, list[str], list[str]]:
@@ -99,9 +107,12 @@ def merge_reload(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig,
     for path in sorted(set(old_flat) | set(new_flat)):
         if old_flat.get(path) == new_flat.get(path):
             continue
-        if _is_live(path):
-            section, key = path.split(".", 1)
-            merged[section][key] = new_flat[path]
+        if _is_live(path) and path in old_flat and path in new_flat:
+            *parents, key = path.split(".")
+            table = merged
+            for part in parents:
+                table = table[part]
+            table[key] = new_flat[path]
             applied.append(path)
         else:
             restart.append(path)
@@ -305,6 +316,7 @@ class Daemon:
         stack.push_async_callback(sessions.close)
         self.ctx.sessions = sessions
         self.devices.subscribe(self._broadcast_device_event)
+        self.on_reload(self.devices.configure_queues)
         self.add_status("sessions", self._sessions_status)
         self.on_reload(
             lambda cfg: sessions.configure(

@@ -15,6 +15,7 @@ from drivers.base import Device, DeviceEvent, DeviceState, DeviceUnavailable
 from gateway.config import (
     DeviceConfig,
     EscposDevice,
+    GatewayConfig,
     HttpCameraDevice,
     PcscDevice,
     SamvDevice,
@@ -217,6 +218,14 @@ class DeviceManager:
             await device.start()
             stack.push_async_callback(device.close)
             log.info("device_added", device=name, driver=driver_name(cfg), simulated=simulator is not None)
+
+    def configure_queues(self, config: GatewayConfig) -> None:
+        """Live reload: each queue takes its new depth and deadline."""
+        for name, managed in self.devices.items():
+            cfg = config.devices.get(name)
+            if cfg is not None:
+                managed.queue.depth = cfg.queue.depth
+                managed.queue.deadline_s = cfg.queue.deadline_s
 
     def by_kind(self, kind: str) -> ManagedDevice:
         for managed in self.devices.values():
