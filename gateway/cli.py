@@ -185,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else 2
+    if args.command != "run":
+        # Tools print their results on stdout; their log lines go to stderr, warnings and up.
+        from gateway.logs import configure_logging
+
+        configure_logging("warning", "auto", stream=sys.stderr)
     try:
         result: int = args.func(args)
     except SystemExit as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -333,11 +334,14 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
             await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")
 
         # The CLI rotates the key on disk; the running daemon picks it up on SIGHUP (here: reload()).
-        from gateway.cli import main as cli_main
-
         async with inprocess_daemon(state_dir, config) as gw:
             cfg = str(state_dir / "gateway.toml")
-            assert await asyncio.to_thread(cli_main, ["keys", "rotate", "-c", cfg]) == 0
+            rotate = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", "keys", "rotate", "-c", cfg, stdout=asyncio.subprocess.PIPE
+            )
+            out, _ = await rotate.communicate()
+            assert rotate.returncode == 0
+            assert out.startswith(b"rotated: new kid ")
             before = gw.daemon.node_key.kid
             gw.daemon.reload()
             await cloud.wait_for(
