@@ -419,10 +419,13 @@ class VirtualCard:
         finally:
             self.removed.set()
             writer.close()
-            # Bounded: a close waits for unsent bytes, and a stuck vpcd must not hold a removal.
-            with contextlib.suppress(Exception):
+            # A close waits for unsent bytes; if vpcd stops reading, drop the connection outright,
+            # so the removal always reaches pcscd (a half-open slot would stall its reader thread).
+            try:
                 async with asyncio.timeout(2.0):
                     await writer.wait_closed()
+            except Exception:
+                writer.transport.abort()
 
     @staticmethod
     def _quick_ack(writer: asyncio.StreamWriter) -> None:
