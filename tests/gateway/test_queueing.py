@@ -18,6 +18,19 @@ async def queue() -> AsyncIterator[DeviceQueue]:
     await q.close()
 
 
+class Gate:
+    """An operation that holds the device until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+
+    async def hold(self) -> None:
+        await self.opened.wait()
+
+    def open(self) -> None:
+        self.opened.set()
+
+
 def recorder(log: list[str], name: str, seconds: float = 0.005):  # type: ignore[no-untyped-def]
     async def op() -> str:
         log.append(name)
@@ -42,12 +55,9 @@ async def test_newcomers_wait_behind_at_most_one_heavy_job(queue: DeviceQueue) -
 
 async def test_round_robin_between_busy_sessions(queue: DeviceQueue) -> None:
     served: list[str] = []
-    blocker = asyncio.Event()
+    blocker = Gate()
 
-    async def hold() -> None:
-        await blocker.wait()
-
-    first = asyncio.create_task(queue.submit(hold, session="x"))
+    first = asyncio.create_task(queue.submit(blocker.hold, session="x"))
     await asyncio.sleep(0.01)
     tasks = [
         asyncio.create_task(queue.submit(recorder(served, f"{s}{i}"), session=s))
@@ -55,7 +65,7 @@ async def test_round_robin_between_busy_sessions(queue: DeviceQueue) -> None:
         for i in range(3)
     ]
     await asyncio.sleep(0)
-    blocker.set()
+    blocker.open()
     await asyncio.gather(first, *tasks)
     assert served == ["a0", "b0", "a1", "b1", "a2", "b2"]
 
@@ -64,20 +74,17 @@ async def test_full_queue_answers_with_retry_after() -> None:
     q = DeviceQueue("printer", depth=2, deadline_s=30)
     q.start()
     try:
-        gate = asyncio.Event()
+        gate = Gate()
 
-        async def wait_gate() -> None:
-            await gate.wait()
-
-        running = asyncio.create_task(q.submit(wait_gate, session="a"))
+        running = asyncio.create_task(q.submit(gate.hold, session="a"))
         await asyncio.sleep(0.01)
-        queued = [asyncio.create_task(q.submit(wait_gate, session=f"s{i}")) for i in range(2)]
+        queued = [asyncio.create_task(q.submit(gate.hold, session=f"s{i}")) for i in range(2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull) as info:
-            await q.submit(wait_gate, session="late")
+            await q.submit(gate.hold, session="late")
         assert info.value.retry_after >= 1
         assert q.snapshot()["rejected_full"] == 1
-        gate.set()
+        gate.open()
         await asyncio.gather(running, *queued)
     finally:
         await q.close()
@@ -85,16 +92,13 @@ async def test_full_queue_answers_with_retry_after() -> None:
 
 async def test_expired_request_never_reaches_the_device(queue: DeviceQueue) -> None:
     reached: list[str] = []
-    gate = asyncio.Event()
+    gate = Gate()
 
-    async def slow() -> None:
-        await gate.wait()
-
-    first = asyncio.create_task(queue.submit(slow, session="a"))
+    first = asyncio.create_task(queue.submit(gate.hold, session="a"))
     await asyncio.sleep(0.01)
     doomed = asyncio.create_task(queue.submit(recorder(reached, "late"), session="b", deadline_s=0.05))
     await asyncio.sleep(0.15)
-    gate.set()
+    gate.open()
     await first
     with pytest.raises(DeadlineExpired):
         await doomed
@@ -114,12 +118,9 @@ async def test_operation_overrunning_its_deadline_is_cut(queue: DeviceQueue) -> 
 
 async def test_client_going_away_withdraws_its_request(queue: DeviceQueue) -> None:
     reached: list[str] = []
-    gate = asyncio.Event()
+    gate = Gate()
 
-    async def slow() -> None:
-        await gate.wait()
-
-    first = asyncio.create_task(queue.submit(slow, session="a"))
+    first = asyncio.create_task(queue.submit(gate.hold, session="a"))
     await asyncio.sleep(0.01)
     leaving = asyncio.create_task(queue.submit(recorder(reached, "gone"), session="b"))
     await asyncio.sleep(0.01)
@@ -127,7 +128,7 @@ async def test_client_going_away_withdraws_its_request(queue: DeviceQueue) -> No
     leaving.cancel()
     await asyncio.sleep(0)
     assert queue.queued == 0
-    gate.set()
+    gate.open()
     await first
     assert reached == []
 
@@ -154,36 +155,30 @@ async def test_session_end_cancels_queued_and_in_flight(queue: DeviceQueue) -> N
 
 async def test_priority_lane_jumps_the_queue(queue: DeviceQueue) -> None:
     served: list[str] = []
-    gate = asyncio.Event()
+    gate = Gate()
 
-    async def hold() -> None:
-        await gate.wait()
-
-    first = asyncio.create_task(queue.submit(hold, session="a"))
+    first = asyncio.create_task(queue.submit(gate.hold, session="a"))
     await asyncio.sleep(0.01)
     normal = [asyncio.create_task(queue.submit(recorder(served, f"n{i}"), session=f"s{i}")) for i in range(3)]
     probe = asyncio.create_task(queue.submit(recorder(served, "probe"), priority=True))
     await asyncio.sleep(0)
-    gate.set()
+    gate.open()
     await asyncio.gather(first, probe, *normal)
     assert served[0] == "probe"
 
 
 async def test_positions_are_reported_and_estimates_follow_service_time(queue: DeviceQueue) -> None:
     positions: list[Position] = []
-    gate = asyncio.Event()
+    gate = Gate()
 
-    async def hold() -> None:
-        await gate.wait()
-
-    first = asyncio.create_task(queue.submit(hold, session="a"))
+    first = asyncio.create_task(queue.submit(gate.hold, session="a"))
     await asyncio.sleep(0.01)
     others = [asyncio.create_task(queue.submit(recorder([], f"o{i}"), session=f"o{i}")) for i in range(3)]
     mine = asyncio.create_task(queue.submit(recorder([], "me"), session="me", on_position=positions.append))
     await asyncio.sleep(0)
     assert positions[0].ahead == 3
     assert positions[0].estimated_wait_s > 0
-    gate.set()
+    gate.open()
     await asyncio.gather(first, mine, *others)
     assert [p.ahead for p in positions][-1] == 0
     assert [p.ahead for p in positions] == sorted([p.ahead for p in positions], reverse=True)
