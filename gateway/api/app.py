@@ -116,23 +116,21 @@ async def read_json(request: web.Request, model: type[T], *, optional: bool = Fa
     try:
         return msgspec.json.decode(raw, type=model)
     except msgspec.ValidationError as err:
-        # The typed decoder stops at the first wrong type; a body that is not JSON at all is a 400.
-        _check_syntax(raw)
-        raise Problem(422, "invalid-body", "Invalid body", str(err)) from err
-    except msgspec.DecodeError as err:
-        # Also lone UTF-16 surrogates and invalid UTF-8: text we could never store or sign.
-        raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
-    except RecursionError as err:
-        raise Problem(400, "malformed-body", "Malformed JSON", "nested too deeply") from err
-
-
-def _check_syntax(raw: bytes) -> None:
+        invalid = err
+    except (msgspec.DecodeError, RecursionError) as err:
+        raise _malformed(err) from err
+    # The typed decoder stops at the first wrong type; a body that is not JSON at all is still a 400.
     try:
         msgspec.json.decode(raw)
-    except msgspec.DecodeError as err:
-        raise Problem(400, "malformed-body", "Malformed JSON", str(err)) from err
-    except RecursionError as err:
-        raise Problem(400, "malformed-body", "Malformed JSON", "nested too deeply") from err
+    except (msgspec.DecodeError, RecursionError) as err:
+        raise _malformed(err) from err
+    raise Problem(422, "invalid-body", "Invalid body", str(invalid)) from invalid
+
+
+def _malformed(err: Exception) -> Problem:
+    """A body that is not JSON text (also lone UTF-16 surrogates, bad UTF-8, absurd nesting)."""
+    detail = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+    return Problem(400, "malformed-body", "Malformed JSON", detail)
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -16,7 +16,7 @@ from gateway.api.app import CONTEXT, json_response, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.devices import DeviceManager, ManagedDevice
-from gateway.queueing import Position
+from gateway.queueing import Position, RequestCancelled
 from gateway.sessions import Job, Session, SessionRegistry
 
 log = structlog.get_logger(__name__)
@@ -176,12 +176,11 @@ async def _run_print(
         job.finished_at = time.time()
         raise
     except Exception as err:
-        from gateway.api.errors import to_problem
-
-        problem = to_problem(err)
-        job.state = "expired" if problem is not None and problem.status == 504 else "failed"
-        if problem is not None and problem.kind == "request-cancelled":
+        # Deadline passed in the queue or at the printer: expired; withdrawn: cancelled.
+        if isinstance(err, RequestCancelled):
             job.state = "cancelled"
+        else:
+            job.state = "expired" if isinstance(err, TimeoutError) else "failed"
         job.error = str(err)
         job.finished_at = time.time()
         session.hub.publish("job_failed", job=job.id, state=job.state, error=job.error)
