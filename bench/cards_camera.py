@@ -65,7 +65,7 @@ async def bench_card(reads: int) -> None:
     await asyncio.to_thread(daemon.start)
     started_here = daemon.owned
     reader = PcscCardReader("cardreader", reader=VPCD_READER, poll_interval=0.3)
-    card = VirtualCard(SocialSecurityApplet())
+    card = VirtualCard(SocialSecurityApplet(), port=daemon.vpcd_port)
     try:
         await reader.start()
         await card.insert()

@@ -142,6 +142,8 @@ class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
     apdu_timeout_s: PositiveFloat = 3.0
     # Start the virtual card (vpcd) with this personality: "", "sscard", "bank", "staff".
     simulate: Literal["", "sscard", "bank", "staff"] = ""
+    # Simulator only: the TCP port vpcd waits on for the virtual card (its reader.conf CHANNELID).
+    sim_vpcd_port: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 35_963
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
 
 

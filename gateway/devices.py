@@ -133,7 +133,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
         if cfg.simulate:
             from drivers.cardreader.vcard import VIRTUAL_READER, VirtualCard, personality
 
-            simulator = VirtualCard(personality(cfg.simulate))
+            simulator = VirtualCard(personality(cfg.simulate), port=cfg.sim_vpcd_port)
             reader = reader or VIRTUAL_READER
             stack.push_async_callback(simulator.remove)
             # The card goes into vpcd's slot once pcscd is there; without pcscd the reader says so.

@@ -81,7 +81,7 @@ async def make_card(pcscd: PcscDaemon) -> AsyncIterator[Callable[..., VirtualCar
     cards: list[VirtualCard] = []
 
     def make(applet: Applet, faults: CardFaults | None = None) -> VirtualCard:
-        card = VirtualCard(applet, faults=faults)
+        card = VirtualCard(applet, faults=faults, port=pcscd.vpcd_port)
         cards.append(card)
         return card
 

@@ -17,11 +17,12 @@ from tests.support.pcsc import PcscDaemon, wait_card_state
 SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 
-def staff_config() -> str:
+def staff_config(vpcd_port: int) -> str:
     return f"""
 [devices.cardreader]
 driver = "pcsc"
 simulate = "staff"
+sim_vpcd_port = {vpcd_port}
 
 [devices.printer]
 driver = "escpos"
@@ -51,7 +52,7 @@ async def wait_online(http: aiohttp.ClientSession, name: str) -> None:
 async def test_technician_needs_staff_card_and_totp_for_maintenance(
     state_dir: Path, pcscd: PcscDaemon
 ) -> None:
-    async with inprocess_daemon(state_dir, staff_config()) as gw, gw.client() as http:
+    async with inprocess_daemon(state_dir, staff_config(pcscd.vpcd_port)) as gw, gw.client() as http:
         await wait_online(http, "cardreader")
         assert await asyncio.to_thread(wait_card_state, True, timeout=10)
         body = await (await http.post("/v1/sessions", json={"kind": "technician"})).json()
@@ -73,7 +74,12 @@ async def test_technician_needs_staff_card_and_totp_for_maintenance(
 
 
 async def test_citizen_reads_social_security_card(state_dir: Path, pcscd: PcscDaemon) -> None:
-    config = '[devices.cardreader]\ndriver = "pcsc"\nsimulate = "sscard"\n'
+    config = f"""
+[devices.cardreader]
+driver = "pcsc"
+simulate = "sscard"
+sim_vpcd_port = {pcscd.vpcd_port}
+"""
     async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
         await wait_online(http, "cardreader")
         body = await (await http.post("/v1/sessions")).json()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from drivers.cardreader.vcard import (
     VirtualCard,
 )
 from tests.cardreader.conftest import EventLog
-from tests.support.pcsc import PcscDaemon
+from tests.support.pcsc import PcscDaemon, packaged_vpcd_port
 
 MakeCard = Callable[..., VirtualCard]
 PERSONAL = ("11010519491231002X", "测试持卡人", "TEST00001", "6200000000000000")
@@ -224,6 +225,31 @@ async def test_pcscd_stopped_gives_no_device_and_comes_back(
     assert (await reader.probe(timeout=2)).state is DeviceState.ONLINE
 
 
+async def test_our_pcscd_comes_up_with_the_packaged_vpcd_port_taken(
+    pcscd: PcscDaemon, reader: PcscCardReader, make_card: MakeCard
+) -> None:
+    """Another pcscd on the same network (a CI sandbox beside the host's own) holds 35963."""
+    if not pcscd.owned:
+        pytest.fail(f"pcscd (pid {pcscd.pid}) is not ours to restart; stop it and rerun", pytrace=False)
+    packaged = packaged_vpcd_port()
+    assert pcscd.vpcd_port not in (packaged, packaged + 1)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        squatter.bind(("0.0.0.0", packaged))
+        squatter.listen()
+    except OSError:
+        squatter.close()  # already held by someone else: the condition this test sets up
+    try:
+        await asyncio.to_thread(pcscd.restart)
+        await wait_state(reader, DeviceState.ONLINE)
+        card = make_card(StaffApplet())
+        await card.insert()
+        assert await reader.read_card_id(timeout=10) == "04A1B2C3D4E5F6"
+    finally:
+        squatter.close()
+
+
 async def test_unknown_reader_is_no_device(pcscd: PcscDaemon) -> None:
     device = PcscCardReader("cardreader", reader="No Such Reader", poll_interval=0.05)
     await device.start()
@@ -262,13 +288,15 @@ async def test_close_wakes_a_waiting_read(reader: PcscCardReader) -> None:
         await read
 
 
-async def test_virtual_card_command_line(reader: PcscCardReader, events: EventLog) -> None:
+async def test_virtual_card_command_line(pcscd: PcscDaemon, reader: PcscCardReader, events: EventLog) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "drivers.cardreader.vcard",
         "--personality",
         "staff",
+        "--port",
+        str(pcscd.vpcd_port),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         cwd=Path(__file__).resolve().parents[2],

@@ -1,8 +1,13 @@
 """pcscd with vpcd for tests and benchmarks: start once, reuse a running one, stop, restart.
 
-pcscd is a system-wide singleton (one socket, /run/pcscd/pcscd.comm) and vpcd's card port is
-fixed, so a session starts it once and tests that stop it must start it again. Only a pcscd
-started here is ever stopped here.
+pcscd is a system-wide singleton (one socket, /run/pcscd/pcscd.comm), so a session starts it once
+and tests that stop it must start it again. Only a pcscd started here is ever stopped here.
+
+vpcd's card port is not: a pcscd started here reads its own reader.conf.d (`pcscd -c`) with vpcd
+on a free port pair, because the packaged 35963 may already be held by another pcscd on the same
+network namespace (a CI sandbox beside the machine's own pcscd is one such place); vpcd then fails
+to bind and pcscd comes up without the reader. A reused pcscd is assumed to run the packaged
+config, whose port is read from /etc/reader.conf.d.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -47,9 +55,45 @@ _VPCD_LIBS = (
 )
 
 
+def _vpcd_library() -> str | None:
+    for pattern in _VPCD_LIBS:
+        for path in sorted(glob.glob(pattern)):
+            return path
+    return None
+
+
 def _vpcd_installed() -> bool:
-    libs = any(glob.glob(pattern) for pattern in _VPCD_LIBS)
-    return libs and bool(glob.glob("/etc/reader.conf.d/*vpcd*"))
+    return _vpcd_library() is not None and bool(glob.glob("/etc/reader.conf.d/*vpcd*"))
+
+
+def packaged_vpcd_port() -> int:
+    """The card port in the packaged /etc/reader.conf.d/vpcd (CHANNELID), 35963 if unreadable."""
+    for path in glob.glob("/etc/reader.conf.d/*vpcd*"):
+        with contextlib.suppress(OSError):
+            found = re.search(r"^\s*CHANNELID\s+(0x[0-9A-Fa-f]+|\d+)", Path(path).read_text(), re.MULTILINE)
+            if found:
+                return int(found.group(1), 0)
+    return VPCD_PORT
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            # The wildcard, as vpcd binds it: a port held on any address would stop vpcd.
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair(low: int = 20_000, high: int = 30_000) -> int:
+    """A port p with p and p+1 free (vpcd opens one per slot), below the ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high, 2)
+        if _port_free(port) and _port_free(port + 1):
+            return port
+    raise RuntimeError(f"no free port pair for vpcd in {low}-{high}")
 
 
 def _scard() -> Any | None:
@@ -144,6 +188,10 @@ class PcscDaemon:
         self.log_path = log_path or Path(tempfile.gettempdir()) / "edge-gateway-pcscd.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._conf_dir: tempfile.TemporaryDirectory[str] | None = None
+        # Where virtual cards connect: our own vpcd's port once started, else the packaged one.
+        self.vpcd_port = packaged_vpcd_port()
+        self._own_port: int | None = None
 
     @property
     def owned(self) -> bool:
@@ -167,11 +215,22 @@ class PcscDaemon:
         """Start pcscd unless one answers already; return when vpcd's reader is listed."""
         require_pcsc_stack()
         if not self.owned and not self.answering():
-            binary = pcscd_binary()
-            assert binary is not None
-            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the daemon
+            binary, library = pcscd_binary(), _vpcd_library()
+            assert binary is not None and library is not None
+            # A restart keeps the port, so cards made for this pcscd find it again.
+            if self._own_port is None:
+                self._own_port = free_port_pair()
+            self.vpcd_port = self._own_port
+            self._conf_dir = tempfile.TemporaryDirectory(prefix="edge-gateway-pcscd-")
+            Path(self._conf_dir.name, "vpcd").write_text(
+                'FRIENDLYNAME "Virtual PCD"\n'
+                f"DEVICENAME   /dev/null:{self.vpcd_port:#06x}\n"
+                f"LIBPATH      {library}\n"
+                f"CHANNELID    {self.vpcd_port:#06x}\n"
+            )
+            self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the daemon
             self._proc = subprocess.Popen(
-                [binary, "--foreground"],
+                [binary, "--foreground", "--config", self._conf_dir.name],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
@@ -184,15 +243,26 @@ class PcscDaemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"pcscd exited with {self._proc.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"pcscd exited with {self._proc.returncode}; its log ends:\n{self.log_tail()}"
+                )
             names = readers()
-            if names is not None and VPCD_READER in names and _vpcd_listening():
+            if names is not None and VPCD_READER in names and _vpcd_listening(self.vpcd_port):
                 return
             time.sleep(0.05)
         raise RuntimeError(
-            f"pcscd did not list {VPCD_READER!r} within {timeout}s (log: {self.log_path}); "
-            f"is vsmartcard-vpcd installed? {INSTALL_HINT}"
+            f"pcscd did not list {VPCD_READER!r} with vpcd listening on {self.vpcd_port} within "
+            f"{timeout}s ({'ours' if self.owned else 'a running one, reused'}); its log ends:\n"
+            f"{self.log_tail()}\nis vsmartcard-vpcd installed? {INSTALL_HINT}"
         )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of our pcscd's log (what vpcd said when it could not open its port, say)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as err:
+            return f"(no log: {err})"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the pcscd we started (SIGTERM, then SIGKILL); refuse to touch anyone else's."""
@@ -211,6 +281,9 @@ class PcscDaemon:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._conf_dir is not None:
+            self._conf_dir.cleanup()
+            self._conf_dir = None
         # Gone for clients too, before returning: a new context must fail from now on.
         deadline = time.monotonic() + timeout
         while self.answering() and time.monotonic() < deadline:
