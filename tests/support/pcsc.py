@@ -236,7 +236,13 @@ class PcscDaemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.wait_ready(timeout=timeout)
+        try:
+            self.wait_ready(timeout=timeout)
+        except BaseException:
+            # Leave nothing running or open behind a failed start: the error is the report.
+            if self.owned:
+                self.stop()
+            raise
 
     def wait_ready(self, *, timeout: float = 15.0) -> None:
         """Block until pcscd lists vpcd's reader and vpcd listens for cards."""
