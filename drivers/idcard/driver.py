@@ -19,6 +19,7 @@ from drivers.idcard.errors import (
     CardLost,
     CardNotPresented,
     CheckDigitError,
+    CorruptReply,
     NoCard,
     SamFault,
     SamvRejected,
@@ -32,6 +33,7 @@ from drivers.idcard.frames import (
     Status,
     decode_card_data,
     decode_sam_id,
+    reply_fits,
     status_name,
 )
 from drivers.idcard.identity import CardDataError, CheckDigitMismatch, IdCard, parse_text_block
@@ -51,6 +53,8 @@ _BAD_READ = frozenset(
 )
 _SAM_FAULT = frozenset({Status.SAM_SELFTEST_FAILED, Status.SAM_NOT_AUTHORISED})
 _SILENT_LIMIT = 3  # consecutive unanswered commands before the reader counts as offline
+# How long past a command's own limit its reply is still waited for before the next command goes.
+_LATE_GRACE_S = 0.25
 
 
 class SamvReader(SerialDevice[SamvProtocol]):
@@ -299,13 +303,31 @@ class SamvReader(SerialDevice[SamvProtocol]):
             raise SamvTimeout(f"{self.name}: reader busy", device=self.name) from None
         try:
             proto = self._link.require()
+            await proto.settle()
             fut = proto.replies.expect()
             answered = False
+            sent_at = time.monotonic()
             try:
                 proto.send(request)
                 async with asyncio.timeout(limit):
                     reply = await fut
+                    while request.command is not None and not reply_fits(request.command, reply):
+                        # Another command's late answer (its window had passed): not ours.
+                        proto.mismatched += 1
+                        log.warning(
+                            "samv_mismatched_reply",
+                            device=self.name,
+                            command=_cmd_name(request),
+                            status=status_name(reply.sw3),
+                            data_len=len(reply.data),
+                        )
+                        proto.replies.forget(fut)
+                        fut = proto.replies.expect()
+                        reply = await fut
                 answered = True
+            except CorruptReply:
+                answered = True  # the reply came, unreadable: nothing more is owed
+                raise
             except TimeoutError:
                 self._note_silence()
                 raise SamvTimeout(
@@ -316,7 +338,9 @@ class SamvReader(SerialDevice[SamvProtocol]):
                 proto.replies.forget(fut)
                 fut.cancel()
                 if not answered:
-                    proto.resync()  # a partial reply must not swallow the next one
+                    # Its reply may still come (the caller gave up, or the reader is slow): the next
+                    # command waits for it, or for the rest of this one's window plus a grace.
+                    proto.owe_reply(until=max(sent_at + limit, time.monotonic()) + _LATE_GRACE_S)
             self._note_answer()
             return reply
         finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import structlog
 
 from drivers.base import DriverError, FrameError
@@ -37,9 +40,50 @@ class SamvProtocol(LinkProtocol):
         self.replies: FifoReplies[Reply] = FifoReplies()
         self.unsolicited = 0
         self.corrupt = 0
+        self.late = 0
+        self.mismatched = 0
+        # A command left without its reply (timed out, or its caller went away) may still be
+        # answered. Replies name no command, so until that answer has come or its window has
+        # passed, nothing else may be sent: the late reply would be taken for the next one's.
+        self._owed_until = 0.0
+        self._owed_paid = asyncio.Event()
 
     def send(self, request: Request) -> None:
         self.write(encode_request(request))
+
+    def owe_reply(self, *, until: float) -> None:
+        """A command went unanswered; its reply may still arrive up to `until` (monotonic)."""
+        self._owed_until = max(self._owed_until, until)
+        self._owed_paid.clear()
+
+    @property
+    def owes_reply(self) -> bool:
+        return self._owed_until > 0.0
+
+    async def settle(self) -> None:
+        """Before a new command: wait out a reply still owed to an abandoned one, then resync.
+        Returns at once when nothing is owed."""
+        if not self._owed_until:
+            return
+        remaining = self._owed_until - time.monotonic()
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._owed_paid.wait()
+            except TimeoutError:
+                pass
+        self._owed_until = 0.0
+        self.resync()
+
+    def _take_late(self) -> bool:
+        """A frame (or a corrupt one) arrived while a reply is owed: it is that reply."""
+        if not self._owed_until:
+            return False
+        self._owed_until = 0.0
+        self.late += 1
+        self._owed_paid.set()
+        log.info("samv_late_reply_discarded", device=self.device)
+        return True
 
     def resync(self) -> None:
         """Drop a partial frame: the reader stalled mid-reply and the request timed out."""
@@ -52,11 +96,14 @@ class SamvProtocol(LinkProtocol):
         if rejected:
             self.corrupt += rejected
             log.warning("samv_corrupt_reply", device=self.device, count=rejected)
-            # The reply to the command in flight is the corrupt one: fail it now, not at timeout.
-            self.replies.fail_all(
-                CorruptReply(f"{self.device}: reply failed its checksum", device=self.device)
-            )
+            if not self._take_late():
+                # The reply to the command in flight is the corrupt one: fail it now, not at timeout.
+                self.replies.fail_all(
+                    CorruptReply(f"{self.device}: reply failed its checksum", device=self.device)
+                )
         for frame in frames:
+            if self._take_late():
+                continue
             try:
                 reply = decode_reply(frame)
             except FrameError as err:

@@ -88,6 +88,7 @@ class IdCardSimulator:
         self._injected: deque[tuple[Command | None, int]] = deque()
         self._corrupt_next = 0
         self._stall_next: int | None = None
+        self._delayed: deque[tuple[Command | None, float]] = deque()
         self._queue: asyncio.Queue[Request] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
@@ -135,6 +136,11 @@ class IdCardSimulator:
         """Send only the first `after` bytes of the next reply, then nothing."""
         self._stall_next = after
 
+    def delay_next_reply(self, seconds: float, *, command: Command | None = None) -> None:
+        """Answer the next matching command (any when None) only after `seconds`, whole and valid:
+        a reader that is slow, not broken. Later requests queue behind it, as on a half-duplex line."""
+        self._delayed.append((command, seconds))
+
     async def unplug(self) -> None:
         self._framer.reset()
         await self.port.unplug()
@@ -162,6 +168,11 @@ class IdCardSimulator:
             else:
                 self.requests.append(request)
                 reply = await self._answer(request)
+                for i, (only, seconds) in enumerate(self._delayed):
+                    if only is None or only is request.command:
+                        del self._delayed[i]
+                        await asyncio.sleep(seconds)
+                        break
             await self._send(reply)
 
     async def _send(self, reply: Reply) -> None:

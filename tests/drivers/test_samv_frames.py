@@ -26,6 +26,7 @@ from drivers.idcard.frames import (
     encode_request,
     encode_sam_id,
     frame_len,
+    reply_fits,
 )
 from drivers.serialio import PreambleFramer
 
@@ -162,3 +163,41 @@ def test_framer_finds_frames_through_garbage_and_splits(garbage: bytes, split: i
         frames, _ = f.feed(stream[i : i + split])
         out += frames
     assert out[-2:] == [FIND_OK, SELECT_OK]
+
+
+# The successful answer each command gets (data as protocols.md gives it), to tell late replies apart.
+TYPICAL_OK = {
+    Command.RESET_SAM: Reply(0, 0, Status.OK),
+    Command.STATUS: Reply(0, 0, Status.OK),
+    Command.SAM_ID: Reply(0, 0, Status.OK, encode_sam_id((5, 1, 20230101, 12345, 987654321))),
+    Command.FIND_CARD: Reply(0, 0, Status.FIND_OK, bytes(4)),
+    Command.SELECT_CARD: Reply(0, 0, Status.OK, bytes(8)),
+    Command.READ_NEW_ADDRESS: Reply(0, 0, Status.OK, "新地址".ljust(35).encode("utf-16-le")),
+    Command.READ_TEXT_PHOTO: Reply(0, 0, Status.OK, encode_card_data(CardData(bytes(256), bytes(1024)))),
+    Command.READ_WITH_FINGERPRINT: Reply(
+        0, 0, Status.OK, encode_card_data(CardData(bytes(256), bytes(1024), bytes(1024)))
+    ),
+}
+SAME_SHAPE = [
+    {Command.RESET_SAM, Command.STATUS},
+    {Command.READ_TEXT_PHOTO, Command.READ_WITH_FINGERPRINT},
+]
+
+
+@pytest.mark.parametrize("command", list(Command), ids=lambda c: c.name)
+def test_a_successful_reply_fits_only_commands_of_its_shape(command: Command) -> None:
+    reply = TYPICAL_OK[command]
+    fits = {other for other in Command if reply_fits(other, reply)}
+    expected = next((group for group in SAME_SHAPE if command in group), {command})
+    assert fits == expected
+
+
+@pytest.mark.parametrize("status", [Status.NO_CARD, Status.SELECT_FAILED, Status.READ_FAILED, 0x5A])
+def test_an_error_status_without_data_fits_any_command(status: int) -> None:
+    assert all(reply_fits(command, Reply(0, 0, status)) for command in Command)
+    assert not any(reply_fits(command, Reply(0, 0, status, b"x")) for command in Command)
+
+
+def test_no_new_address_fits_only_the_address_read() -> None:
+    reply = Reply(0, 0, Status.NO_CONTENT)
+    assert {c for c in Command if reply_fits(c, reply)} == {Command.READ_NEW_ADDRESS}

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from drivers.base import DeviceState
-from drivers.idcard import CorruptReply, IdCardSimulator, SamvReader, SamvTimeout, sample_card
-from drivers.idcard.frames import Reply, Status, encode_reply
+from drivers.base import DeviceEvent, DeviceState
+from drivers.idcard import CorruptReply, IdCardSimulator, NoCard, SamvReader, SamvTimeout, sample_card
+from drivers.idcard.frames import Command, Reply, Status, encode_reply
+from drivers.idcard.identity import IdCard, check_digit
 from drivers.idcard.protocol import SamvProtocol
 
 FIND_OK = encode_reply(Reply(0, 0, Status.FIND_OK, bytes(4)))
@@ -47,6 +48,32 @@ async def test_wrong_checksum_fails_the_request_and_resyncs() -> None:
     proto.data_received(SELECT_OK)
     assert (await second).sw3 == Status.OK
     assert proto.corrupt == 1
+
+
+async def test_an_owed_reply_is_discarded_and_settle_waits_for_it() -> None:
+    proto = SamvProtocol("idcard")
+    proto.owe_reply(until=time.monotonic() + 5.0)
+    settling = asyncio.create_task(proto.settle())
+    await asyncio.sleep(0.05)
+    assert not settling.done(), "nothing may be sent while a reply is owed"
+    proto.data_received(FIND_OK)  # the abandoned command's answer
+    async with asyncio.timeout(1):
+        await settling
+    assert proto.late == 1 and not proto.owes_reply
+    waiter = proto.replies.expect()
+    proto.data_received(SELECT_OK)
+    assert (await waiter).sw3 == Status.OK
+
+
+async def test_settle_gives_up_on_a_reply_that_never_comes() -> None:
+    proto = SamvProtocol("idcard")
+    proto.data_received(FIND_OK[:7])  # half a reply, then silence
+    proto.owe_reply(until=time.monotonic() + 0.1)
+    started = time.monotonic()
+    await proto.settle()
+    assert time.monotonic() - started >= 0.09
+    assert proto.framer.pending == 0, "the partial frame is dropped before the next command"
+    assert proto.late == 0 and not proto.owes_reply
 
 
 async def test_data_received_never_raises_on_noise() -> None:
@@ -108,3 +135,55 @@ async def test_paced_byte_stream_reads_a_card() -> None:
     finally:
         await reader.close()
         await sim.stop()
+
+
+async def test_a_late_reply_never_answers_the_next_command(
+    reader: SamvReader, idcard_sim: IdCardSimulator, events: list[DeviceEvent]
+) -> None:
+    # SAM_V replies name no command: the reply to a command that timed out, arriving late,
+    # would otherwise be taken as the answer to whatever is sent next (here a find, which would
+    # read the SAM id's OK as "card found" with no card in the field).
+    idcard_sim.delay_next_reply(0.4, command=Command.SAM_ID)
+    with pytest.raises(SamvTimeout):
+        await reader.sam_id(timeout=0.15)
+    with pytest.raises(NoCard):
+        await reader.find_card(timeout=1.0)
+    assert await reader.sam_id(timeout=1.0) == "05.01-20230101-0000012345-0987654321"
+    assert "card_present" not in [e.kind for e in events]
+    assert reader.status.state is DeviceState.ONLINE
+
+
+async def test_a_cancelled_read_does_not_hand_its_card_to_the_next_reader(
+    reader: SamvReader, idcard_sim: IdCardSimulator
+) -> None:
+    first = sample_card()
+    idcard_sim.insert_card(first)
+    idcard_sim.delay_next_reply(0.5, command=Command.READ_TEXT_PHOTO)
+    abandoned = asyncio.create_task(reader.read_card(timeout=5))
+    while not idcard_sim.requests or idcard_sim.requests[-1].command is not Command.READ_TEXT_PHOTO:
+        await asyncio.sleep(0.01)
+    abandoned.cancel()  # the kiosk client went away mid-read
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    second = other_card()
+    idcard_sim.insert_card(second)
+    card = await reader.read_card(timeout=5)
+    assert card.id_number == second.id_number
+    assert card.id_number != first.id_number
+
+
+def other_card() -> IdCard:
+    """A second, different person (valid check character) for tests that must not mix them up."""
+    card, first17 = sample_card(), "11010119000101002"
+    return IdCard(
+        "另一用户",
+        card.gender,
+        card.nation,
+        card.birth_date,
+        card.address,
+        first17 + check_digit(first17),
+        card.issuer,
+        card.valid_from,
+        card.valid_to,
+        card.photo,
+    )
