@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import structlog
 
 from drivers.base import DriverError, FrameError
@@ -20,7 +17,7 @@ from drivers.idcard.frames import (
     encode_request,
     frame_len,
 )
-from drivers.serialio import FifoReplies, LinkProtocol, PreambleFramer
+from drivers.serialio import FifoReplies, LinkProtocol, OwedReplies, PreambleFramer
 
 log = structlog.get_logger(__name__)
 
@@ -40,48 +37,35 @@ class SamvProtocol(LinkProtocol):
         self.replies: FifoReplies[Reply] = FifoReplies()
         self.unsolicited = 0
         self.corrupt = 0
-        self.late = 0
         self.mismatched = 0
         # A command left without its reply (timed out, or its caller went away) may still be
         # answered. Replies name no command, so until that answer has come or its window has
         # passed, nothing else may be sent: the late reply would be taken for the next one's.
-        self._owed_until = 0.0
-        self._owed_paid = asyncio.Event()
+        self.owed = OwedReplies()
 
     def send(self, request: Request) -> None:
         self.write(encode_request(request))
 
     def owe_reply(self, *, until: float) -> None:
         """A command went unanswered; its reply may still arrive up to `until` (monotonic)."""
-        self._owed_until = max(self._owed_until, until)
-        self._owed_paid.clear()
+        self.owed.owe(1, until=until)
 
     @property
-    def owes_reply(self) -> bool:
-        return self._owed_until > 0.0
+    def late(self) -> int:
+        """Late replies discarded so far."""
+        return self.owed.discarded
 
     async def settle(self) -> None:
-        """Before a new command: wait out a reply still owed to an abandoned one, then resync.
-        Returns at once when nothing is owed."""
-        if not self._owed_until:
-            return
-        remaining = self._owed_until - time.monotonic()
-        if remaining > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._owed_paid.wait()
-            except TimeoutError:
-                pass
-        self._owed_until = 0.0
-        self.resync()
+        """Before a new command: wait out a reply still owed to an abandoned one, then drop any
+        partial frame. Returns at once when nothing is owed."""
+        if self.owed:
+            await self.owed.settle()
+            self.resync()
 
     def _take_late(self) -> bool:
         """A frame (or a corrupt one) arrived while a reply is owed: it is that reply."""
-        if not self._owed_until:
+        if not self.owed.take():
             return False
-        self._owed_until = 0.0
-        self.late += 1
-        self._owed_paid.set()
         log.info("samv_late_reply_discarded", device=self.device)
         return True
 

@@ -37,6 +37,8 @@ from drivers.serialio.device import SerialDevice
 log = structlog.get_logger(__name__)
 
 _STATUS_QUERY = b"".join(realtime_status(n) for n in (1, 2, 3, 4))  # four, then read: the limit
+# How long after a query gave up its missing answers are still expected (and discarded).
+_LATE_GRACE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +212,12 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
 
     async def _query(self, limit: float) -> PrinterStatus:
         proto = self._link.require()
+        await proto.owed_answers.settle()
         futs = [proto.answers.expect() for _ in range(4)]
+        window = limit + self._wire_backlog()
         try:
             self._send(proto, _STATUS_QUERY)
-            async with asyncio.timeout(limit + self._wire_backlog()):
+            async with asyncio.timeout(window):
                 values = [await fut for fut in futs]
         except TimeoutError:
             self._tracker.record_error("no answer to DLE EOT")
@@ -224,9 +228,12 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
                 device=self.name,
             ) from None
         finally:
+            unanswered = sum(not fut.done() or fut.cancelled() for fut in futs)
             for fut in futs:
                 proto.answers.forget(fut)
                 fut.cancel()
+            # Answers still on their way would be read as the next query's (they name no query).
+            proto.owed_answers.owe(unanswered, until=time.monotonic() + max(window, _LATE_GRACE_S))
         status = PrinterStatus.from_realtime(dict(zip((1, 2, 3, 4), values, strict=True)))
         self._apply(status)
         return status

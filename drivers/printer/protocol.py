@@ -16,7 +16,7 @@ from drivers.printer.frames import (
     StatusSorter,
     Unknown,
 )
-from drivers.serialio import FifoReplies, KeyedReplies, LinkProtocol
+from drivers.serialio import FifoReplies, KeyedReplies, LinkProtocol, OwedReplies
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +29,8 @@ class EscPosProtocol(LinkProtocol):
         self._on_push = on_push
         self.sorter = StatusSorter()
         self.answers: FifoReplies[int] = FifoReplies()
+        # Real-time answers name no query: those owed to a timed-out query are discarded.
+        self.owed_answers = OwedReplies()
         self.process_ids: KeyedReplies[bytes, None] = KeyedReplies()
         self.xoff = False
         self.unknown_bytes = 0
@@ -37,7 +39,9 @@ class EscPosProtocol(LinkProtocol):
         for item in self.sorter.feed(data):
             match item:
                 case RealtimeAnswer(value):
-                    if not self.answers.resolve(value):
+                    if self.owed_answers.take():
+                        log.info("escpos_late_answer_discarded", device=self.device, value=value)
+                    elif not self.answers.resolve(value):
                         log.debug("escpos_late_answer", device=self.device, value=value)
                 case StatusPush():
                     self._on_push(item.status)

@@ -55,6 +55,9 @@ class PrinterSimulator:
         self.overheat = False
         self.asb_mask = 0
         self.answer_realtime = True
+        # Seconds before each DLE EOT answer goes out (a printer slow to answer, not silent);
+        # the answer reflects the state when the query arrived.
+        self.realtime_delay = 0.0
         self.jobs: list[bytes] = []
         self.printed: list[bytes] = []
         self.realtime_queries = 0
@@ -204,7 +207,13 @@ class PrinterSimulator:
     def _realtime(self, n: int) -> None:
         self.realtime_queries += 1
         if self.answer_realtime and n in (1, 2, 3, 4):
-            self._spawn(self.port.send(bytes([self.status.realtime_answer(n)])))
+            answer = bytes([self.status.realtime_answer(n)])
+            self._spawn(self._send_later(answer, self.realtime_delay))
+
+    async def _send_later(self, data: bytes, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.port.send(data)
 
     def _enable_asb(self, mask: int) -> None:
         self.asb_mask = mask

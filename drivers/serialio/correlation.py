@@ -50,6 +50,54 @@ class FifoReplies(Generic[V]):
                 fut.set_exception(exc)
 
 
+class OwedReplies:
+    """Answers still owed to commands nobody waits for any more (timed out, caller gone).
+
+    Where replies carry no request id, such an answer arriving late would be taken for the next
+    command's. So the next command first `settle`s: it waits until the owed answers have come
+    (each is discarded through `take`) or until their window has passed.
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._until = 0.0
+        self._paid = asyncio.Event()
+        self.discarded = 0
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def owe(self, count: int, *, until: float) -> None:
+        """`count` answers may still arrive, up to `until` (monotonic time)."""
+        if count <= 0:
+            return
+        self._count += count
+        self._until = max(self._until, until)
+        self._paid.clear()
+
+    def take(self) -> bool:
+        """An answer arrived: True (and it is discarded) when it is one of those owed."""
+        if not self._count:
+            return False
+        self._count -= 1
+        self.discarded += 1
+        if not self._count:
+            self._paid.set()
+        return True
+
+    async def settle(self) -> None:
+        """Return once nothing is owed: every owed answer came, or the window passed (then the
+        debt is written off). Returns at once when nothing is owed."""
+        if self._count:
+            remaining = self._until - time.monotonic()
+            if remaining > 0:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._paid.wait()
+        self._count = 0
+        self._until = 0.0
+
+
 class KeyedReplies(Generic[K, V]):
     """Replies that name their request: each key has at most one waiter."""
 

@@ -129,6 +129,21 @@ async def test_silent_printer_times_out_and_goes_offline(
     assert (await printer.probe()).state is DeviceState.ONLINE
 
 
+async def test_late_status_answers_are_not_read_as_the_next_query(
+    printer: EscPosPrinter, printer_sim: PrinterSimulator
+) -> None:
+    # DLE EOT answers name no query: a slow printer's answers to a query that timed out would
+    # otherwise be taken for the next query's and show a state the printer has since left.
+    printer_sim.set_cover(open_=True)
+    printer_sim.realtime_delay = 0.3
+    with pytest.raises(PrinterTimeout):
+        await printer.read_status(timeout=0.1)
+    printer_sim.set_cover(open_=False)
+    status = await printer.read_status(timeout=2)
+    assert not status.cover_open
+    assert printer.status.state is DeviceState.ONLINE
+
+
 async def test_jobs_queue_one_at_a_time(printer: EscPosPrinter, printer_sim: PrinterSimulator) -> None:
     printer_sim.print_time = 0.1
     jobs = [PrintJob.of([f"job {i}"]) for i in range(3)]

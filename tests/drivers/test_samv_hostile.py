@@ -59,7 +59,7 @@ async def test_an_owed_reply_is_discarded_and_settle_waits_for_it() -> None:
     proto.data_received(FIND_OK)  # the abandoned command's answer
     async with asyncio.timeout(1):
         await settling
-    assert proto.late == 1 and not proto.owes_reply
+    assert proto.late == 1 and not proto.owed
     waiter = proto.replies.expect()
     proto.data_received(SELECT_OK)
     assert (await waiter).sw3 == Status.OK
@@ -73,7 +73,7 @@ async def test_settle_gives_up_on_a_reply_that_never_comes() -> None:
     await proto.settle()
     assert time.monotonic() - started >= 0.09
     assert proto.framer.pending == 0, "the partial frame is dropped before the next command"
-    assert proto.late == 0 and not proto.owes_reply
+    assert proto.late == 0 and not proto.owed
 
 
 async def test_data_received_never_raises_on_noise() -> None:

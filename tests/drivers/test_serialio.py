@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
 from drivers.base import DeviceState, DeviceUnavailable
 from drivers.idcard.protocol import SamvProtocol
-from drivers.serialio import CommandGate, FifoReplies, KeyedReplies, PreambleFramer, open_port
+from drivers.serialio import CommandGate, FifoReplies, KeyedReplies, OwedReplies, PreambleFramer, open_port
 
 
 async def test_fifo_replies_go_to_the_oldest_waiter_and_fail_together() -> None:
@@ -75,3 +76,27 @@ async def test_open_refused_socket_is_no_device() -> None:
     with pytest.raises(DeviceUnavailable) as info:
         await open_port("x", f"socket://127.0.0.1:{port}", lambda: SamvProtocol("x"), baudrate=9600)
     assert info.value.state is DeviceState.NO_DEVICE
+
+
+async def test_owed_replies_settle_when_every_owed_answer_came() -> None:
+    owed = OwedReplies()
+    assert not owed.take(), "nothing owed: an answer is somebody's"
+    owed.owe(2, until=time.monotonic() + 5)
+    settling = asyncio.create_task(owed.settle())
+    assert owed.take()
+    await asyncio.sleep(0.02)
+    assert not settling.done(), "one of two owed answers is still out"
+    assert owed.take()
+    async with asyncio.timeout(1):
+        await settling
+    assert not owed and owed.discarded == 2
+    assert not owed.take()
+
+
+async def test_owed_replies_written_off_when_the_window_passes() -> None:
+    owed = OwedReplies()
+    owed.owe(4, until=time.monotonic() + 0.05)
+    async with asyncio.timeout(1):
+        await owed.settle()
+    assert not owed and owed.discarded == 0
+    assert not owed.take(), "an answer after the write-off goes to whoever waits"
