@@ -46,7 +46,11 @@ from gateway.uplink.mqtt import MqttLink
 from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
-from gateway.uplink.rotation import clear_pending_announcement, read_pending_announcement
+from gateway.uplink.rotation import (
+    RetiredKeyPruner,
+    clear_pending_announcement,
+    read_pending_announcement,
+)
 from gateway.uplink.sink import OutboxSink, SwitchableSealer
 
 log = structlog.get_logger(__name__)
@@ -150,6 +154,7 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self.link: MqttLink | None = None
         self.watchdog: Watchdog | None = None
+        self.key_pruner: RetiredKeyPruner | None = None
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
             max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
@@ -354,6 +359,9 @@ class Daemon:
         self.ctx.cloud = self.cloud
         stack.push_async_callback(self._drain_background)
         await self._announce_pending_rotation()
+        self.key_pruner = RetiredKeyPruner(config.key_path, node, config.state_dir)
+        self.key_pruner.start()
+        stack.push_async_callback(self.key_pruner.close)
         self.publisher = Publisher(self.outbox, node)
         self.link = None
         if config.uplink.broker:
@@ -445,6 +453,8 @@ class Daemon:
             return
         await self._announce_rotation(retired.key, self.node_key, pending["body"])
         clear_pending_announcement(self.config.state_dir)
+        if self.key_pruner is not None:
+            self.key_pruner.poke()
 
     async def _announce_rotation(self, old: NodeKey, new: NodeKey, body: dict[str, Any]) -> None:
         current = self.sealer.current
@@ -518,6 +528,8 @@ class Daemon:
             )
             await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
             self.node_key = rotation.new
+            if self.key_pruner is not None:
+                self.key_pruner.poke()
             return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
 
         async def reply(body: Any) -> dict[str, Any]:

@@ -358,3 +358,24 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
         report = verify_lines(uplinks, KeyRing.from_jwks([first_jwk]))
         assert report.ok, report.format_report()
         assert len(report.learned_kids) == 2
+
+
+async def test_retired_key_file_is_deleted_when_its_overlap_ends(state_dir: Path, broker: Mosquitto) -> None:
+    cloud_key = NodeKey.generate("cloud")
+    jwk = write_jwk(cloud_key, state_dir / "cloud.jwk")
+    config = uplink_config(broker.url, jwk, extra="key_overlap_s = 2.0")
+    prev = state_dir / "keys" / "node.ed25519.prev"
+    async with Cloud(broker.port, NODE, cloud_key) as cloud:
+        async with inprocess_daemon(state_dir, config) as gw:
+            first_jwk = gw.daemon.node_key.public_jwk
+            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+            await cloud.send("keys.rotate", {})
+            await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")
+            assert prev.exists(), "kept for the overlap"
+            async with asyncio.timeout(10):
+                while prev.exists():
+                    await asyncio.sleep(0.05)
+            assert (state_dir / "keys" / "node.ed25519").exists()
+        uplinks = [u.raw for u in cloud.received if "/up/" in u.topic]
+        report = verify_lines(uplinks, KeyRing.from_jwks([first_jwk]))
+        assert report.ok, report.format_report()
