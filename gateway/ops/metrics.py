@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 PREFIX: Final = "edge_gateway"
 DEVICE_STATES: Final = ("online", "offline", "no_device", "hardware_error", "user_error", "busy")
-OUTBOX_COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused")
+OUTBOX_COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused", "requeued")
 QUEUE_COUNTERS: Final = ("served", "failed", "expired", "cancelled", "rejected_full")
 # Request latencies of a local Unix-socket API: milliseconds to a device deadline of ~30 s.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -48,7 +48,7 @@ _SQLITE_NOTADB: Final = 26
 _QUEUED: Final = 0
 _REJECTED: Final = 1
 _BATCH_GAP_S: Final = 0.0005
-_COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused")
+_COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused", "requeued")
 
 
 # ------------------------------------------------------------------------------------ config
@@ -264,6 +264,12 @@ class _SweepJob(_Job):
 
 
 @dataclass(eq=False)
+class _RequeueJob(_Job):
+    stream: str | None
+    seqs: tuple[int, ...] | None
+
+
+@dataclass(eq=False)
 class _StopJob(_Job):
     pass
 
@@ -386,6 +392,9 @@ class Outbox:
         self._reserved: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self._snapshot: dict[str, _StreamState] = {s: _StreamState() for s in STREAMS}
         self._listeners: list[Callable[[frozenset[str]], None]] = []
+        # Per stream, how often rows went back behind a publisher's cursor (requeue): the
+        # publisher starts that stream over from its first queued row when this changes.
+        self.rewinds: dict[str, int] = {}
         self._alerted: dict[tuple[str, str | None], float] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._closed = True
@@ -524,6 +533,29 @@ class Outbox:
             every=True,
         )
         return self._submit(_RejectJob(None, item, reason))
+
+    async def requeue_rejected(
+        self, stream: str | None = None, seqs: Sequence[int] | None = None
+    ) -> dict[str, int]:
+        """Put messages the broker rejected back in the queue (after ops fixed the cause: an ACL,
+        a quota on the broker). All parked messages, those of one stream, or the given seqs of
+        one stream. They go out again as the same bytes, before anything newer of their stream.
+        Returns how many were requeued per stream."""
+        if stream is not None and stream not in self._classes:
+            raise UnknownStream(stream)
+        if seqs is not None and stream is None:
+            raise ValueError("seqs name messages of one stream: give the stream too")
+        picked = tuple(sorted(set(seqs))) if seqs is not None else None
+        result: dict[str, int] = await self._submit(_RequeueJob(None, stream, picked))
+        for name, count in result.items():
+            if count:
+                self.rewinds[name] = self.rewinds.get(name, 0) + 1
+                log.info("outbox_requeued", stream=name, count=count)
+        if any(result.values()):
+            streams = frozenset(name for name, count in result.items() if count)
+            for listener in list(self._listeners):
+                listener(streams)
+        return result
 
     async def sweep(self) -> None:
         """Delete expired messages now (also runs every sweep_interval_s)."""
@@ -1003,6 +1035,8 @@ class Outbox:
                     results.append((job, None, None))
                 elif isinstance(job, _SweepJob):
                     results.append((job, self._apply_sweep(conn, work, touched), None))
+                elif isinstance(job, _RequeueJob):
+                    results.append((job, self._apply_requeue(conn, work, job, touched), None))
             if touched:
                 for stream in touched:
                     work[stream].oldest = self._oldest(conn, stream)
@@ -1189,6 +1223,36 @@ class Outbox:
         st.parked_bytes += row[0]
         st.counters["rejected"] += 1
         touched.add(item.stream)
+
+    def _apply_requeue(
+        self, conn: sqlite3.Connection, work: dict[str, _StreamState], job: _RequeueJob, touched: set[str]
+    ) -> dict[str, int]:
+        where = "state != ?"
+        args: list[int | str] = [_QUEUED]
+        if job.stream is not None:
+            where += " AND stream = ?"
+            args.append(job.stream)
+        requeued: dict[str, int] = {}
+        chunks = [None] if job.seqs is None else [job.seqs[i : i + 500] for i in range(0, len(job.seqs), 500)]
+        for chunk in chunks:
+            clause, params = where, list(args)
+            if chunk is not None:
+                clause += f" AND seq IN ({','.join('?' * len(chunk))})"
+                params.extend(chunk)
+            rows = conn.execute(
+                f"UPDATE messages SET state = ?, reason = NULL WHERE {clause} RETURNING stream, size",  # noqa: S608
+                [_QUEUED, *params],
+            ).fetchall()
+            for stream, size in rows:
+                st = work[stream]
+                st.parked -= 1
+                st.parked_bytes -= size
+                st.count += 1
+                st.bytes += size
+                st.counters["requeued"] += 1
+                requeued[stream] = requeued.get(stream, 0) + 1
+                touched.add(stream)
+        return requeued
 
     def _apply_sweep(
         self, conn: sqlite3.Connection, work: dict[str, _StreamState], touched: set[str]

@@ -45,6 +45,8 @@ class Publisher:
         self._topics = {s: f"edge/{node_id}/up/{s}" for s in STREAMS}
         # Acknowledged rows whose delete has not committed yet: never resend those.
         self._acking: set[int] = set()
+        # Rows published and waiting for their PUBACK: a rewound stream must not send them twice.
+        self._sending: set[int] = set()
         self._wake = asyncio.Event()
         self._dirty: set[str] = set(STREAMS)
         self.sent = 0
@@ -90,6 +92,7 @@ class _Session:
         self.channel = channel
         self.generation = publisher._outbox.generation
         self.cursor: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self.rewinds = dict(publisher._outbox.rewinds)
         self.buffers: dict[str, collections.deque[Pending]] = {s: collections.deque() for s in STREAMS}
         self.window = asyncio.Semaphore(publisher._window)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -107,6 +110,7 @@ class _Session:
                 self.window.release()
                 raise
             self._check()
+            p._sending.add(item.id)
             task = asyncio.create_task(self._send(item))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -143,6 +147,13 @@ class _Session:
         now = time.time()
         for stream in p._outbox.priority_order:
             buffer = self.buffers[stream]
+            rewinds = p._outbox.rewinds.get(stream, 0)
+            if rewinds != self.rewinds.get(stream, 0):
+                # Requeued rows sit behind the cursor: read the stream again from its start.
+                self.rewinds[stream] = rewinds
+                self.cursor[stream] = 0
+                buffer.clear()
+                p._dirty.add(stream)
             if not buffer and stream in p._dirty:
                 p._dirty.discard(stream)
                 page = await p._outbox.read_page(stream, self.cursor[stream], p._page)
@@ -152,7 +163,11 @@ class _Session:
             while buffer:
                 item = buffer.popleft()
                 self.cursor[stream] = item.seq
-                if item.id in p._acking or (item.expires is not None and item.expires <= now):
+                if (
+                    item.id in p._acking
+                    or item.id in p._sending
+                    or (item.expires is not None and item.expires <= now)
+                ):
                     continue
                 return item
         return None
@@ -169,6 +184,7 @@ class _Session:
             return
         finally:
             p.in_flight -= 1
+            p._sending.discard(item.id)
             self.window.release()
         p.last_puback = time.time()
         try:

@@ -277,3 +277,29 @@ async def test_a_closed_outbox_refuses_clearly(tmp_path: Path, sealer: Sealer) -
         await outbox.enqueue("tx", "t", {})
     assert not isinstance(OutboxError(), StorageError)
     assert envelope_digest(b"x")  # the default digest is the envelope module's
+
+
+async def test_requeue_puts_parked_rows_back_and_survives_a_restart(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(3):
+            await outbox.enqueue("audit", "a", {"i": i})
+        await outbox.enqueue("tx", "t", {})
+        for item in await outbox.read_page("audit", 0, 10):
+            await outbox.mark_rejected(item, 0x87)
+        assert outbox.backlog() == 1
+        assert await outbox.requeue_rejected("tx") == {}, "nothing of tx was parked"
+        assert await outbox.requeue_rejected("audit", seqs=[2, 9]) == {"audit": 1}
+        audit = outbox.stats()["classes"]["audit"]
+        assert (audit["count"], audit["parked"], audit["requeued"]) == (1, 2, 1)
+        assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [2]
+        with pytest.raises(UnknownStream):
+            await outbox.requeue_rejected("nope")
+        with pytest.raises(ValueError, match="stream"):
+            await outbox.requeue_rejected(seqs=[1])
+    async with Outbox(path, sealer) as outbox:
+        audit = outbox.stats()["classes"]["audit"]
+        assert (audit["count"], audit["parked"], audit["requeued"]) == (1, 2, 1)
+        assert await outbox.requeue_rejected() == {"audit": 2}
+        assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [1, 2, 3]
+        assert outbox.backlog() == 4
