@@ -43,7 +43,7 @@ from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key, rotate_key
 from gateway.uplink.mqtt import MqttLink
-from gateway.uplink.outbox import Outbox, OutboxAlert
+from gateway.uplink.outbox import STREAMS, Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
 from gateway.uplink.rotation import (
@@ -484,6 +484,7 @@ class Daemon:
         self.ctx.auth = auth
         self.ctx.is_online = self.is_online
         self.ctx.reset_device = self._reset_device
+        self.ctx.requeue_rejected = self.requeue_rejected
         self.sessions.on_create(
             lambda session: setattr(session, "auth", auth.new_state(session.id, session.kind))
         )
@@ -535,18 +536,44 @@ class Daemon:
         async def reply(body: Any) -> dict[str, Any]:
             return {"matched": self.requests.resolve(body)}
 
+        async def requeue(body: Any) -> dict[str, Any]:
+            try:
+                return await self.requeue_rejected(body)
+            except ValueError as err:
+                raise CommandFailed(str(err)) from err
+
         for name, handler in {
             "ping": ping,
             "config.set": config_set,
             "device.reset": device_reset,
             "session.end_all": end_all,
             "keys.rotate": rotate,
+            "outbox.requeue": requeue,
             "reply": reply,
         }.items():
             dispatcher.register(name, handler)
         self.add_status(
             "commands", lambda: {"accepted": dispatcher.accepted, "rejected": dispatcher.rejected}
         )
+
+    async def requeue_rejected(self, body: Any) -> dict[str, Any]:
+        """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
+        the broker rejected back in the queue. ValueError names what is wrong with the body."""
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"stream", "seqs"}:
+            raise ValueError('outbox.requeue takes {"stream": NAME, "seqs": [SEQ, ...]}, both optional')
+        stream, seqs = body.get("stream"), body.get("seqs")
+        if stream is not None and stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}; one of {', '.join(STREAMS)}")
+        if seqs is not None and (
+            not isinstance(seqs, list)
+            or not 1 <= len(seqs) <= 10_000
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs)
+        ):
+            raise ValueError("seqs must be a list of 1 to 10000 positive integers")
+        requeued = await self.outbox.requeue_rejected(stream, seqs)
+        return {"requeued": requeued, "total": sum(requeued.values())}
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
         await self.dispatcher.on_message(topic, payload)

@@ -213,6 +213,31 @@ async def maintenance_purge(request: web.Request) -> web.Response:
     return json_response({"device": name, "purged": purged})
 
 
+Seqs = Annotated[list[Annotated[int, msgspec.Meta(gt=0)]], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class RequeueBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    stream: str | None = None
+    seqs: Seqs | None = None
+
+
+@routes.post("/v1/sessions/{session_id}/maintenance/outbox/requeue")
+async def maintenance_requeue(request: web.Request) -> web.Response:
+    """Messages the broker rejected go back in the queue, once ops fixed the cause."""
+    ctx = request.app[CONTEXT]
+    session = session_of(request)
+    _technician(ctx, session)
+    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    body = await read_json(request, RequeueBody, optional=True)
+    if ctx.requeue_rejected is None:
+        raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")
+    try:
+        result = await ctx.requeue_rejected(msgspec.to_builtins(body))
+    except ValueError as err:
+        raise Problem(422, "invalid-body", "Invalid body", str(err)) from err
+    return json_response(result)
+
+
 @routes.post("/v1/sessions/{session_id}/camera/capture")
 async def camera_capture(request: web.Request) -> web.Response:
     session = session_of(request)

@@ -35,6 +35,7 @@ class ApiContext:
     auth: Authenticator | None = None
     is_online: Callable[[], bool] = lambda: False
     reset_device: Callable[[str], Awaitable[dict[str, Any]]] | None = None
+    requeue_rejected: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     streams: set[Subscription] = field(default_factory=set)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:

@@ -853,7 +853,11 @@ def outbox_verdict(stats: Mapping[str, Any], max_bytes: int) -> tuple[Verdict, s
         detail += f"; {parked} rejected by the broker (parked)"
         if verdict is Verdict.PASS:
             verdict = Verdict.WARN
-            fix = "the broker refused some messages (PUBACK error): check its ACL for this node's topics"
+            fix = (
+                "the broker refused some messages (PUBACK error): check its ACL for this node's topics,"
+                " then send them again (cloud command outbox.requeue, or a technician's"
+                " POST .../maintenance/outbox/requeue)"
+            )
     if fill >= OUTBOX_FAIL_FILL:
         return (
             Verdict.FAIL,

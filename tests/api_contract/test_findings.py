@@ -86,3 +86,26 @@ def test_deeply_nested_json_is_400(gateway: Gateway, sessions: Sessions) -> None
     body = b"[" * 100_000  # 100 kB, well under api.max_body_bytes
     reply = gateway.request("POST", f"/v1/sessions/{live.id}/print", body=body, token=live.token)
     assert_problem(reply.status, reply.headers, reply.body, {400})
+
+
+def test_requeue_needs_a_technician_with_two_factors_and_validates_its_body(
+    gateway: Gateway, sessions: Sessions
+) -> None:
+    path = "/v1/sessions/{}/maintenance/outbox/requeue"
+    citizen = sessions.citizen()
+    reply = gateway.request("POST", path.format(citizen.id), token=citizen.token)
+    assert_problem(reply.status, reply.headers, reply.body, {403})
+    bare = sessions.create("technician")
+    reply = gateway.request("POST", path.format(bare.id), token=bare.token)
+    assert_problem(reply.status, reply.headers, reply.body, {403})
+
+    tech = sessions.technician()
+    reply = gateway.request("POST", path.format(tech.id), token=tech.token)
+    assert reply.status == 200, reply.body
+    assert reply.json() == {"requeued": {}, "total": 0}, "nothing was parked"
+    body = json.dumps({"stream": "audit", "seqs": [1, 2]}).encode()
+    reply = gateway.request("POST", path.format(tech.id), body=body, token=tech.token)
+    assert reply.status == 200, reply.body
+    for bad in ({"seqs": [1]}, {"stream": "nope"}, {"stream": "tx", "seqs": [0]}, {"what": 1}):
+        reply = gateway.request("POST", path.format(tech.id), body=json.dumps(bad).encode(), token=tech.token)
+        assert_problem(reply.status, reply.headers, reply.body, {422})

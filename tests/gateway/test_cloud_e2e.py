@@ -240,6 +240,16 @@ async def test_signed_downlinks_over_mtls(
             await cloud.wait_for(lambda u: bool(results(cloud, bad_id)))
             assert results(cloud, bad_id)[0].payload["body"]["ok"] is False
 
+            # outbox.requeue answers how many parked messages went back (none here); a bad body fails.
+            requeue_id = await cloud.send("outbox.requeue", {"stream": "audit"})
+            await cloud.wait_for(lambda u: bool(results(cloud, requeue_id)))
+            answer = results(cloud, requeue_id)[0].payload["body"]
+            assert (answer["ok"], answer["requeued"], answer["total"]) == (True, {}, 0), answer
+            bad_requeue = await cloud.send("outbox.requeue", {"seqs": [1]})
+            await cloud.wait_for(lambda u: bool(results(cloud, bad_requeue)))
+            answer = results(cloud, bad_requeue)[0].payload["body"]
+            assert answer["ok"] is False and "stream" in answer["error"], answer
+
             # session.end_all ends open sessions.
             sid, auth = await create_session(http)
             end_id = await cloud.send("session.end_all", {})
