@@ -183,19 +183,21 @@ async def transaction(request: web.Request) -> web.Response:
     return json_response({"id": tx_id, "seq": queued.seq, "state": queued.state}, status=202)
 
 
-def _technician(ctx: ApiContext, session: Session) -> None:
+async def _maintenance(request: web.Request) -> ApiContext:
+    """The gate of every maintenance route: a technician session whose factors meet the policy."""
+    ctx = request.app[CONTEXT]
+    session = session_of(request)
     if session.kind != "technician":
         raise Problem(
             403, "technician-only", "Technician session required", "maintenance needs a technician session"
         )
+    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    return ctx
 
 
 @routes.post("/v1/sessions/{session_id}/maintenance/devices/{device}/reset")
 async def maintenance_reset(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-    _technician(ctx, session)
-    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    ctx = await _maintenance(request)
     if ctx.reset_device is None:
         raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")
     result = await ctx.reset_device(request.match_info["device"])
@@ -204,10 +206,7 @@ async def maintenance_reset(request: web.Request) -> web.Response:
 
 @routes.post("/v1/sessions/{session_id}/maintenance/devices/{device}/purge")
 async def maintenance_purge(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-    _technician(ctx, session)
-    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    ctx = await _maintenance(request)
     name = request.match_info["device"]
     purged = devices(ctx).named(name).queue.purge()
     return json_response({"device": name, "purged": purged})
@@ -224,10 +223,7 @@ class RequeueBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 @routes.post("/v1/sessions/{session_id}/maintenance/outbox/requeue")
 async def maintenance_requeue(request: web.Request) -> web.Response:
     """Messages the broker rejected go back in the queue, once ops fixed the cause."""
-    ctx = request.app[CONTEXT]
-    session = session_of(request)
-    _technician(ctx, session)
-    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    ctx = await _maintenance(request)
     body = await read_json(request, RequeueBody, optional=True)
     if ctx.requeue_rejected is None:
         raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")

@@ -356,6 +356,13 @@ def rotate_key(path: Path, node_id: str, *, overlap_s: float, now: datetime | No
     return Rotation(old=old, new=new, old_not_after=not_after)
 
 
+def remove_previous_key(path: Path) -> None:
+    """Delete the retired key file (`<path>.prev`) for good, the removal made durable."""
+    prev = previous_key_path(path)
+    prev.unlink(missing_ok=True)
+    _fsync_dir(prev.parent)
+
+
 def load_previous_key(path: Path, node_id: str) -> RetiredKey | None:
     """The key the last rotation retired and its end of validity, or None if there is none."""
     prev = previous_key_path(path)

@@ -18,7 +18,7 @@ from gateway.uplink.keys import (
     Rotation,
     format_rfc3339,
     load_previous_key,
-    previous_key_path,
+    remove_previous_key,
 )
 
 log = structlog.get_logger(__name__)
@@ -89,13 +89,7 @@ class RetiredKeyPruner:
         remaining = (retired.not_after - (now or datetime.now(UTC))).total_seconds()
         if remaining > 0:
             return min(remaining, self.max_wait_s)
-        path = previous_key_path(self.key_path)
-        path.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        remove_previous_key(self.key_path)
         log.info("retired_key_deleted", kid=retired.key.kid, not_after=format_rfc3339(retired.not_after))
         return self.max_wait_s
 
