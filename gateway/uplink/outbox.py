@@ -35,7 +35,7 @@ import structlog
 
 from gateway.errors import GatewayError
 from gateway.tasks import cancel_and_wait
-from gateway.uplink.envelope import GENESIS_PREV, envelope_digest
+from gateway.uplink.envelope import GENESIS_PREV, EnvelopeError, envelope_digest, peek_envelope
 
 log = structlog.get_logger(__name__)
 
@@ -229,6 +229,24 @@ class Recovery:
     error: str
     seq_from: Literal["corrupt_db", "side_file", "both", "none"]
     last_seq: dict[str, int]
+    # Messages read back whole from the corrupt file and queued again (same bytes, same seq), and
+    # rows that read back but whose envelope did not match its row (left behind in the moved file).
+    salvaged: int = 0
+    unusable: int = 0
+
+    def alert(self) -> OutboxAlert:
+        return OutboxAlert(
+            "corrupt_db",
+            None,
+            f"outbox database was corrupt ({self.error}); moved aside, started fresh with the"
+            f" {self.salvaged} message(s) that read back whole",
+            {
+                "moved_to": [str(p) for p in self.moved_to],
+                "seq_from": self.seq_from,
+                "salvaged": self.salvaged,
+                "unusable": self.unusable,
+            },
+        )
 
 
 # ------------------------------------------------------------------------------------ writer jobs
@@ -272,6 +290,11 @@ class _RequeueJob(_Job):
 @dataclass(eq=False)
 class _StopJob(_Job):
     pass
+
+
+@dataclass(eq=False)
+class _CheckJob(_Job):
+    """A reader met a malformed page: the writer checks the file and recovers if it is corrupt."""
 
 
 class _DiskFull(Exception):
@@ -402,6 +425,7 @@ class Outbox:
         self._reader: sqlite3.Connection | None = None
         self._reader_generation = -1
         self._reader_lock = threading.Lock()
+        self._check_requested = False
 
         self.generation = 0
         self.commits = 0
@@ -426,14 +450,7 @@ class Outbox:
         self._thread.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox-sweep")
         for recovery in self.recoveries:
-            self._alert(
-                OutboxAlert(
-                    "corrupt_db",
-                    None,
-                    f"outbox database was corrupt ({recovery.error}); moved aside, started fresh",
-                    {"moved_to": [str(p) for p in recovery.moved_to], "seq_from": recovery.seq_from},
-                )
-            )
+            self._alert(recovery.alert())
         return self
 
     async def close(self) -> None:
@@ -551,10 +568,7 @@ class Outbox:
             if count:
                 self.rewinds[name] = self.rewinds.get(name, 0) + 1
                 log.info("outbox_requeued", stream=name, count=count)
-        if any(result.values()):
-            streams = frozenset(name for name, count in result.items() if count)
-            for listener in list(self._listeners):
-                listener(streams)
+        self._notify(frozenset(name for name, count in result.items() if count))
         return result
 
     async def sweep(self) -> None:
@@ -654,8 +668,11 @@ class Outbox:
                 fut.set_exception(error)
             else:
                 fut.set_result(value)
-        if added:
-            streams = frozenset(added)
+        self._notify(frozenset(added))
+
+    def _notify(self, streams: frozenset[str]) -> None:
+        """Tell listeners (the publisher) which streams have rows to send that they may not know of."""
+        if streams:
             for listener in list(self._listeners):
                 listener(streams)
 
@@ -693,6 +710,10 @@ class Outbox:
             except sqlite3.Error as err:
                 self._reader.close()
                 self._reader = None
+                if _is_corrupt(err) and not self._check_requested:
+                    # Writes may never touch the damaged pages: have the writer look now.
+                    self._check_requested = True
+                    self._jobs.put(_CheckJob(None))
                 raise StorageError(f"cannot read the outbox: {err}", path=self.path) from err
         return [Pending(r[0], stream, r[1], bytes(r[2]), r[3], generation) for r in rows]
 
@@ -818,13 +839,15 @@ class Outbox:
                 moved.append(dst)
         _fsync_dir(self.path.parent)
         salvaged = self._salvage_streams(aside)
+        rows, unusable = self._salvage_messages(aside)
         side = self._read_side_file()
         last_seq: dict[str, int] = {}
         digests: dict[str, str] = {}
         for stream in STREAMS:
             old_seq, old_digest = salvaged.get(stream, (0, ""))
             reserved = side.get(stream, 0)
-            last_seq[stream] = max(old_seq, reserved)
+            kept = max((row[1] for row in rows if row[0] == stream), default=0)
+            last_seq[stream] = max(old_seq, reserved, kept)
             # The chain continues only when the corrupt file told us the exact last envelope.
             digests[stream] = old_digest if old_digest and old_seq >= reserved else self._genesis
         source: Literal["corrupt_db", "side_file", "both", "none"]
@@ -843,11 +866,16 @@ class Outbox:
             "INSERT OR REPLACE INTO streams (stream, last_seq, last_digest) VALUES (?, ?, ?)",
             [(s, last_seq[s], digests[s]) for s in STREAMS],
         )
+        conn.executemany(
+            "INSERT OR IGNORE INTO messages (stream, seq, created, expires, size, state, reason, envelope)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         conn.execute("COMMIT")
         self.generation += 1
         self._reserved = side
         self._load_state(conn)
-        recovery = Recovery(tuple(moved), error, source, dict(last_seq))
+        recovery = Recovery(tuple(moved), error, source, dict(last_seq), len(rows), unusable)
         self.recoveries.append(recovery)
         log.error(
             "outbox_corrupt_recovered",
@@ -855,6 +883,8 @@ class Outbox:
             moved_to=[str(p) for p in moved],
             seq_from=source,
             last_seq=last_seq,
+            salvaged=len(rows),
+            unusable=unusable,
         )
 
     @staticmethod
@@ -874,6 +904,61 @@ class Outbox:
         finally:
             conn.close()
         return found
+
+    @staticmethod
+    def _salvage_messages(aside: Path) -> tuple[list[tuple[Any, ...]], int]:
+        """Best effort: every message row of the moved corrupt file that still reads back whole.
+
+        Rows are read in id order, a page at a time; where the table's b-tree is damaged the read
+        narrows to one row, then skips ahead in growing steps until it reads again. A row is kept
+        only if its envelope parses and names the row's stream and seq: the bytes that go out
+        again are exactly the ones sealed. Returns the rows (stream, seq, created, expires, size,
+        state, reason, envelope) and how many rows read back but failed that check.
+        """
+        rows: list[tuple[Any, ...]] = []
+        unusable = 0
+        try:
+            conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return rows, unusable
+        after, limit, skip, failures = 0, 500, 1, 0
+        try:
+            while failures < 48:
+                try:
+                    batch = conn.execute(
+                        "SELECT id, stream, seq, created, expires, state, reason, envelope"
+                        " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                        (after, limit),
+                    ).fetchall()
+                except sqlite3.Error:
+                    failures += 1
+                    if limit > 1:
+                        limit = 1  # find the exact row where reading breaks
+                    else:
+                        after, skip = after + skip, skip * 2
+                    continue
+                if not batch:
+                    break
+                limit, skip, failures = 500, 1, 0
+                after = batch[-1][0]
+                for _id, stream, seq, created, expires, state, reason, envelope in batch:
+                    if Outbox._envelope_fits(stream, seq, envelope):
+                        rows.append((stream, seq, created, expires, len(envelope), state, reason, envelope))
+                    else:
+                        unusable += 1
+        finally:
+            conn.close()
+        return rows, unusable
+
+    @staticmethod
+    def _envelope_fits(stream: Any, seq: Any, envelope: Any) -> bool:
+        if stream not in STREAMS or not isinstance(seq, int) or not isinstance(envelope, bytes):
+            return False
+        try:
+            _kid, payload = peek_envelope(envelope)
+        except (EnvelopeError, ValueError):
+            return False
+        return payload.get("stream") == stream and payload.get("seq") == seq
 
     def _publish_snapshot(self) -> None:
         self._snapshot = {s: st.copy() for s, st in self._state.items()}
@@ -1004,14 +1089,12 @@ class Outbox:
             return [(j, None, failure) for j in batch]
         recovery = self.recoveries[-1]
         self._publish_snapshot()
-        self._post_alert(
-            OutboxAlert(
-                "corrupt_db",
-                None,
-                f"outbox database was corrupt ({error}); moved aside, started fresh",
-                {"moved_to": [str(p) for p in recovery.moved_to], "seq_from": recovery.seq_from},
-            )
-        )
+        self._post_alert(recovery.alert())
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # Salvaged rows are new rows of a new generation: the publisher starts over on them.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._notify, frozenset(STREAMS))
         failure = StorageError(f"outbox database was corrupt and was replaced: {error}", path=self.path)
         return [(j, None, failure if isinstance(j, _EnqueueJob) else None) for j in batch]
 
@@ -1037,6 +1120,13 @@ class Outbox:
                     results.append((job, self._apply_sweep(conn, work, touched), None))
                 elif isinstance(job, _RequeueJob):
                     results.append((job, self._apply_requeue(conn, work, job, touched), None))
+                elif isinstance(job, _CheckJob):
+                    self._check_requested = False
+                    problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall()]
+                    if problems != ["ok"]:
+                        conn.execute("ROLLBACK")
+                        raise _Corrupt("; ".join(problems[:5]))
+                    results.append((job, None, None))
             if touched:
                 for stream in touched:
                     work[stream].oldest = self._oldest(conn, stream)

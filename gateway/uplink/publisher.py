@@ -18,9 +18,12 @@ from typing import Any
 import structlog
 
 from gateway.uplink.mqtt import PUBACK_FAILURE, LinkDown, PublishChannel
-from gateway.uplink.outbox import STREAMS, Outbox, OutboxError, Pending
+from gateway.uplink.outbox import STREAMS, Outbox, OutboxError, Pending, StorageError
 
 log = structlog.get_logger(__name__)
+
+# How soon the publisher reads again after the outbox file could not be read.
+_UNREADABLE_RETRY_S = 0.5
 
 
 class Publisher:
@@ -128,7 +131,14 @@ class _Session:
             if p._outbox.generation != self.generation:
                 self._reset()
             p._wake.clear()
-            item = await self._take()
+            try:
+                item = await self._take()
+            except StorageError as err:
+                # The file is unreadable for now (a damaged page: the writer checks and recovers
+                # it). Keep the connection; try again shortly, from a new generation if it came.
+                log.warning("uplink_outbox_unreadable", error=str(err))
+                await asyncio.sleep(_UNREADABLE_RETRY_S)
+                continue
             if item is not None:
                 return item
             await p._wake.wait()
@@ -156,7 +166,11 @@ class _Session:
                 p._dirty.add(stream)
             if not buffer and stream in p._dirty:
                 p._dirty.discard(stream)
-                page = await p._outbox.read_page(stream, self.cursor[stream], p._page)
+                try:
+                    page = await p._outbox.read_page(stream, self.cursor[stream], p._page)
+                except BaseException:
+                    p._dirty.add(stream)  # still unread: the next try must read it
+                    raise
                 if len(page) == p._page:
                     p._dirty.add(stream)
                 buffer.extend(page)

@@ -219,6 +219,60 @@ async def test_malformed_pages_are_detected_and_recovered(tmp_path: Path, sealer
         assert sqlite3.connect(path).execute("PRAGMA quick_check").fetchone() == ("ok",)
 
 
+async def test_messages_that_read_back_whole_are_queued_again_after_corruption(
+    tmp_path: Path, sealer: Sealer
+) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i, "pad": "q" * 300}) for i in range(300)))
+        for i in range(20):
+            await outbox.enqueue("audit", "a", {"i": i})
+        last = outbox.stats()["classes"]["tx"]["last_seq"]
+    original = {(stream, seq): raw for stream, seq, raw in stored(path)}
+    size = path.stat().st_size
+    with path.open("r+b") as fh:  # keep the header, smash pages in the middle
+        fh.seek(size // 2)
+        fh.write(os.urandom(8192))
+    alerts: list[OutboxAlert] = []
+    async with Outbox(path, sealer, on_alert=alerts.append) as outbox:
+        [recovery] = outbox.recoveries
+        kept = stored(path)
+        assert 0 < recovery.salvaged == len(kept) < len(original), "some rows were lost, the rest came back"
+        for stream, seq, raw in kept:
+            assert original[(stream, seq)] == raw, f"{stream} {seq} is not the sealed bytes"
+        assert outbox.backlog() == recovery.salvaged
+        assert [a.fields["salvaged"] for a in alerts if a.kind == "corrupt_db"] == [recovery.salvaged]
+        assert (await outbox.enqueue("tx", "t", {})).seq > last
+        # Salvaged messages go out in seq order like any other.
+        page = await outbox.read_page("tx", 0, 1000)
+        assert [p.seq for p in page] == sorted(p.seq for p in page)
+
+
+async def test_a_reader_meeting_a_damaged_page_gets_the_file_checked_and_recovered(
+    tmp_path: Path, sealer: Sealer
+) -> None:
+    path = tmp_path / "o.db"
+    config = OutboxConfig(sweep_interval_s=3600)  # no sweep comes to the rescue here
+    async with Outbox(path, sealer, config=config) as outbox:
+        await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i, "pad": "q" * 300}) for i in range(300)))
+        with sqlite3.connect(path) as side:
+            side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        original = {seq: raw for _stream, seq, raw in stored(path, "tx")}  # (the outbox's reader stays cold)
+        with path.open("r+b") as fh:
+            fh.seek(path.stat().st_size // 2)
+            fh.write(os.urandom(8192))
+        with sqlite3.connect(path) as side:  # another write, so cached pages go stale
+            side.execute("UPDATE counters SET value = value")
+        with pytest.raises(StorageError, match="malformed"):
+            await outbox.read_page("tx", 0, 1000)
+        async with asyncio.timeout(10):
+            while not outbox.recoveries:
+                await asyncio.sleep(0.02)
+        page = await outbox.read_page("tx", 0, 1000)
+        assert 0 < len(page) == outbox.recoveries[0].salvaged < 300
+        assert all(original[p.seq] == p.envelope for p in page)
+
+
 async def test_lost_database_does_not_restart_seq(tmp_path: Path, sealer: Sealer) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path, sealer) as outbox:
