@@ -677,17 +677,17 @@ class Outbox:
                 listener(streams)
 
     def _post(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._deliver_results, results)
+        self._on_loop(self._deliver_results, results)
 
     def _post_alert(self, alert: OutboxAlert) -> None:
+        self._on_loop(self._alert, alert)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        """From the writer thread: run `callback(*args)` on the event loop (if it still runs)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._alert, alert)
+                loop.call_soon_threadsafe(callback, *args)
 
     # ---------------------------------------------------------------- reader (worker threads)
 
@@ -1090,11 +1090,8 @@ class Outbox:
         recovery = self.recoveries[-1]
         self._publish_snapshot()
         self._post_alert(recovery.alert())
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            # Salvaged rows are new rows of a new generation: the publisher starts over on them.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._notify, frozenset(STREAMS))
+        # Salvaged rows are new rows of a new generation: the publisher starts over on them.
+        self._on_loop(self._notify, frozenset(STREAMS))
         failure = StorageError(f"outbox database was corrupt and was replaced: {error}", path=self.path)
         return [(j, None, failure if isinstance(j, _EnqueueJob) else None) for j in batch]
 
