@@ -48,8 +48,9 @@ class Publisher:
         self._topics = {s: f"edge/{node_id}/up/{s}" for s in STREAMS}
         # Acknowledged rows whose delete has not committed yet: never resend those.
         self._acking: set[int] = set()
-        # Rows published and waiting for their PUBACK: a rewound stream must not send them twice.
-        self._sending: set[int] = set()
+        # (generation, row id) published and waiting for their PUBACK: a rewound stream must not
+        # send them twice. Row ids restart in a recovered database, hence the generation.
+        self._sending: set[tuple[int, int]] = set()
         self._wake = asyncio.Event()
         self._dirty: set[str] = set(STREAMS)
         self.sent = 0
@@ -113,7 +114,7 @@ class _Session:
                 self.window.release()
                 raise
             self._check()
-            p._sending.add(item.id)
+            p._sending.add((item.generation, item.id))
             task = asyncio.create_task(self._send(item))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -179,7 +180,7 @@ class _Session:
                 self.cursor[stream] = item.seq
                 if (
                     item.id in p._acking
-                    or item.id in p._sending
+                    or (item.generation, item.id) in p._sending
                     or (item.expires is not None and item.expires <= now)
                 ):
                     continue
@@ -198,7 +199,7 @@ class _Session:
             return
         finally:
             p.in_flight -= 1
-            p._sending.discard(item.id)
+            p._sending.discard((item.generation, item.id))
             self.window.release()
         p.last_puback = time.time()
         try:
