@@ -132,6 +132,9 @@ class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):
     status_back: bool = False
     # Confirm each job printed (GS ( H process id); turn off for printers that lack the command.
     confirm_print: bool = True
+    # "xonxoff": the printer paces job data with XON/XOFF (set it to match the printer's DIP
+    # switches or memory switch); "none": it does not.
+    flow_control: Literal["none", "xonxoff"] = "none"
     # Simulator only: seconds the simulated printer takes per job.
     sim_print_time_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
 

@@ -123,7 +123,12 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
         printer = EscPosPrinter(
-            name, port, baudrate=cfg.baudrate, status_back=cfg.status_back, confirm_print=cfg.confirm_print
+            name,
+            port,
+            baudrate=cfg.baudrate,
+            status_back=cfg.status_back,
+            confirm_print=cfg.confirm_print,
+            xonxoff=cfg.flow_control == "xonxoff",
         )
         return printer, simulator
     if isinstance(cfg, PcscDevice):

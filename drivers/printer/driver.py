@@ -37,6 +37,8 @@ from drivers.serialio.device import SerialDevice
 log = structlog.get_logger(__name__)
 
 _STATUS_QUERY = b"".join(realtime_status(n) for n in (1, 2, 3, 4))  # four, then read: the limit
+# Job bytes written at a time under XON/XOFF flow control.
+_FLOW_CHUNK = 64
 # How long after a query gave up its missing answers are still expected (and discarded).
 _LATE_GRACE_S = 0.5
 
@@ -76,6 +78,7 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         status_back: bool = False,
         status_timeout: float = 0.5,
         confirm_print: bool = True,
+        xonxoff: bool = False,
         job_timeout: float = 60.0,
         job_poll: float = 0.25,
         poll_interval: float = 5.0,
@@ -93,6 +96,7 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         self._status_back = status_back
         self._status_timeout = status_timeout
         self._confirm = confirm_print
+        self._xonxoff = xonxoff
         self._job_timeout = job_timeout
         self._job_poll = job_poll
         self._poll_interval = poll_interval
@@ -157,7 +161,10 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         fut = proto.process_ids.expect(pid) if self._confirm else None
         try:
             wire = data + (process_id_request(pid) if self._confirm else b"")
-            self._send(proto, wire)
+            if self._xonxoff:
+                await self._send_paced(proto, wire)
+            else:
+                self._send(proto, wire)
             if fut is not None:
                 await self._await_printed(fut)
             after = await self._query(self._status_timeout)
@@ -204,6 +211,19 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         now = time.monotonic()
         # What is still on the line delays any answer; status timeouts allow for it.
         self._wire_free_at = max(now, self._wire_free_at) + len(data) * 10 / self.baudrate
+
+    async def _send_paced(self, proto: EscPosProtocol, data: bytes) -> None:
+        """Job data under software flow control: a chunk at a time, only while the printer has not
+        sent XOFF, and no further ahead of the wire than one chunk, so what sits in the port's
+        buffers when an XOFF comes is at most a chunk (printers send XOFF with room to spare)."""
+        chunk_time = _FLOW_CHUNK * 10 / self.baudrate
+        for start in range(0, len(data), _FLOW_CHUNK):
+            await proto.xon.wait()
+            ahead = self._wire_backlog() - chunk_time
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+                await proto.xon.wait()
+            self._send(proto, data[start : start + _FLOW_CHUNK])
 
     def _wire_backlog(self) -> float:
         if self.port.startswith("socket://"):

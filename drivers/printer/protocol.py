@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
@@ -33,6 +34,9 @@ class EscPosProtocol(LinkProtocol):
         self.owed_answers = OwedReplies()
         self.process_ids: KeyedReplies[bytes, None] = KeyedReplies()
         self.xoff = False
+        # Set while the printer allows sending (no XOFF outstanding); job data waits on it.
+        self.xon = asyncio.Event()
+        self.xon.set()
         self.unknown_bytes = 0
 
     def bytes_received(self, data: bytes) -> None:
@@ -50,10 +54,15 @@ class EscPosProtocol(LinkProtocol):
                         log.debug("escpos_stale_process_id", device=self.device)
                 case FlowControl(xoff):
                     self.xoff = xoff
+                    if xoff:
+                        self.xon.clear()
+                    else:
+                        self.xon.set()
                 case Unknown(raw):
                     self.unknown_bytes += len(raw)
                     log.debug("escpos_unknown_bytes", device=self.device, nbytes=len(raw))
 
     def fail_pending(self, exc: DriverError) -> None:
+        self.xon.set()  # nobody may keep waiting for a printer that is gone
         self.answers.fail_all(exc)
         self.process_ids.fail_all(exc)

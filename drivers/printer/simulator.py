@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-from drivers.printer.frames import DLE, EOT, ESC, GS, PrinterStatus, process_id_response
+from drivers.printer.frames import DLE, EOT, ESC, GS, XOFF, XON, PrinterStatus, process_id_response
 from drivers.serialio.simport import PtyEndpoint, SimEndpoint, TcpEndpoint
 
 log = structlog.get_logger(__name__)
@@ -58,6 +58,7 @@ class PrinterSimulator:
         # Seconds before each DLE EOT answer goes out (a printer slow to answer, not silent);
         # the answer reflects the state when the query arrived.
         self.realtime_delay = 0.0
+        self.bytes_received = 0
         self.jobs: list[bytes] = []
         self.printed: list[bytes] = []
         self.realtime_queries = 0
@@ -126,6 +127,14 @@ class PrinterSimulator:
         self.cutter_error, self.unrecoverable, self.overheat = cutter, unrecoverable, overheat
         self._condition_changed()
 
+    async def flow_stop(self) -> None:
+        """Send XOFF, as a printer whose receive buffer is nearly full does."""
+        await self.port.send(bytes([XOFF]))
+
+    async def flow_resume(self) -> None:
+        """Send XON: the printer takes data again."""
+        await self.port.send(bytes([XON]))
+
     def paper_runs_out_during_next_job(self) -> None:
         """Halfway through the next job the paper ends; printing stops until paper is back."""
         self._run_out_next = True
@@ -138,6 +147,7 @@ class PrinterSimulator:
     # --- receiving -------------------------------------------------------------------------
 
     def _on_bytes(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         self._inbuf += data
         if len(self._inbuf) > _MAX_INPUT:
             log.warning("printer_sim_input_overflow", nbytes=len(self._inbuf))

@@ -20,6 +20,8 @@ from drivers.printer import (
     PrinterTimeout,
     PrintJob,
 )
+from drivers.printer.job import encode_job
+from drivers.serialio.simport import PtyEndpoint
 
 RECEIPT = PrintJob(
     (Line("政务服务中心", bold=True, double=True), Line("业务: 社保查询"), Line("No. 0042")),
@@ -208,3 +210,35 @@ async def test_refused_tcp_port_is_no_device() -> None:
         assert info.value.state is DeviceState.NO_DEVICE
     finally:
         await printer.close()
+
+
+async def test_xonxoff_holds_job_data_while_the_printer_says_xoff(printer_sim: PrinterSimulator) -> None:
+    assert isinstance(printer_sim.port, PtyEndpoint)
+    path = printer_sim.port.path
+    printer = EscPosPrinter("printer", path, baudrate=115200, xonxoff=True, job_poll=0.05)
+    await printer.start()
+    try:
+        await printer.wait_online(timeout=5)
+        big = PrintJob.of([f"line {i:03d} " + "x" * 30 for i in range(40)])  # well over one chunk
+        await printer_sim.flow_stop()
+        before = printer_sim.bytes_received
+        job = asyncio.create_task(printer.print_job(big, timeout=10))
+        await asyncio.sleep(0.4)
+        assert not job.done()
+        # Only the real-time status query went out; the job's data waits for XON.
+        assert printer_sim.bytes_received - before <= 3 * 4
+        assert printer_sim.jobs == []
+        await printer_sim.flow_resume()
+        result = await job
+        assert result.confirmed
+        assert printer_sim.jobs and printer_sim.jobs[-1] == encode_job(big)
+    finally:
+        await printer.close()
+
+
+async def test_without_flow_control_xoff_is_not_waited_for(
+    printer: EscPosPrinter, printer_sim: PrinterSimulator
+) -> None:
+    await printer_sim.flow_stop()
+    result = await printer.print_job(RECEIPT, timeout=5)
+    assert result.confirmed and printer_sim.jobs
