@@ -240,8 +240,8 @@ class PcscDaemon:
             self.wait_ready(timeout=timeout)
         except BaseException:
             # Leave nothing running or open behind a failed start: the error is the report.
-            if self.owned:
-                self.stop()
+            if self._proc is not None:
+                self._terminate()
             raise
 
     def wait_ready(self, *, timeout: float = 15.0) -> None:
@@ -274,26 +274,32 @@ class PcscDaemon:
         """Stop the pcscd we started (SIGTERM, then SIGKILL); refuse to touch anyone else's."""
         proc = self._proc
         if proc is None or proc.poll() is not None:
+            self._terminate()  # ours (if any) exited by itself: release its log and config
             if self.answering():
                 raise PcscdNotOwned(f"pcscd (pid {self.pid}) was already running and is not ours to stop")
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-        self._proc = None
+        self._terminate(timeout=timeout)
+        # Gone for clients too, before returning: a new context must fail from now on.
+        deadline = time.monotonic() + timeout
+        while self.answering() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _terminate(self, *, timeout: float = 10.0) -> None:
+        """Stop our pcscd if it still runs (SIGTERM, then SIGKILL) and release its log and config."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
         if self._conf_dir is not None:
             self._conf_dir.cleanup()
             self._conf_dir = None
-        # Gone for clients too, before returning: a new context must fail from now on.
-        deadline = time.monotonic() + timeout
-        while self.answering() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def restart(self, *, timeout: float = 15.0) -> None:
         self.stop()
