@@ -83,6 +83,8 @@ class IdCardSimulator:
         self.phase = Phase.ABSENT
         self.sam_status = Status.OK
         self.new_address: str | None = None
+        # What select card answers besides its status (8 zero bytes by the protocol).
+        self.select_data = bytes(8)
         self.requests: list[Request] = []
         self.garbage_between_frames = False
         self._injected: deque[tuple[Command | None, int]] = deque()
@@ -203,7 +205,7 @@ class IdCardSimulator:
         if command is Command.SELECT_CARD:
             if self.card is not None and self.phase in (Phase.FOUND, Phase.SELECTED):
                 self.phase = Phase.SELECTED
-                return Reply(0, 0, Status.OK, bytes(8))
+                return Reply(0, 0, Status.OK, self.select_data)
             return Reply(0, 0, Status.SELECT_FAILED)
         if command is Command.READ_NEW_ADDRESS:
             if self.phase is not Phase.SELECTED:

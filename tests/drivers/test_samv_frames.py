@@ -182,6 +182,8 @@ SAME_SHAPE = [
     {Command.RESET_SAM, Command.STATUS},
     {Command.READ_TEXT_PHOTO, Command.READ_WITH_FINGERPRINT},
 ]
+# A bare OK also passes for a select (some readers may leave out its 8 bytes); the reverse not.
+ALSO_FITS = {Command.RESET_SAM: {Command.SELECT_CARD}, Command.STATUS: {Command.SELECT_CARD}}
 
 
 @pytest.mark.parametrize("command", list(Command), ids=lambda c: c.name)
@@ -189,7 +191,7 @@ def test_a_successful_reply_fits_only_commands_of_its_shape(command: Command) ->
     reply = TYPICAL_OK[command]
     fits = {other for other in Command if reply_fits(other, reply)}
     expected = next((group for group in SAME_SHAPE if command in group), {command})
-    assert fits == expected
+    assert fits == expected | ALSO_FITS.get(command, set())
 
 
 @pytest.mark.parametrize("status", [Status.NO_CARD, Status.SELECT_FAILED, Status.READ_FAILED, 0x5A])

@@ -62,6 +62,14 @@ async def test_read_card_waits_for_the_card(reader: SamvReader, idcard_sim: IdCa
     assert reader.status.state is DeviceState.ONLINE
 
 
+async def test_a_reader_whose_select_carries_no_data_still_reads(
+    reader: SamvReader, idcard_sim: IdCardSimulator
+) -> None:
+    idcard_sim.select_data = b""
+    idcard_sim.insert_card()
+    assert await reader.read_card(timeout=5) == sample_card()
+
+
 async def test_read_with_fingerprint(reader: SamvReader, idcard_sim: IdCardSimulator) -> None:
     idcard_sim.insert_card()
     card = await reader.read_card(timeout=5, fingerprint=True)
