@@ -134,7 +134,8 @@ def reply_fits(command: Command, reply: Reply) -> bool:
         case Command.READ_NEW_ADDRESS:
             if reply.sw3 == Status.NO_CONTENT:
                 return n == 0
-            return reply.sw3 == Status.OK and _SAM_ID_LEN < n < _CARD_DATA_MIN
+            # UCS-2 text (70 bytes by the protocol; some readers answer OK with none).
+            return reply.sw3 == Status.OK and n < _CARD_DATA_MIN and n % 2 == 0
         case Command.READ_TEXT_PHOTO | Command.READ_WITH_FINGERPRINT:
             return reply.sw3 == Status.OK and n >= _CARD_DATA_MIN
 
