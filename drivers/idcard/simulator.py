@@ -12,6 +12,7 @@ import asyncio
 import enum
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -31,7 +32,10 @@ from drivers.idcard.frames import (
     encode_sam_id,
     frame_len,
 )
-from drivers.idcard.identity import IdCard, encode_text_block, sample_card
+from drivers.idcard.card_types import IdDocument, encode_card
+from drivers.idcard.foreigner import sample_foreigner_card
+from drivers.idcard.hmt import sample_hmt_permit
+from drivers.idcard.identity import encode_fields, sample_card, sample_photo
 from drivers.serialio.framing import PreambleFramer
 from drivers.serialio.simport import PtyEndpoint
 
@@ -39,6 +43,62 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_GARBAGE = b"\x00\xff\x13\xaa\xaa\x96\x55"
 SAM_ID_PARTS = (5, 1, 20230101, 12345, 987654321)
+# The card an auto-presenting simulator shows (config devices.X.sim_card).
+SIM_CARDS = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023")
+# The 2023 foreigner's card (type `Y`) as one public source (an IDCard.dll C# sample) lays it out, in
+# UCS-2 characters: the driver does not parse it (a single source), the simulator only presents it.
+_Y_FIELDS: tuple[tuple[str, int], ...] = (
+    ("chinese_name", 15),
+    ("gender", 1),
+    ("renewals", 2),
+    ("birth_date", 8),
+    ("english_name", 35),
+    ("number", 18),
+    ("reserved", 15),
+    ("valid_from", 8),
+    ("valid_to", 8),
+    ("english_name_2", 11),
+    ("nationality", 3),
+    ("card_type", 1),
+    ("previous", 3),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RawCard:
+    """A card given as its raw text block (published test vectors, types the driver does not parse)."""
+
+    text: bytes
+    photo: bytes = b""
+    fingerprint: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"RawCard(text={len(self.text)} bytes, photo={len(self.photo)} bytes)"
+
+
+def sim_card(kind: str) -> IdDocument | RawCard:
+    """The fake card a simulator presents for a `sim_card` setting (names and numbers are test data)."""
+    if kind == "foreign_permanent":
+        return sample_foreigner_card()
+    if kind == "hmt_residence":
+        return sample_hmt_permit()
+    if kind == "foreign_permanent_2023":
+        values = {
+            "chinese_name": "测试样本",
+            "gender": "2",
+            "renewals": "00",
+            "birth_date": "19000101",
+            "english_name": "SPECIMEN, TEST CARD",
+            "number": "911000190001010020",
+            "valid_from": "20240101",
+            "valid_to": "20340101",
+            "nationality": "ZZZ",
+            "card_type": "Y",
+        }
+        return RawCard(encode_fields(values, _Y_FIELDS), sample_photo(3))
+    if kind == "resident":
+        return sample_card()
+    raise ValueError(f"unknown simulated card {kind!r}; one of {', '.join(SIM_CARDS)}")
 
 
 class Phase(enum.Enum):
@@ -65,7 +125,9 @@ class IdCardSimulator:
         auto_remove_delay: float = 0.5,
         read_delay: float = 0.0,
         fingerprint: bytes | None = None,
+        card: str = "resident",
     ) -> None:
+        self.presents = sim_card(card)  # what insert_card() puts in the field by default
         self.port = PtyEndpoint(self._on_bytes, name=name, baudrate=baudrate, pace=pace)
         self._framer = PreambleFramer(
             PREAMBLE,
@@ -79,7 +141,7 @@ class IdCardSimulator:
         self.auto_remove_delay = auto_remove_delay
         self.read_delay = read_delay
         self.fingerprint = fingerprint if fingerprint is not None else bytes(range(256)) * 4
-        self.card: IdCard | None = None
+        self.card: IdDocument | RawCard | None = None
         self.phase = Phase.ABSENT
         self.sam_status = Status.OK
         self.new_address: str | None = None
@@ -114,9 +176,9 @@ class IdCardSimulator:
 
     # --- the card slot ---------------------------------------------------------------------
 
-    def insert_card(self, identity: IdCard | None = None) -> None:
+    def insert_card(self, identity: IdDocument | RawCard | None = None) -> None:
         """Put a card in the field (a fresh presentation: it can be read once)."""
-        self.card = identity if identity is not None else sample_card()
+        self.card = identity if identity is not None else self.presents
         self.phase = Phase.PRESENT
 
     def remove_card(self) -> None:
@@ -229,8 +291,9 @@ class IdCardSimulator:
             return Reply(0, 0, Status.READ_FAILED)
         if self.read_delay:
             await asyncio.sleep(self.read_delay)
+        text = card.text if isinstance(card, RawCard) else encode_card(card)
         data = CardData(
-            encode_text_block(card),
+            text,
             card.photo,
             (card.fingerprint or self.fingerprint) if with_fingerprint else None,
         )
