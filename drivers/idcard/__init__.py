@@ -1,5 +1,6 @@
 """ID card reader, SAM_V protocol (driver `samv`): resident, foreigner's permanent residence, HMT permits."""
 
+from drivers.idcard.card_types import IdDocument, UnsupportedCardType, parse_card
 from drivers.idcard.driver import SamvReader
 from drivers.idcard.errors import (
     BadRead,
@@ -13,7 +14,6 @@ from drivers.idcard.errors import (
     SamvTimeout,
     UnsupportedCard,
 )
-from drivers.idcard.card_types import IdDocument, UnsupportedCardType, parse_card
 from drivers.idcard.foreigner import ForeignPermanentCard, sample_foreigner_card
 from drivers.idcard.hmt import HmtResidencePermit, sample_hmt_permit
 from drivers.idcard.identity import Gender, IdCard, sample_card

@@ -14,6 +14,7 @@ from drivers.base import (
     DriverError,
     FrameError,
 )
+from drivers.idcard.card_types import IdDocument, UnsupportedCardType, parse_card
 from drivers.idcard.errors import (
     BadRead,
     CardLost,
@@ -36,7 +37,6 @@ from drivers.idcard.frames import (
     reply_fits,
     status_name,
 )
-from drivers.idcard.card_types import IdDocument, UnsupportedCardType, parse_card
 from drivers.idcard.identity import CardDataError, CheckDigitMismatch
 from drivers.idcard.protocol import SamvProtocol
 from drivers.serialio.device import SerialDevice

@@ -57,7 +57,7 @@ FIELDS: tuple[tuple[str, int], ...] = (
     ("card_type", 1),
     ("reserved", 3),
 )
-_NUMBER = re.compile(r"[A-Z]{3}\d{12}")
+_NUMBER = re.compile(r"[A-Z]{3}[0-9]{12}")
 _NATIONALITY = re.compile(r"[A-Z]{3}")
 _CODE = re.compile(r"[0-9A-Za-z]*")
 _ENGLISH = re.compile(r"[A-Z][A-Z ,.'<-]*")

@@ -76,7 +76,7 @@ class HmtResidencePermit:
     issuer: str
     valid_from: dt.date
     valid_to: dt.date | None
-    pass_number: str
+    travel_permit_number: str
     issue_count: int
     photo: bytes = field(default=b"")
     fingerprint: bytes | None = None
@@ -103,13 +103,15 @@ class HmtResidencePermit:
         return (
             f"HmtResidencePermit(name=***, gender=***, birth_date=***, address=***, "
             f"id_number={self.masked_number}, issuer=***, valid_from=***, valid_to=***, "
-            f"pass_number=***, issue_count=***, photo={len(self.photo)} bytes, fingerprint={fp})"
+            f"travel_permit_number=***, issue_count=***, photo={len(self.photo)} bytes, fingerprint={fp})"
         )
 
     __str__ = __repr__
 
 
-def parse_hmt_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | None = None) -> HmtResidencePermit:
+def parse_hmt_block(
+    text: bytes, *, photo: bytes = b"", fingerprint: bytes | None = None
+) -> HmtResidencePermit:
     """Parse a `J` text block; CardDataError (CheckDigitMismatch for the number) on a bad read."""
     values = decode_fields(text, FIELDS)
     if values["card_type"] != TYPE_CODE:
@@ -135,7 +137,7 @@ def parse_hmt_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | Non
         issuer=values["issuer"],
         valid_from=parse_date(values["valid_from"], "valid_from"),
         valid_to=valid_to,
-        pass_number=values["pass_number"],
+        travel_permit_number=values["pass_number"],
         issue_count=int(values["issue_count"]),
         photo=photo,
         fingerprint=fingerprint,
@@ -153,7 +155,7 @@ def encode_hmt_block(card: HmtResidencePermit) -> bytes:
         "issuer": card.issuer,
         "valid_from": card.valid_from.strftime("%Y%m%d"),
         "valid_to": NO_EXPIRY if card.valid_to is None else card.valid_to.strftime("%Y%m%d"),
-        "pass_number": card.pass_number,
+        "pass_number": card.travel_permit_number,
         "issue_count": f"{card.issue_count:02d}",
         "card_type": TYPE_CODE,
     }
@@ -172,7 +174,7 @@ def sample_hmt_permit() -> HmtResidencePermit:
         issuer="示例市公安局",
         valid_from=dt.date(2020, 1, 1),
         valid_to=dt.date(2040, 1, 1),
-        pass_number="H00000000",
+        travel_permit_number="H00000000",
         issue_count=1,
         photo=sample_photo(2),
     )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import structlog
 
 from drivers.base import FrameError
+from drivers.idcard.card_types import IdDocument, encode_card
+from drivers.idcard.foreigner import sample_foreigner_card
 from drivers.idcard.frames import (
     HEADER_LEN,
     MAX_FRAME,
@@ -32,8 +34,6 @@ from drivers.idcard.frames import (
     encode_sam_id,
     frame_len,
 )
-from drivers.idcard.card_types import IdDocument, encode_card
-from drivers.idcard.foreigner import sample_foreigner_card
 from drivers.idcard.hmt import sample_hmt_permit
 from drivers.idcard.identity import encode_fields, sample_card, sample_photo
 from drivers.serialio.framing import PreambleFramer
