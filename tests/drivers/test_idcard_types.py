@@ -179,7 +179,9 @@ def test_foreigner_number_check_digit_is_icao_7_3_1(number: str) -> None:
     assert valid_document_number("foreign_permanent", number)
 
 
-@pytest.mark.parametrize("number", ["KAZ110090123107", "KAZ11009012310", "KA1110090123105", "kaz110090123105"])
+@pytest.mark.parametrize(
+    "number", ["KAZ110090123107", "KAZ11009012310", "KA1110090123105", "kaz110090123105"]
+)
 def test_foreigner_number_failures(number: str) -> None:
     assert not foreigner_number_valid(number)
     assert not valid_document_number("foreign_permanent", number)
