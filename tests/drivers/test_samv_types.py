@@ -83,7 +83,7 @@ async def test_unknown_type_is_its_own_clear_error(reader: SamvReader, idcard_si
     assert err.card_type == "Y"
     assert "type Y" in str(err)
     assert "931586198001010028" not in str(err) and "ZHENGJIAN" not in str(err)
-    assert not isinstance(err, BadRead)
+    assert type(err) is UnsupportedCard, "its own error, not a bad read"
     assert reader.status.state is DeviceState.ONLINE, "a card of another type is not a device fault"
     # The reader read the card: as after any read, it must leave the field before the next one.
     with pytest.raises(CardNotPresented):
