@@ -1,0 +1,133 @@
+"""End to end through the daemon (a real subprocess): a citizen with a foreigner's permanent residence
+card (`I`) or an HMT residence permit (`J`) proves the idcard factor and the face against that card's
+photo; the subject is the masked document number; no name or number reaches the logs. A 2023
+foreigner's card (`Y`) answers 409 unsupported-card-type."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from drivers.idcard import ForeignPermanentCard, HmtResidencePermit, IdDocument
+from drivers.idcard.simulator import sim_card
+from tests.auth.face_service import FaceService
+from tests.support.daemon import running_daemon, unix_session, write_config
+from tests.support.mosquitto import free_port
+
+
+@pytest.fixture
+async def face_service() -> AsyncIterator[FaceService]:
+    service = FaceService()
+    app = web.Application()
+    app.router.add_post("/compare", service.compare)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    service.url = f"http://127.0.0.1:{runner.addresses[0][1]}/compare"
+    try:
+        yield service
+    finally:
+        service.release.set()
+        await runner.cleanup()
+
+
+def config(face_url: str, card: str) -> str:
+    return f"""
+[uplink]
+broker = "mqtt://127.0.0.1:{free_port()}"
+
+[auth.face]
+verifier = "http"
+url = "{face_url}"
+timeout_s = 2
+
+[devices.idcard]
+driver = "samv"
+port = "sim://idcard"
+sim_card = "{card}"
+
+[devices.camera]
+driver = "http"
+url = "sim://camera"
+"""
+
+
+def secrets(card: IdDocument) -> list[str]:
+    """What must never reach a log: names, numbers, addresses of the card presented."""
+    if isinstance(card, ForeignPermanentCard):
+        return [card.number, card.english_name, card.chinese_name, card.number[3:14]]
+    assert isinstance(card, HmtResidencePermit)
+    return [card.id_number, card.name, card.address, card.issuer, card.travel_permit_number]
+
+
+def all_logs(dp_lines: list[str], state_dir: Path) -> str:
+    text = "\n".join(dp_lines)
+    for log_file in (state_dir / "log").glob("gateway.jsonl*"):
+        text += log_file.read_text()
+    return text
+
+
+@pytest.mark.parametrize("kind", ["foreign_permanent", "hmt_residence"])
+async def test_citizen_with_another_holders_card_proves_two_factors(
+    state_dir: Path, face_service: FaceService, kind: str
+) -> None:
+    card = sim_card(kind)
+    assert isinstance(card, ForeignPermanentCard | HmtResidencePermit)
+    masked = card.masked_number
+    path = write_config(state_dir, config(face_service.url, kind))
+    async with running_daemon(path) as dp, unix_session(dp.socket_path) as http:
+        body = await (await http.post("/v1/sessions", json={})).json()
+        base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
+        resp = await http.post(f"{base}/factors/idcard", headers=auth)
+        assert resp.status == 200, await resp.text()
+        proven = await resp.json()
+        assert proven["factor"]["kind"] == "idcard"
+        assert proven["factor"]["document_type"] == kind
+        assert proven["factor"]["subject"] == masked
+        assert proven["factor"]["subject_kind"] == "citizen"
+        assert proven["assurance"]["level"] == "single"
+        # Second factor: the face, compared with the photo of this very card.
+        resp = await http.post(f"{base}/factors/face", headers=auth)
+        assert resp.status == 200, await resp.text()
+        two = await resp.json()
+        assert two["assurance"]["level"] == "two_factor"
+        assert two["factor"]["subject"] == masked, "same subject for both factors"
+        assert face_service.requests[-1]["reference"] == card.photo
+        view = await (await http.get(base, headers=auth)).text()
+        assert masked in view
+        exposed = view + await (await http.get("/v1/status")).text()
+        assert [s for s in secrets(card) if s and s in exposed] == []
+        await dp.stop()
+    logs = all_logs(dp.stdout_lines + dp.stderr_lines, state_dir)
+    assert "factor_proven" in logs and masked in logs
+    assert [s for s in secrets(card) if s and s in logs] == [], "logs expose personal data"
+
+
+async def test_a_2023_foreigners_card_is_answered_unsupported(
+    state_dir: Path, face_service: FaceService
+) -> None:
+    path = write_config(state_dir, config(face_service.url, "foreign_permanent_2023"))
+    async with running_daemon(path) as dp, unix_session(dp.socket_path) as http:
+        body = await (await http.post("/v1/sessions", json={})).json()
+        base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
+        resp = await http.post(f"{base}/factors/idcard", headers=auth)
+        assert resp.status == 409
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+        assert problem["type"].endswith("/unsupported-card-type")
+        assert problem["code"] == "unsupported_card_type"
+        assert problem["card_type"] == "Y"
+        assert problem["device"] == "idcard"
+        # No card factor, so the face is refused before the camera is used.
+        resp = await http.post(f"{base}/factors/face", headers=auth)
+        assert resp.status == 409 and (await resp.json())["type"].endswith("/idcard-required")
+        session = await (await http.get(base, headers=auth)).json()
+        assert session["assurance"]["level"] == "none"
+        await dp.stop()
+    logs = all_logs(dp.stdout_lines + dp.stderr_lines, state_dir)
+    assert "card_type_unsupported" in logs
+    for secret in ("911000190001010020", "SPECIMEN", "测试样本"):
+        assert secret not in logs
