@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from drivers.idcard import ForeignPermanentCard, HmtResidencePermit, IdDocument
+from drivers.base import UserActionNeeded
+from drivers.idcard import ForeignPermanentCard, HmtResidencePermit, IdDocument, UnsupportedCard
 from drivers.idcard.simulator import sim_card
+from gateway.api.errors import to_problem
 from tests.auth.face_service import FaceService
 from tests.support.daemon import running_daemon, unix_session, write_config
 from tests.support.mosquitto import free_port
@@ -131,3 +133,18 @@ async def test_a_2023_foreigners_card_is_answered_unsupported(
     assert "card_type_unsupported" in logs
     for secret in ("911000190001010020", "SPECIMEN", "测试样本"):
         assert secret not in logs
+
+
+def test_unsupported_card_maps_to_its_own_problem_kind() -> None:
+    read = to_problem(UnsupportedCard("idcard: card type Y is not supported", device="idcard", card_type="Y"))
+    assert read is not None
+    assert (read.status, read.kind) == (409, "unsupported-card-type")
+    assert read.body()["card_type"] == "Y" and read.body()["code"] == "unsupported_card_type"
+    # The reader itself refusing the card (status 40) is the same problem, without a type code.
+    refused = to_problem(UnsupportedCard("idcard: the reader does not know this card type", device="idcard"))
+    assert refused is not None
+    assert (refused.status, refused.kind) == (409, "unsupported-card-type")
+    assert "card_type" not in refused.body()
+    # Other user actions keep their kind.
+    other = to_problem(UserActionNeeded("idcard: card removed", device="idcard"))
+    assert other is not None and other.kind == "user-action-needed"
