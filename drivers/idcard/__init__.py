@@ -15,6 +15,7 @@ from drivers.idcard.errors import (
     UnsupportedCard,
 )
 from drivers.idcard.foreigner import ForeignPermanentCard, sample_foreigner_card
+from drivers.idcard.foreigner2023 import ForeignPermanentCard2023, sample_foreigner2023_card
 from drivers.idcard.hmt import HmtResidencePermit, sample_hmt_permit
 from drivers.idcard.identity import Gender, IdCard, sample_card
 from drivers.idcard.simulator import IdCardSimulator, RawCard
@@ -26,6 +27,7 @@ __all__ = [
     "CheckDigitError",
     "CorruptReply",
     "ForeignPermanentCard",
+    "ForeignPermanentCard2023",
     "Gender",
     "HmtResidencePermit",
     "IdCard",
@@ -41,6 +43,7 @@ __all__ = [
     "UnsupportedCardType",
     "parse_card",
     "sample_card",
+    "sample_foreigner2023_card",
     "sample_foreigner_card",
     "sample_hmt_permit",
 ]

@@ -2,16 +2,12 @@
 
 The byte pair at 248-249 of the 256-byte text block names the card type: blank on the resident
 ID card (it lies in the resident card's reserved bytes), `I` on the foreigner's permanent
-residence ID card (2017), `J` on the residence permit for Hong Kong, Macao and Taiwan residents.
-Sources: a Miaxis face-terminal app (`isGreenCard` reads bytes 248-249: "" resident, "I", "J"),
-an IDCard.dll C# sample (`GetString(pucCHMsg, 248, 2)` compared with "I" and "Y"), and the data
-item tables in foreigner.py / hmt.py.
-
-Readers also report `Y` for the 2023 foreigner's permanent residence ID card (18-digit number
-starting with 9, ISO 7064 MOD 11-2: the National Immigration Administration's adaptation rules as
-reposted at http://www.eastcoms.com/service/pro/840.html). Its byte layout appears in one public
-code source only (the IDCard.dll samples, C# and C++, one vendor), so it is not parsed here: like
-any other type it is answered with UnsupportedCardType, never a guessed read.
+residence ID card (2017), `J` on the residence permit for Hong Kong, Macao and Taiwan residents,
+`Y` on the 2023 foreigner's permanent residence ID card. Sources: a Miaxis face-terminal app
+(`isGreenCard` reads bytes 248-249: "" resident, "I", "J"), an IDCard.dll C# sample
+(`GetString(pucCHMsg, 248, 2)` compared with "I" and "Y"), a PC/SC reader library's
+`t_idforeigner2023` (typeFlag "Y" at 248), and the data item tables in foreigner.py, hmt.py and
+foreigner2023.py. Any other type is answered with UnsupportedCardType, never a guessed read.
 """
 
 from __future__ import annotations
@@ -21,14 +17,24 @@ from drivers.idcard.foreigner import (
     encode_foreigner_block,
     parse_foreigner_block,
 )
+from drivers.idcard.foreigner2023 import (
+    ForeignPermanentCard2023,
+    encode_foreigner2023_block,
+    parse_foreigner2023_block,
+)
 from drivers.idcard.frames import TEXT_LEN
 from drivers.idcard.hmt import HmtResidencePermit, encode_hmt_block, parse_hmt_block
 from drivers.idcard.identity import CardDataError, IdCard, encode_text_block, parse_text_block
 
 TYPE_OFFSET = 248
-IdDocument = IdCard | ForeignPermanentCard | HmtResidencePermit
+IdDocument = IdCard | ForeignPermanentCard | HmtResidencePermit | ForeignPermanentCard2023
 # Type code at byte 248 -> the document_type the parsed record reports.
-KNOWN_TYPES = {" ": "resident", "I": "foreign_permanent", "J": "hmt_residence"}
+KNOWN_TYPES = {
+    " ": "resident",
+    "I": "foreign_permanent",
+    "J": "hmt_residence",
+    "Y": "foreign_permanent_2023",
+}
 
 
 class UnsupportedCardType(CardDataError):
@@ -60,6 +66,8 @@ def parse_card(text: bytes, *, photo: bytes = b"", fingerprint: bytes | None = N
         return parse_foreigner_block(text, photo=photo, fingerprint=fingerprint)
     if code == "J":
         return parse_hmt_block(text, photo=photo, fingerprint=fingerprint)
+    if code == "Y":
+        return parse_foreigner2023_block(text, photo=photo, fingerprint=fingerprint)
     raise UnsupportedCardType(code)
 
 
@@ -69,4 +77,6 @@ def encode_card(card: IdDocument) -> bytes:
         return encode_foreigner_block(card)
     if isinstance(card, HmtResidencePermit):
         return encode_hmt_block(card)
+    if isinstance(card, ForeignPermanentCard2023):
+        return encode_foreigner2023_block(card)
     return encode_text_block(card)

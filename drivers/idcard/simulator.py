@@ -19,6 +19,7 @@ import structlog
 from drivers.base import FrameError
 from drivers.idcard.card_types import IdDocument, encode_card
 from drivers.idcard.foreigner import sample_foreigner_card
+from drivers.idcard.foreigner2023 import sample_foreigner2023_card
 from drivers.idcard.frames import (
     HEADER_LEN,
     MAX_FRAME,
@@ -35,7 +36,7 @@ from drivers.idcard.frames import (
     frame_len,
 )
 from drivers.idcard.hmt import sample_hmt_permit
-from drivers.idcard.identity import encode_fields, sample_card, sample_photo
+from drivers.idcard.identity import sample_card, sample_photo
 from drivers.serialio.framing import PreambleFramer
 from drivers.serialio.simport import PtyEndpoint
 
@@ -43,25 +44,9 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_GARBAGE = b"\x00\xff\x13\xaa\xaa\x96\x55"
 SAM_ID_PARTS = (5, 1, 20230101, 12345, 987654321)
-# The card an auto-presenting simulator shows (config devices.X.sim_card).
-SIM_CARDS = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023")
-# The 2023 foreigner's card (type `Y`) as one public source (an IDCard.dll C# sample) lays it out, in
-# UCS-2 characters: the driver does not parse it (a single source), the simulator only presents it.
-_Y_FIELDS: tuple[tuple[str, int], ...] = (
-    ("chinese_name", 15),
-    ("gender", 1),
-    ("renewals", 2),
-    ("birth_date", 8),
-    ("english_name", 35),
-    ("number", 18),
-    ("reserved", 15),
-    ("valid_from", 8),
-    ("valid_to", 8),
-    ("english_name_2", 11),
-    ("nationality", 3),
-    ("card_type", 1),
-    ("previous", 3),
-)
+# The card an auto-presenting simulator shows (config devices.X.sim_card); "unknown_type" is a
+# block whose type code (Z) no reader SDK names: the driver answers unsupported_card_type.
+SIM_CARDS = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023", "unknown_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +68,11 @@ def sim_card(kind: str) -> IdDocument | RawCard:
     if kind == "hmt_residence":
         return sample_hmt_permit()
     if kind == "foreign_permanent_2023":
-        values = {
-            "chinese_name": "测试样本",
-            "gender": "2",
-            "renewals": "00",
-            "birth_date": "19000101",
-            "english_name": "SPECIMEN, TEST CARD",
-            "number": "911000190001010020",
-            "valid_from": "20240101",
-            "valid_to": "20340101",
-            "nationality": "ZZZ",
-            "card_type": "Y",
-        }
-        return RawCard(encode_fields(values, _Y_FIELDS), sample_photo(3))
+        return sample_foreigner2023_card()
+    if kind == "unknown_type":
+        text = bytearray(encode_card(sample_foreigner2023_card()))
+        text[248:250] = "Z".encode("utf-16-le")
+        return RawCard(bytes(text), sample_photo(4))
     if kind == "resident":
         return sample_card()
     raise ValueError(f"unknown simulated card {kind!r}; one of {', '.join(SIM_CARDS)}")

@@ -2,9 +2,10 @@
 
 A citizen's document number is the 18-character ID number of the resident ID card or of the
 residence permit for Hong Kong, Macao and Taiwan residents (GB 11643, ISO 7064 MOD 11-2; the
-permit's address code is 810000/820000/830000), or the 15-character number of the foreigner's
-permanent residence card (3 letters + 12 digits, ICAO 9303 7-3-1 check digit). Sources in
-drivers/idcard/hmt.py and drivers/idcard/foreigner.py.
+permit's address code is 810000/820000/830000), the 15-character number of the 2017 foreigner's
+permanent residence card (3 letters + 12 digits, ICAO 9303 7-3-1 check digit), or the 18-digit
+number of the 2023 one (starts with 9, ISO 7064 MOD 11-2). Sources in drivers/idcard/hmt.py,
+drivers/idcard/foreigner.py and drivers/idcard/foreigner2023.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 _FOREIGNER_NUMBER = re.compile(r"[A-Z]{3}[0-9]{12}")
 _HMT_REGIONS = ("810000", "820000", "830000")
-DOCUMENT_TYPES = ("resident", "foreign_permanent", "hmt_residence")
+DOCUMENT_TYPES = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023")
 
 
 def mask_id(value: str) -> str:
@@ -61,6 +62,8 @@ def valid_document_number(document_type: str, number: str) -> bool:
         return number[:6] in _HMT_REGIONS and valid_id_number(number)
     if document_type == "foreign_permanent":
         return bool(_FOREIGNER_NUMBER.fullmatch(number)) and icao_check_char(number[:14]) == number[14]
+    if document_type == "foreign_permanent_2023":
+        return number[:1] == "9" and valid_id_number(number)
     return False
 
 

@@ -1,7 +1,7 @@
 """The idcard factor for other holders' cards: the document number is the subject, checked by type.
 
 Numbers: PAK310080010103 (a specimen foreigner's card, ICAO 7-3-1 check digit), KAZ110090123105 and
-810000199408230021 / 830000199201300022 (howardli/CredentialKit test vectors); sources in
+810000199408230021 / 830000199201300022 / 911398199012310021 (howardli/CredentialKit test vectors); sources in
 drivers/idcard/foreigner.py and drivers/idcard/hmt.py.
 """
 
@@ -28,6 +28,7 @@ PHOTO = b"\x01wlt" * 256
         ("foreign_permanent", "KAZ110090123105", "KAZ********3105"),
         ("hmt_residence", HK, "810***********0021"),
         ("hmt_residence", TW, "830***********0022"),
+        ("foreign_permanent_2023", "911398199012310021", "911***********0021"),
         ("resident", CITIZEN_A, CITIZEN_A[:3] + "*" * 11 + CITIZEN_A[-4:]),
     ],
 )
@@ -55,6 +56,8 @@ async def test_the_document_number_is_the_masked_subject(
         ("hmt_residence", "810000199408230022"),  # check character
         ("hmt_residence", CITIZEN_A),  # not an 81/82/83 address code
         ("resident", FOREIGNER),
+        ("foreign_permanent_2023", "911398199012310022"),  # check character
+        ("foreign_permanent_2023", CITIZEN_A),  # not a foreigner's number
     ],
 )
 async def test_a_number_that_does_not_fit_its_document_fails(

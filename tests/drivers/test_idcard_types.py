@@ -1,5 +1,6 @@
 """Other holders' ID cards in the SAM_V text block: the foreigner's permanent residence card (`I`),
-the residence permit for Hong Kong, Macao and Taiwan residents (`J`), and types not parsed (`Y`).
+the residence permit for Hong Kong, Macao and Taiwan residents (`J`), the 2023 foreigner's card
+(`Y`), and types not parsed.
 
 Vectors are built here byte by byte from the published layouts, not with the driver's encoders:
 
@@ -12,10 +13,17 @@ Vectors are built here byte by byte from the published layouts, not with the dri
 - `J`: the resident layout with the nation blank, then pass number 18, issue count 4 (a Miaxis
   app's analysiGATCardInfo), cross-read at the C# sample's offsets (pass number 220..238, issue
   count 238..242). Number 810000199408230021 is howardli/CredentialKit's HK test vector.
+- `Y`: the PC/SC reader library's `t_idforeigner2023` sizes (Chinese name 30, sex 2, renewals 4,
+  birth 16, English name 70, number 36, reserved 30, dates 16+16, English name 22, nationality 6,
+  type 2, link 6), cross-read at the IDCard.dll C# sample's offsets (renewals 32..36, English name
+  52..122, number 122..158, English name 220..242, nationality 242..248). Values: the specimen
+  card the Decard integration prints (931586198001010028, 20230808-20330807, 19800101).
 - Check digits: ICAO 7-3-1 vectors KAZ110090123105 (valid) / KAZ110090123107 (invalid) from
   CredentialKit's ForeignerPermanentResidenceIdNumberProcessorTest; MOD 11-2 vectors
   810000199408230021, 820000199408230023 (valid), 810000199408230022 (invalid) from its
-  HkMoResidencePermitNumberProcessorTest, 830000199201300022 from TwResidencePermitNumberProcessorTest.
+  HkMoResidencePermitNumberProcessorTest, 830000199201300022 from TwResidencePermitNumberProcessorTest;
+  2023 numbers 911398199012310021 (CredentialKit) and 932682198501010017, 911124198108030024
+  (the National Immigration Administration's examples, quoted in a public validator's tests).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from drivers.idcard.foreigner import (
     icao_check_digit,
     sample_foreigner_card,
 )
+from drivers.idcard.foreigner2023 import ForeignPermanentCard2023, sample_foreigner2023_card
 from drivers.idcard.hmt import HmtResidencePermit, sample_hmt_permit
 from drivers.idcard.identity import (
     CardDataError,
@@ -124,23 +133,38 @@ def j_block(**changes: str) -> bytes:
     return block
 
 
-def y_block() -> bytes:
-    """The 2023 foreigner's card as the one public layout (IDCard.dll C# sample) gives it, with the
-    specimen values a Decard integration prints (number 931586198001010028)."""
+SPECIMEN_Y = {
+    "chinese_name": "证件样本证件样本证件样本证件样",
+    "gender": "2",
+    "renewals": "00",
+    "birth_date": "19800101",
+    "english_name": "ZHENGJIAN, YANGBEN ZHENG JIAN YANG",
+    "number": "931586198001010028",
+    "valid_from": "20230808",
+    "valid_to": "20330807",
+    "english_name_more": "",
+    "nationality": "PAK",
+    "previous_link": "",
+}
+
+
+def y_block(**changes: str) -> bytes:
+    """A 2023 foreigner's card text block in the published byte sizes."""
+    v = {**SPECIMEN_Y, **changes}
     block = (
-        ucs2("证件样本证件样本证件样本证件样", 30)
-        + ucs2("2", 2)
-        + ucs2("00", 4)
-        + ucs2("19800101", 16)
-        + ucs2("ZHENGJIAN, YANGBEN ZHENG JIAN YANG", 70)
-        + ucs2("931586198001010028", 36)
+        ucs2(v["chinese_name"], 30)
+        + ucs2(v["gender"], 2)
+        + ucs2(v["renewals"], 4)
+        + ucs2(v["birth_date"], 16)
+        + ucs2(v["english_name"], 70)
+        + ucs2(v["number"], 36)
         + ucs2("", 30)
-        + ucs2("20230808", 16)
-        + ucs2("20330807", 16)
-        + ucs2("", 22)
-        + ucs2("PAK", 6)
-        + ucs2("Y", 2)
-        + ucs2("", 6)
+        + ucs2(v["valid_from"], 16)
+        + ucs2(v["valid_to"], 16)
+        + ucs2(v["english_name_more"], 22)
+        + ucs2(v["nationality"], 6)
+        + ucs2(v.get("type", "Y"), 2)
+        + ucs2(v["previous_link"], 6)
     )
     assert len(block) == 256
     return block
@@ -166,7 +190,13 @@ def test_the_published_sizes_put_each_field_where_the_other_source_reads_it() ->
     assert at(permit, 220, 238) == "H12345678"
     assert at(permit, 238, 242) == "01"
     assert at(permit, 248, 250) == "J"
-    assert at(y_block(), 248, 250) == "Y"
+    new = y_block(renewals="01", english_name_more="ABC")
+    assert at(new, 32, 36) == "01"
+    assert at(new, 52, 122) == "ZHENGJIAN, YANGBEN ZHENG JIAN YANG"
+    assert at(new, 122, 158) == "931586198001010028"
+    assert at(new, 220, 242) == "ABC"
+    assert at(new, 242, 248) == "PAK"
+    assert at(new, 248, 250) == "Y"
 
 
 # --- check characters ------------------------------------------------------------------------
@@ -197,6 +227,20 @@ def test_foreigner_number_is_not_iso_7064() -> None:
 def test_hmt_number_is_iso_7064_mod_11_2(number: str) -> None:
     assert id_number_valid(number)
     assert valid_document_number("hmt_residence", number)
+
+
+@pytest.mark.parametrize(
+    "number", ["931586198001010028", "911398199012310021", "932682198501010017", "911124198108030024"]
+)
+def test_2023_number_is_iso_7064_mod_11_2(number: str) -> None:
+    assert id_number_valid(number)
+    assert valid_document_number("foreign_permanent_2023", number)
+
+
+def test_2023_number_failures() -> None:
+    assert not valid_document_number("foreign_permanent_2023", "911398199012310022")  # check
+    assert not valid_document_number("foreign_permanent_2023", "11010519491231002X")  # not 9...
+    assert not valid_document_number("foreign_permanent_2023", "PAK310080010103")
 
 
 def test_hmt_number_failures() -> None:
@@ -311,10 +355,64 @@ def test_j_card_bad_fields_are_bad_reads(changes: dict[str, str]) -> None:
 # --- types not parsed -----------------------------------------------------------------------
 
 
-def test_the_2023_card_is_unsupported_never_a_guess() -> None:
+# --- the 2023 foreigner's card (Y) -----------------------------------------------------------
+
+
+def test_the_old_reading_of_a_y_card_was_unreadable() -> None:
+    with pytest.raises(CardDataError):
+        parse_text_block(y_block())
+
+
+def test_y_card_parses_into_its_own_record() -> None:
+    card = parse_card(y_block(), photo=b"wlt")
+    assert isinstance(card, ForeignPermanentCard2023)
+    assert card.document_type == "foreign_permanent_2023"
+    assert card.document_number == card.number == "931586198001010028"
+    assert card.chinese_name == SPECIMEN_Y["chinese_name"]
+    assert card.english_name == SPECIMEN_Y["english_name"]
+    assert card.gender is Gender.FEMALE
+    assert card.nationality == "PAK"
+    assert card.birth_date == dt.date(1980, 1, 1)
+    assert (card.valid_from, card.valid_to) == (dt.date(2023, 8, 8), dt.date(2033, 8, 7))
+    assert (card.renewals, card.previous_link) == (0, "")
+    assert card.masked_number == "931***********0028"
+
+
+def test_y_card_english_name_continues_in_its_second_field() -> None:
+    first = "ZHENGJIAN YANGBEN ZHENGJIAN YANGBEN"  # 35 characters: the first field is full
+    assert len(first) == 35
+    card = parse_card(y_block(english_name=first, english_name_more=" ZHENG JIAN", previous_link="010"))
+    assert isinstance(card, ForeignPermanentCard2023)
+    assert card.english_name == first + " ZHENG JIAN"
+    assert card.previous_link == "010"
+
+
+def test_y_card_with_a_bad_check_character_is_a_bad_read() -> None:
+    with pytest.raises(CheckDigitMismatch):
+        parse_card(y_block(number="931586198001010029"))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"number": "PAK310080010103"},
+        {"number": "131586198001010028"},
+        {"english_name": ""},
+        {"nationality": "586"},
+        {"renewals": "a1"},
+        {"valid_to": "20200101"},
+        {"gender": "x"},
+    ],
+)
+def test_y_card_bad_fields_are_bad_reads(changes: dict[str, str]) -> None:
+    with pytest.raises(CardDataError):
+        parse_card(y_block(**changes))
+
+
+def test_an_unknown_type_is_unsupported_never_a_guess() -> None:
     with pytest.raises(UnsupportedCardType) as caught:
-        parse_card(y_block())
-    assert caught.value.code == "Y"
+        parse_card(y_block(type="Z"))
+    assert caught.value.code == "Z"
     assert "931586198001010028" not in str(caught.value)
 
 
@@ -348,14 +446,15 @@ def test_wrong_block_size_is_a_bad_read() -> None:
 
 
 def test_simulator_encoders_round_trip() -> None:
-    for card in (sample_foreigner_card(), sample_hmt_permit()):
+    for card in (sample_foreigner_card(), sample_hmt_permit(), sample_foreigner2023_card()):
         assert parse_card(encode_card(card), photo=card.photo) == card
 
 
 def test_reprs_mask_everything_personal() -> None:
     foreign = parse_card(i_block())
     permit = parse_card(j_block())
-    text = repr(foreign) + str(permit)
+    new = parse_card(y_block())
+    text = repr(foreign) + str(permit) + repr(new)
     for secret in (
         "ZHENGJIAN",
         "证件样本",
@@ -365,6 +464,7 @@ def test_reprs_mask_everything_personal() -> None:
         "810000199408230021",
         "H12345678",
         "福田",
+        "931586198001010028",
     ):
         assert secret not in text
     assert "PAK********0103" in text and "810***********0021" in text

@@ -16,11 +16,13 @@ from drivers.idcard import (
     CardNotPresented,
     CheckDigitError,
     ForeignPermanentCard,
+    ForeignPermanentCard2023,
     HmtResidencePermit,
     IdCardSimulator,
     RawCard,
     SamvReader,
     UnsupportedCard,
+    sample_foreigner2023_card,
     sample_foreigner_card,
     sample_hmt_permit,
 )
@@ -74,14 +76,22 @@ async def test_garbled_fields_are_a_bad_read_not_a_record(
         await reader.read_card(timeout=5)
 
 
-async def test_unknown_type_is_its_own_clear_error(reader: SamvReader, idcard_sim: IdCardSimulator) -> None:
+async def test_2023_foreigner_card_reads(reader: SamvReader, idcard_sim: IdCardSimulator) -> None:
     idcard_sim.insert_card(RawCard(y_block(), PHOTO))
+    card = await reader.read_card(timeout=5)
+    assert isinstance(card, ForeignPermanentCard2023)
+    assert card.document_number == "931586198001010028"
+    assert card.photo == PHOTO
+
+
+async def test_unknown_type_is_its_own_clear_error(reader: SamvReader, idcard_sim: IdCardSimulator) -> None:
+    idcard_sim.insert_card(RawCard(y_block(type="Z"), PHOTO))
     with pytest.raises(UnsupportedCard) as info:
         await reader.read_card(timeout=5)
     err = info.value
     assert err.code == "unsupported_card_type"
-    assert err.card_type == "Y"
-    assert "type Y" in str(err)
+    assert err.card_type == "Z"
+    assert "type Z" in str(err)
     assert "931586198001010028" not in str(err) and "ZHENGJIAN" not in str(err)
     assert type(err) is UnsupportedCard, "its own error, not a bad read"
     assert reader.status.state is DeviceState.ONLINE, "a card of another type is not a device fault"
@@ -95,7 +105,11 @@ async def test_unknown_type_is_its_own_clear_error(reader: SamvReader, idcard_si
 
 @pytest.mark.parametrize(
     ("kind", "expected"),
-    [("foreign_permanent", sample_foreigner_card()), ("hmt_residence", sample_hmt_permit())],
+    [
+        ("foreign_permanent", sample_foreigner_card()),
+        ("hmt_residence", sample_hmt_permit()),
+        ("foreign_permanent_2023", sample_foreigner2023_card()),
+    ],
 )
 async def test_auto_presenting_simulator_shows_the_configured_card(kind: str, expected: object) -> None:
     sim = IdCardSimulator(pace=False, auto_present=True, auto_present_delay=0.05, card=kind)
@@ -110,8 +124,8 @@ async def test_auto_presenting_simulator_shows_the_configured_card(kind: str, ex
         await sim.stop()
 
 
-async def test_simulated_2023_card_is_unsupported() -> None:
-    sim = IdCardSimulator(pace=False, card="foreign_permanent_2023")
+async def test_simulated_unknown_type_is_unsupported() -> None:
+    sim = IdCardSimulator(pace=False, card="unknown_type")
     path = await sim.start()
     reader = SamvReader("idcard", path, poll_interval=0.05)
     try:
@@ -120,7 +134,7 @@ async def test_simulated_2023_card_is_unsupported() -> None:
         sim.insert_card()
         with pytest.raises(UnsupportedCard) as info:
             await reader.read_card(timeout=5)
-        assert info.value.card_type == "Y"
+        assert info.value.card_type == "Z"
     finally:
         await reader.close()
         await sim.stop()

@@ -1,7 +1,7 @@
 """End to end through the daemon (a real subprocess): a citizen with a foreigner's permanent residence
-card (`I`) or an HMT residence permit (`J`) proves the idcard factor and the face against that card's
-photo; the subject is the masked document number; no name or number reaches the logs. A 2023
-foreigner's card (`Y`) answers 409 unsupported-card-type."""
+card (`I`, or the 2023 `Y`) or an HMT residence permit (`J`) proves the idcard factor and the face
+against that card's photo; the subject is the masked document number; no name or number reaches the
+logs. A card of an unknown type answers 409 unsupported-card-type."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import pytest
 from aiohttp import web
 
 from drivers.base import UserActionNeeded
-from drivers.idcard import ForeignPermanentCard, HmtResidencePermit, IdDocument, UnsupportedCard
+from drivers.idcard import (
+    ForeignPermanentCard,
+    ForeignPermanentCard2023,
+    HmtResidencePermit,
+    IdDocument,
+    UnsupportedCard,
+)
 from drivers.idcard.simulator import sim_card
 from gateway.api.errors import to_problem
 from tests.auth.face_service import FaceService
@@ -61,6 +67,8 @@ def secrets(card: IdDocument) -> list[str]:
     """What must never reach a log: names, numbers, addresses of the card presented."""
     if isinstance(card, ForeignPermanentCard):
         return [card.number, card.english_name, card.chinese_name, card.number[3:14]]
+    if isinstance(card, ForeignPermanentCard2023):
+        return [card.number, card.english_name, card.english_name[:35], card.chinese_name]
     assert isinstance(card, HmtResidencePermit)
     return [card.id_number, card.name, card.address, card.issuer, card.travel_permit_number]
 
@@ -72,12 +80,12 @@ def all_logs(dp_lines: list[str], state_dir: Path) -> str:
     return text
 
 
-@pytest.mark.parametrize("kind", ["foreign_permanent", "hmt_residence"])
+@pytest.mark.parametrize("kind", ["foreign_permanent", "hmt_residence", "foreign_permanent_2023"])
 async def test_citizen_with_another_holders_card_proves_two_factors(
     state_dir: Path, face_service: FaceService, kind: str
 ) -> None:
     card = sim_card(kind)
-    assert isinstance(card, ForeignPermanentCard | HmtResidencePermit)
+    assert isinstance(card, ForeignPermanentCard | HmtResidencePermit | ForeignPermanentCard2023)
     masked = card.masked_number
     path = write_config(state_dir, config(face_service.url, kind))
     async with running_daemon(path) as dp, unix_session(dp.socket_path) as http:
@@ -108,10 +116,10 @@ async def test_citizen_with_another_holders_card_proves_two_factors(
     assert [s for s in secrets(card) if s and s in logs] == [], "logs expose personal data"
 
 
-async def test_a_2023_foreigners_card_is_answered_unsupported(
+async def test_a_card_of_an_unknown_type_is_answered_unsupported(
     state_dir: Path, face_service: FaceService
 ) -> None:
-    path = write_config(state_dir, config(face_service.url, "foreign_permanent_2023"))
+    path = write_config(state_dir, config(face_service.url, "unknown_type"))
     async with running_daemon(path) as dp, unix_session(dp.socket_path) as http:
         body = await (await http.post("/v1/sessions", json={})).json()
         base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
@@ -121,7 +129,7 @@ async def test_a_2023_foreigners_card_is_answered_unsupported(
         problem = await resp.json()
         assert problem["type"].endswith("/unsupported-card-type")
         assert problem["code"] == "unsupported_card_type"
-        assert problem["card_type"] == "Y"
+        assert problem["card_type"] == "Z"
         assert problem["device"] == "idcard"
         # No card factor, so the face is refused before the camera is used.
         resp = await http.post(f"{base}/factors/face", headers=auth)
@@ -131,15 +139,15 @@ async def test_a_2023_foreigners_card_is_answered_unsupported(
         await dp.stop()
     logs = all_logs(dp.stdout_lines + dp.stderr_lines, state_dir)
     assert "card_type_unsupported" in logs
-    for secret in ("911000190001010020", "SPECIMEN", "测试样本"):
+    for secret in ("911000190001010020", "SPECIMEN", "测试样本"):  # the block's other fields
         assert secret not in logs
 
 
 def test_unsupported_card_maps_to_its_own_problem_kind() -> None:
-    read = to_problem(UnsupportedCard("idcard: card type Y is not supported", device="idcard", card_type="Y"))
+    read = to_problem(UnsupportedCard("idcard: card type Z is not supported", device="idcard", card_type="Z"))
     assert read is not None
     assert (read.status, read.kind) == (409, "unsupported-card-type")
-    assert read.body()["card_type"] == "Y" and read.body()["code"] == "unsupported_card_type"
+    assert read.body()["card_type"] == "Z" and read.body()["code"] == "unsupported_card_type"
     # The reader itself refusing the card (status 40) is the same problem, without a type code.
     refused = to_problem(UnsupportedCard("idcard: the reader does not know this card type", device="idcard"))
     assert refused is not None
