@@ -1,4 +1,8 @@
-"""The resident ID card reader (SAM_V over a serial port): typed commands, read_card, presence."""
+"""The ID card reader (SAM_V over a serial port): typed commands, read_card, presence.
+
+read_card returns the record of the document presented (resident ID card, foreigner's permanent
+residence card 2017/2023, HMT residence permit; card_types.py); another type is UnsupportedCard.
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The resident ID card record: text-block parsing, nation and gender codes, the ID check digit.
 
 The 256-byte text block (GA/T 467 reply to 30 01, UCS-2 LE, space padded) and its fields are in
-../shared/protocols.md. Other holders' cards (foreigner's permanent residence card `I`, residence
-permit for Hong Kong, Macao and Taiwan residents `J`) share the block size and carry their type at
-byte 248; they are parsed in foreigner.py and hmt.py, dispatched by card_types.py.
+../shared/protocols.md. Other holders' cards (foreigner's permanent residence card `I` and its 2023
+version `Y`, residence permit for Hong Kong, Macao and Taiwan residents `J`) share the block size
+and carry their type at byte 248; they are parsed in foreigner.py, foreigner2023.py and hmt.py,
+dispatched by card_types.py.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import random
 
 import pytest
 
@@ -474,3 +475,35 @@ def test_records_are_frozen() -> None:
     card = sample_foreigner_card()
     with pytest.raises(dataclasses.FrozenInstanceError):
         card.number = "x"  # type: ignore[misc]
+
+
+# --- hostile blocks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["I", "J", "Y", " "])
+def test_junk_blocks_are_bad_reads_or_valid_records_never_anything_else(code: str) -> None:
+    rng = random.Random(f"junk-{code}")
+    document_type = {
+        "I": "foreign_permanent",
+        "J": "hmt_residence",
+        "Y": "foreign_permanent_2023",
+        " ": "resident",
+    }[code]
+    vectors = {"I": i_block(), "J": j_block(), "Y": y_block(), " ": encode_card(sample_card())}
+    records = 0
+    for i in range(1500):
+        if i % 3 == 0:
+            block = bytearray(rng.randbytes(256))
+        else:  # a valid block with a few bytes flipped: closer to what a bad read looks like
+            block = bytearray(vectors[code])
+            for _ in range(rng.randint(1, 6)):
+                block[rng.randrange(248)] = rng.randrange(256)
+        block[248:250] = code.encode("utf-16-le")
+        try:
+            card = parse_card(bytes(block))
+        except CardDataError:
+            continue
+        records += 1
+        assert card.document_type == document_type
+        assert valid_document_number(document_type, card.document_number)
+    assert records > 0, "some flips land in free text and still read"
