@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 import pytest
 from aiohttp import web
@@ -19,8 +20,10 @@ from drivers.idcard import (
     IdDocument,
     UnsupportedCard,
 )
-from drivers.idcard.simulator import sim_card
+from drivers.idcard.simulator import SIM_CARDS, sim_card
 from gateway.api.errors import to_problem
+from gateway.config import SamvDevice, parse_config
+from gateway.errors import ConfigError
 from tests.auth.face_service import FaceService
 from tests.support.daemon import running_daemon, unix_session, write_config
 from tests.support.mosquitto import free_port
@@ -156,3 +159,20 @@ def test_unsupported_card_maps_to_its_own_problem_kind() -> None:
     # Other user actions keep their kind.
     other = to_problem(UserActionNeeded("idcard: card removed", device="idcard"))
     assert other is not None and other.kind == "user-action-needed"
+
+
+def test_every_configurable_simulated_card_exists_and_junk_is_refused() -> None:
+    kinds = get_args(get_type_hints(SamvDevice)["sim_card"])
+    assert set(kinds) == set(SIM_CARDS)
+    for kind in kinds:
+        assert sim_card(kind) is not None
+    parsed = parse_config(
+        '[devices.idcard]\ndriver = "samv"\nport = "sim://idcard"\nsim_card = "hmt_residence"\n',
+        source="t.toml",
+    )
+    device = parsed.devices["idcard"]
+    assert isinstance(device, SamvDevice) and device.sim_card == "hmt_residence"
+    with pytest.raises(ConfigError, match="sim_card"):
+        parse_config(
+            '[devices.idcard]\ndriver = "samv"\nport = "sim://x"\nsim_card = "passport"\n', source="t"
+        )
