@@ -122,6 +122,8 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             simulator = PrinterSimulator(name=name, baudrate=cfg.baudrate, print_time=cfg.sim_print_time_s)
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
+        from drivers.printer.job import PrinterProfile
+
         printer = EscPosPrinter(
             name,
             port,
@@ -129,6 +131,14 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             status_back=cfg.status_back,
             confirm_print=cfg.confirm_print,
             xonxoff=cfg.flow_control == "xonxoff",
+            profile=PrinterProfile(
+                cut=cfg.cut,
+                charset=cfg.font_charset,
+                unprintable=cfg.unprintable,
+                placeholder=cfg.placeholder,
+                width_dots=cfg.paper_width_dots,
+                raster_fonts=tuple(cfg.raster_fonts),
+            ),
         )
         return printer, simulator
     if isinstance(cfg, PcscDevice):
