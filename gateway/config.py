@@ -189,7 +189,12 @@ class HttpCameraDevice(_Section, tag_field="driver", tag="http"):
     url: str
     username: str = ""
     password: str = ""
-    auth: Literal["basic", "digest"] = "digest"
+    # "digest": answer only Digest (any WWW-Authenticate header, strongest algorithm); "auto": the
+    # strongest scheme the camera offers, Basic included; "basic": send Basic at once.
+    auth: Literal["auto", "basic", "digest"] = "digest"
+    # An MJPEG stream URL (multipart/x-mixed-replace): "first_frame" takes one frame of it,
+    # "refuse" fails with an error saying the URL is a stream, not a snapshot.
+    stream: Literal["first_frame", "refuse"] = "first_frame"
     timeout_s: PositiveFloat = 5.0
     max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)

@@ -180,6 +180,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
                 username=cfg.username or None,
                 password=cfg.password or None,
                 auth=cfg.auth,
+                stream=cfg.stream,
                 timeout=cfg.timeout_s,
                 max_bytes=cfg.max_bytes,
             ),
