@@ -179,6 +179,14 @@ class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
 
 class V4l2Device(_Section, tag_field="driver", tag="v4l2"):
     device: str = "/dev/video0"
+    # "auto": ask the camera what it offers and take MJPEG, else raw YUYV (encoded to JPEG);
+    # or an ffmpeg input format name to force one ("mjpeg", "yuyv422", ...).
+    input_format: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")] = "auto"
+    # Wanted frame size; the camera's nearest offered size is used when it lacks this one.
+    width: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 640
+    height: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 480
+    # Frames dropped after the device opens, while auto-exposure settles (they come out dark).
+    skip_frames: Annotated[int, msgspec.Meta(ge=0, le=300)] = 5
     timeout_s: PositiveFloat = 5.0
     max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)

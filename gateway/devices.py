@@ -189,7 +189,17 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
     if isinstance(cfg, V4l2Device):
         from drivers.camera.v4l2 import V4l2Camera
 
-        return V4l2Camera(name, cfg.device, timeout=cfg.timeout_s, max_bytes=cfg.max_bytes), None
+        camera = V4l2Camera(
+            name,
+            cfg.device,
+            input_format=cfg.input_format,
+            width=cfg.width,
+            height=cfg.height,
+            skip_frames=cfg.skip_frames,
+            timeout=cfg.timeout_s,
+            max_bytes=cfg.max_bytes,
+        )
+        return camera, None
     raise GatewayError(f"devices.{name}: unsupported driver")
 
 
