@@ -118,36 +118,47 @@ def test_a_line_outside_gbk_becomes_a_raster_row_of_the_right_size() -> None:
     data = encoded.data
     start = data.index(b"\x1d\x76\x30")
     header = data[start : start + 8]
-    # m = 0, xL xH = 576 / 8 = 72 bytes per row, yL yH = 24 rows (the printer's CJK cell).
-    assert header == bytes.fromhex("1D 76 30 00 48 00 18 00")
-    image = decode_raster(data[start : start + 8 + 72 * 24])
-    assert (image.width_bytes, image.height) == (72, CELL_DOTS)
-    assert data[start + 8 + 72 * 24 :].startswith(b"ok\n")
+    # m = 0; two 24-dot characters, left-aligned: xL xH = 48 / 8 = 6 bytes per row,
+    # yL yH = 24 rows (the printer's own CJK cell); k = 6 x 24.
+    assert header == bytes.fromhex("1D 76 30 00 06 00 18 00")
+    image = decode_raster(data[start : start + 8 + 6 * 24])
+    assert (image.width_bytes, image.height) == (6, CELL_DOTS)
+    assert data[start + 8 + 6 * 24 :].startswith(b"ok\n")
     # Nothing of the rare line went out as text.
     assert "刘".encode("gb18030") not in data
-    # Ink in the first two 24-dot cells (the two characters), none far right.
+    # Ink in both 24-dot cells (the two characters).
     assert any(image.dot(x, y) for x in range(0, 24) for y in range(24))
     assert any(image.dot(x, y) for x in range(24, 48) for y in range(24))
-    assert not any(image.dot(x, y) for x in range(100, 576) for y in range(24))
+
+
+def test_centred_raster_line_spans_the_paper() -> None:
+    encoded = encode(PrintJob((Line(RARE, align=Align.CENTER),)), PrinterProfile(width_dots=576))
+    start = encoded.data.index(b"\x1d\x76\x30")
+    image = decode_raster(encoded.data[start : start + 8 + 72 * 24])
+    assert (image.width_bytes, image.height) == (72, 24)
+    inked = [x for x in range(576) if any(image.dot(x, y) for y in range(24))]
+    assert 288 - 48 <= min(inked) and max(inked) < 288 + 48  # around the middle
 
 
 def test_raster_bytes_match_python_escpos_image() -> None:
     row = LineRenderer(width_dots=384).render(RARE + RARER)[0]
     assert row.missing == 0
+    width = row.image.width_bytes * 8
     # Rebuild the picture black on white and let python-escpos encode it with GS v 0.
-    picture = ImageOps.invert(Image.frombytes("1", (384, row.image.height), row.image.data).convert("L"))
+    picture = ImageOps.invert(Image.frombytes("1", (width, row.image.height), row.image.data).convert("L"))
     p = dummy()
     p.image(picture, impl="bitImageRaster")
     assert p.output == row.image.command()
-    assert p.output[:8] == bytes.fromhex("1D 76 30 00 30 00 18 00")
+    assert p.output[:8] == bytes.fromhex("1D 76 30 00 0C 00 18 00")  # 4 characters: 96 dots
 
 
 def test_double_bold_and_wrapping_rows() -> None:
     renderer = LineRenderer(width_dots=384)
     double = renderer.render(RARE, double=True, bold=True)
-    assert [(r.image.width_bytes, r.image.height) for r in double] == [(48, 48)]
+    # 2 characters of 48 dots, plus the bold stroke's extra dot: 97 dots in 13 bytes.
+    assert [(r.image.width_bytes, r.image.height) for r in double] == [(13, 48)]
     long_rows = renderer.render(RARE * 20)  # 40 cells of 24 dots on 384 dots: 16 per row
-    assert [r.image.height for r in long_rows] == [24, 24, 24]
+    assert [(r.image.width_bytes, r.image.height) for r in long_rows] == [(48, 24), (48, 24), (24, 24)]
     right = renderer.render(RARE, align=2)[0].image
     assert not any(right.dot(x, y) for x in range(0, 300) for y in range(24))
 

@@ -31,7 +31,7 @@ async def test_rare_name_prints_as_raster_and_the_simulator_decodes_it() -> None
         await sim.stop()
     assert result.confirmed
     assert sim.jobs == [encode_job(job, profile)]
-    assert [(r.width_bytes, r.height, len(r.data)) for r in sim.rasters] == [(48, 48, 48 * 48)]
+    assert [(r.width_bytes, r.height, len(r.data)) for r in sim.rasters] == [(12, 48, 12 * 48)]
     assert sim.cuts == [CUT_PARTIAL]
     event = next(e for e in logs if e["event"] == "job_unprintable_text")
     assert (event["raster_lines"], event["replaced_chars"]) == (1, 0)
