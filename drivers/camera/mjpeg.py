@@ -44,6 +44,11 @@ class FirstFrame:
         self._parts = 0
         self.received = 0
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a part (bounded by the limits above)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> bytes | None:
         self.received += len(data)
         self._buf += data

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -100,6 +101,14 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         self._confirm = confirm_print
         self._xonxoff = xonxoff
         self.profile = profile or PrinterProfile()
+        if self.profile.unprintable == "raster" and not Path(self.profile.raster_fonts[0]).is_file():
+            # Jobs with characters the printer font lacks will be refused: say so at start-up.
+            log.warning(
+                "raster_font_missing",
+                device=name,
+                path=self.profile.raster_fonts[0],
+                hint="apt-get install -y fonts-wqy-microhei",
+            )
         self._job_timeout = job_timeout
         self._job_poll = job_poll
         self._poll_interval = poll_interval

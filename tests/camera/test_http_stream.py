@@ -12,8 +12,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
-from drivers.camera import CameraAuthError, CaptureFailed, FrameTooLarge, HttpCamera, InvalidFrame
+from drivers.camera import (
+    CameraAuthError,
+    CameraError,
+    CaptureFailed,
+    FrameTooLarge,
+    HttpCamera,
+    InvalidFrame,
+)
 from drivers.camera.mjpeg import FirstFrame, stream_boundary
 from drivers.camera.simulator import CameraSimulator
 
@@ -235,6 +244,20 @@ def test_parser_rejects_bad_lengths(length: str) -> None:
     parser = FirstFrame("b", max_bytes=1000)
     with pytest.raises(CaptureFailed, match="Content-Length"):
         parser.feed(f"--b\r\nContent-Length: {length}\r\n\r\n".encode())
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=20), st.sampled_from(["b", "--b", "frame"]))
+def test_parser_on_junk_fails_only_with_camera_errors_and_stays_bounded(
+    chunks: list[bytes], boundary: str
+) -> None:
+    parser = FirstFrame(boundary, max_bytes=4096)
+    try:
+        for chunk in chunks:
+            if parser.feed(chunk) is not None:
+                return
+            assert parser.buffered <= 64 * 1024 + 3000
+    except CameraError:
+        pass
 
 
 def test_parser_rejects_endless_headers() -> None:

@@ -42,7 +42,9 @@ async def test_missing_font_refuses_the_job_before_sending(
     printer_sim: PrinterSimulator,
 ) -> None:
     profile = PrinterProfile(raster_fonts=("/nonexistent/font.ttc",))
-    printer = EscPosPrinter("printer", printer_sim.port.path, job_poll=0.05, profile=profile)  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs() as logs:
+        printer = EscPosPrinter("printer", printer_sim.port.path, job_poll=0.05, profile=profile)  # type: ignore[attr-defined]
+    assert [e["path"] for e in logs if e["event"] == "raster_font_missing"] == ["/nonexistent/font.ttc"]
     await printer.start()
     try:
         await printer.wait_online(timeout=5)
