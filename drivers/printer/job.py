@@ -147,6 +147,11 @@ def encode(
                 from drivers.printer.raster import LineRenderer
 
                 renderer = LineRenderer(profile.raster_fonts, width_dots=profile.width_dots)
+            if align != Align.LEFT:
+                # The row carries its own position; ESC a would move a narrow image (Telpar
+                # MTP-1500 manual: "ESC a is effective on raster bit images").
+                out += b"\x1b\x61\x00"
+                align = Align.LEFT
             rows = renderer.render(
                 text,
                 double=line.double,

@@ -75,10 +75,6 @@ class LineRenderer:
         self.font_paths = resolve_fonts(font_paths)
         self.width_dots = width_dots
 
-    def covered(self, char: str) -> bool:
-        """True when one of the fonts has a glyph for `char`."""
-        return any(f.has(char) for f in _fonts(self.font_paths, CELL_DOTS))
-
     def render(
         self,
         text: str,

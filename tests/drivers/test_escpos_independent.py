@@ -140,6 +140,11 @@ def test_centred_raster_line_spans_the_paper() -> None:
     assert min(inked) >= 288 - 48 and max(inked) < 288 + 48  # around the middle
 
 
+def test_raster_after_a_centred_text_line_resets_justification() -> None:
+    data = encode_job(PrintJob((Line("TITLE", align=Align.CENTER), Line(RARE)), cut=False, feed_lines=0))
+    assert data.startswith(b"\x1b\x40\x1b\x61\x01TITLE\n\x1b\x61\x00\x1d\x76\x30\x00\x06\x00\x18\x00")
+
+
 def test_raster_bytes_match_python_escpos_image() -> None:
     row = LineRenderer(width_dots=384).render(RARE + RARER)[0]
     assert row.missing == 0
