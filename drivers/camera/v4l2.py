@@ -208,7 +208,9 @@ class V4l2Camera:
         formats = parse_list_formats(listing)
         choice = choose_input(formats, *self._size)
         if choice is None:
-            offered = ", ".join(f"{f.name} ({f.description})" for f in formats) or "nothing"
+            lines = [line.strip() for line in listing.splitlines() if line.strip()]
+            said = f"nothing; ffmpeg said: {lines[-1][:200]}" if lines else "nothing"
+            offered = ", ".join(f"{f.name} ({f.description})" for f in formats) or said
             raise CaptureFailed(
                 f"{self.device} offers no format ffmpeg can capture (offered: {offered})",
                 device=self.name,

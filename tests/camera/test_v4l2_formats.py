@@ -74,8 +74,8 @@ def test_nothing_usable_is_a_clear_error() -> None:
     cam = V4l2Camera("camera", "/dev/video9")
     with pytest.raises(CaptureFailed, match=r"offers no format ffmpeg can capture \(offered: Unsupported"):
         cam.pick_input(H264_ONLY_UNNAMED)
-    with pytest.raises(CaptureFailed, match="offered: nothing"):
-        cam.pick_input("/dev/video9: Permission denied\n")
+    with pytest.raises(CaptureFailed, match="offered: nothing; ffmpeg said: /dev/video9: Permission denied"):
+        cam.pick_input("[video4linux2,v4l2 @ 0x1] Cannot open video device\n/dev/video9: Permission denied\n")
 
 
 # --- the encode path with real ffmpeg ---------------------------------------------------------
