@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.camera import CaptureFailed, V4l2Camera, jpeg
 from drivers.camera.formats import InputChoice, SizeRange, choose_input, parse_list_formats
@@ -236,3 +238,24 @@ async def test_device_offering_nothing_usable(fake_camera: tuple[str, Path]) -> 
         await cam.capture(timeout=30)
     assert info.value.code == "no_format" and cam.choice is None
     assert cam.status.last_error is not None and "offers no format" in cam.status.last_error
+
+
+@given(st.text(max_size=2000))
+def test_listing_parser_never_raises(text: str) -> None:
+    for fmt in parse_list_formats(text):
+        assert fmt.name and not any(c.isspace() for c in fmt.name)
+    choose_input(parse_list_formats(text), 640, 480)
+
+
+def test_listing_lines_mixed_with_noise() -> None:
+    noisy = (
+        "ffmpeg version 5.1\n  built with gcc\n"
+        + BOTH
+        + "[in#0 @ 0x1] Error opening input: Immediate exit requested\n"
+    )
+    assert [f.name for f in parse_list_formats(noisy)] == ["mjpeg", "yuyv422"]
+    emulated = (
+        "[video4linux2,v4l2 @ 0x1] Raw       :     yuv420p :     Planar YUV 4:2:0 : Emulated : 640x480\n"
+    )
+    (fmt,) = parse_list_formats(emulated)
+    assert fmt.emulated and fmt.sizes == ((640, 480),) and fmt.description == "Planar YUV 4:2:0"
