@@ -432,7 +432,12 @@ class Daemon:
                 await self.cloud.send(
                     "alert",
                     alert.kind,
-                    {"severity": "blue", "stream": alert.stream, "message": alert.message, **alert.fields},
+                    {
+                        "severity": alert.severity,
+                        "stream": alert.stream,
+                        "message": alert.message,
+                        **alert.fields,
+                    },
                 )
             except Exception as err:
                 log.warning("alert_not_queued", kind=alert.kind, error=str(err))
