@@ -61,6 +61,24 @@ async def transact(http: aiohttp.ClientSession, base: str, auth: dict[str, str],
     return body
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
+def diag_outbox(config: Path) -> dict[str, Any]:
+    run = cli("diag", "-c", str(config), "--json", "--only", "outbox")
+    [check] = json.loads(run.stdout)["checks"]
+    assert isinstance(check, dict)
+    return check
+
+
 def tx_id(uplink: Uplink) -> Any:
     return uplink.payload["body"].get("id") if "/up/tx" in uplink.topic else None
 
@@ -144,6 +162,12 @@ offline_allowed = [["idcard", "otp"]]
                 await cloud.wait_for(lambda u: tx_id(u) == fresh[-1]["id"], timeout=20)
                 tx_lost = range(lost["tx"][0], lost["tx"][1] + 1) if "tx" in lost else range(0)
                 assert fresh[0]["seq"] > full["tx"], "new transactions continue above the mark"
+                # diag (from the running daemon) names the lost seqs and fails until acknowledged.
+                check = await asyncio.to_thread(diag_outbox, config)
+                assert check["status"] == "fail" and "lost_tail" in check["detail"], check
+                first, last = lost["tx"]
+                assert (f"tx seq {first}" if first == last else f"tx seqs {first}-{last}") in check["detail"]
+                assert "outbox-ack" in check["fix"]
                 # Everything acknowledged and not in the cut arrived.
                 got = {u.payload["body"].get("id") for u in cloud.uplinks("tx")}
                 for t in early + late + fresh:
@@ -151,6 +175,14 @@ offline_allowed = [["idcard", "otp"]]
             finally:
                 assert await dp.stop() == 0
             envelopes = [u.raw for u in cloud.received if "/up/" in u.topic]
+
+    # With the daemon down diag reads the journal: still there until ops acknowledge it.
+    check = diag_outbox(config)
+    assert check["status"] == "fail" and check["data"]["incidents"][0]["unaccounted"] == lost, check
+    ack = cli("outbox-ack", "-c", str(config))
+    assert ack.returncode == 0 and "acknowledged" in ack.stdout, ack.stderr
+    check = diag_outbox(config)
+    assert check["status"] != "fail" and "storage incident" not in check["detail"], check
 
     by_key: dict[tuple[str, int], set[bytes]] = {}  # (stream, seq) -> payloads
     for u in cloud.received:
