@@ -726,7 +726,9 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            # Set only when it differs: even an unchanged setting writes, which fails on a full disk.
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = incremental
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StorageError(f"cannot switch {self.path} to WAL (got {mode})", path=self.path)
