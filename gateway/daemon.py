@@ -325,6 +325,7 @@ class Daemon:
         )
         self.sessions = sessions
         sessions.on_end(lambda session, reason: self._release(session.id, reason))
+        sessions.add_busy_probe(self._has_device_work)
         sessions.on_end(self._assist_when_idle)
         sessions.start()
         stack.push_async_callback(sessions.close)
@@ -679,6 +680,9 @@ class Daemon:
         """A growing backlog: send telemetry ten times less often until the next reload."""
         self.telemetry.interval_s = max(self.telemetry.interval_s * 10, 600.0)
         log.warning("remedy_shed_telemetry", interval_s=self.telemetry.interval_s, backlog=alert.value)
+
+    def _has_device_work(self, session: Session) -> bool:
+        return any(m.queue.pending(session.id) for m in self.devices.devices.values())
 
     def _release(self, session_id: str, reason: str) -> None:
         self.devices.cancel_session(session_id, f"the session ended ({reason})")
