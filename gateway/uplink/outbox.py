@@ -273,6 +273,11 @@ class _SweepJob(_Job):
 
 
 @dataclass(eq=False)
+class _ExpireJob(_Job):
+    item: Pending
+
+
+@dataclass(eq=False)
 class _RequeueJob(_Job):
     stream: str | None
     seqs: tuple[int, ...] | None
@@ -384,6 +389,7 @@ class Outbox:
         on_alert: Callable[[OutboxAlert], None] | None = None,
         max_page_count: int | None = None,
         commit_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.config = config or OutboxConfig()
@@ -394,6 +400,8 @@ class Outbox:
         # Tests simulate a full disk with it; benchmarks simulate slow storage with the delay.
         self._max_page_count = max_page_count
         self._commit_delay_s = commit_delay_s
+        # The wall clock of message lifetimes (created, expires); tests step it.
+        self.clock = clock
         self._classes = self.config.classes()
         self.priority_order = self.config.by_priority()
         self._mark = SeqMark(self.path.with_name(self.path.name + ".seq"))
@@ -495,7 +503,7 @@ class Outbox:
         """Seal and store one message; returns only after its transaction committed."""
         if stream not in self._classes:
             raise UnknownStream(stream)
-        future = self._submit(_EnqueueJob(None, stream, type, body, time.time()))
+        future = self._submit(_EnqueueJob(None, stream, type, body, self.clock()))
         limit = self.config.enqueue_timeout_s if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -535,6 +543,14 @@ class Outbox:
             job.future.exception()
             return
         self._jobs.put(job)
+
+    def mark_expired(self, item: Pending) -> asyncio.Future[None]:
+        """The publisher passed it over as expired: delete it now and count it, so it can never
+        go out later (after a clock step back) behind a higher seq of its stream."""
+        future = self._submit(_ExpireJob(None, item))
+        # Nobody waits on it: a failure is logged by the writer, not left unretrieved.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
 
     def mark_rejected(self, item: Pending, reason: int) -> asyncio.Future[None]:
         """The broker refused it (PUBACK reason >= 0x80): park the row, count it, alert."""
@@ -1216,6 +1232,9 @@ class Outbox:
                 elif isinstance(job, _RejectJob):
                     self._apply_reject(conn, work, job, touched)
                     results.append((job, None, None))
+                elif isinstance(job, _ExpireJob):
+                    self._apply_expire(conn, work, job.item, touched)
+                    results.append((job, None, None))
                 elif isinstance(job, _SweepJob):
                     results.append((job, self._apply_sweep(conn, work, touched), None))
                 elif isinstance(job, _RequeueJob):
@@ -1444,10 +1463,27 @@ class Outbox:
                 touched.add(stream)
         return requeued
 
+    def _apply_expire(
+        self, conn: sqlite3.Connection, work: dict[str, _StreamState], item: Pending, touched: set[str]
+    ) -> None:
+        if item.generation != self.generation:
+            return
+        row = conn.execute(
+            "DELETE FROM messages WHERE id = ? AND stream = ? AND seq = ? AND state = 0 RETURNING size",
+            (item.id, item.stream, item.seq),
+        ).fetchone()
+        if row is None:
+            return
+        st = work[item.stream]
+        st.count -= 1
+        st.bytes -= row[0]
+        st.counters["expired"] += 1
+        touched.add(item.stream)
+
     def _apply_sweep(
         self, conn: sqlite3.Connection, work: dict[str, _StreamState], touched: set[str]
     ) -> dict[str, int]:
-        now = time.time()
+        now = self.clock()
         expired: dict[str, int] = {}
         for stream in STREAMS:
             st = work[stream]
