@@ -777,6 +777,8 @@ class Outbox:
             self._write_mark(self._state)
         except OSError as err:  # a full disk: enqueues answer 507 until the mark can be written
             log.error("outbox_seq_mark_unwritable", path=str(self._mark.path), error=str(err))
+            # The backlog already stored still goes out (delivering it is what frees space).
+            self._marked = {s: self._state[s].last_seq for s in STREAMS}
         self._publish_snapshot()
 
     def _continue_above_mark(self, conn: sqlite3.Connection, mark: Mark | None) -> None:

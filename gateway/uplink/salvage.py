@@ -108,6 +108,10 @@ def salvage_messages(
     except sqlite3.Error:
         return result
     try:
+        try:
+            conn.execute("SELECT name FROM sqlite_schema WHERE name = 'messages'").fetchall()
+        except sqlite3.Error:
+            return result  # not a database any more (header or schema page gone): nothing reads
         names = streams or ("tx", "audit", "alert", "telemetry", "event")
         try:
             index, result.index_complete = _index_entries(conn, _last_seqs(conn, names))

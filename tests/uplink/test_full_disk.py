@@ -58,3 +58,25 @@ async def test_deletes_after_puback_on_a_full_disk_are_retried_when_space_return
             tx = outbox.stats()["classes"]["tx"]
             assert (tx["count"], tx["delivered"]) == (0, 40), "no delivered message counted as backlog"
             assert outbox.backlog() == 0
+
+
+async def test_a_backlog_still_reads_out_when_the_mark_cannot_be_written_at_start(sealer: Sealer) -> None:
+    with small_tmpfs("2m") as disk:
+        path = disk / "o.db"
+        async with Outbox(path, sealer) as outbox:
+            for i in range(3):
+                await outbox.enqueue("audit", "a", {"i": i})
+        (disk / "o.db.seq").unlink()
+        keeper = sqlite3.connect(path)
+        keeper.execute("SELECT count(*) FROM messages").fetchone()
+        ballast = Ballast(disk)
+        ballast.fill()
+        try:
+            async with Outbox(path, sealer) as outbox:
+                assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [1, 2, 3]
+                with pytest.raises(OutboxFull):
+                    await outbox.enqueue("audit", "a", {})
+                ballast.free()
+                assert (await outbox.enqueue("audit", "a", {})).seq == 4
+        finally:
+            keeper.close()

@@ -420,3 +420,35 @@ async def test_plain_crash_is_no_loss_and_no_gap(tmp_path: Path, sealer: Sealer)
     async with Outbox(copy, sealer) as outbox:
         assert outbox.incidents == [] and outbox.stats()["incidents"] == []
         assert (await outbox.enqueue("audit", "a", {})).seq == 6
+
+
+async def test_an_older_releases_reservation_file_is_honoured(tmp_path: Path, sealer: Sealer) -> None:
+    """The issue's case: the database says 234, the old JSON reservation file 1001."""
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(4):
+            await outbox.enqueue("tx", "t", {"i": i})
+    (tmp_path / "o.db.seq").write_text('{"tx": 1001, "audit": 0}')
+    async with Outbox(path, sealer) as outbox:
+        [incident] = outbox.incidents
+        assert incident.unaccounted == {"tx": [5, 1001]}
+        assert (await outbox.enqueue("tx", "t", {})).seq == 1002
+    async with Outbox(path, sealer) as outbox:  # converted: a normal restart reports nothing new
+        assert outbox.incidents == []
+        assert (await outbox.enqueue("tx", "t", {})).seq == 1003
+    assert (tmp_path / "o.db.seq").stat().st_size == 2048
+
+
+async def test_a_torn_mark_slot_falls_back_to_the_other(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(6):
+            await outbox.enqueue("audit", "a", {"i": i})
+    mark = tmp_path / "o.db.seq"
+    raw = bytearray(mark.read_bytes())
+    newest = max((0, 1), key=lambda i: int(raw[i * 1024 + 9 :].split(b'"n":')[1].split(b",")[0]))
+    raw[newest * 1024 + 20 : newest * 1024 + 40] = os.urandom(20)  # a write torn mid-slot
+    mark.write_bytes(bytes(raw))
+    async with Outbox(path, sealer) as outbox:
+        assert outbox.incidents == [], "the older slot is behind the database: nothing lost"
+        assert (await outbox.enqueue("audit", "a", {})).seq == 7
