@@ -697,8 +697,8 @@ class Outbox:
     def _post(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
         self._on_loop(self._deliver_results, results)
 
-    def _post_alert(self, alert: OutboxAlert) -> None:
-        self._on_loop(self._alert, alert)
+    def _post_alert(self, alert: OutboxAlert, *, every: bool = False) -> None:
+        self._on_loop(lambda: self._alert(alert, every=every))
 
     def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         """From the writer thread: run `callback(*args)` on the event loop (if it still runs)."""
@@ -828,7 +828,7 @@ class Outbox:
         except OSError as err:
             log.error("outbox_incident_not_saved", path=str(self._journal_path), error=str(err))
         if not self._closed:
-            self._post_alert(self._incident_alert(incident))
+            self._post_alert(self._incident_alert(incident), every=True)
 
     @staticmethod
     def _incident_alert(incident: Incident) -> OutboxAlert:
