@@ -150,6 +150,9 @@ offline_allowed = [["idcard", "otp"]]
                     [incident] = status["outbox"]["incidents"]
                     assert incident["kind"] == "lost_tail" and incident["severity"] == "red"
                     assert incident["unaccounted"] == lost
+                    metrics = await (await http.get("/metrics")).text()
+                    expected = sum(last - first + 1 for first, last in lost.values())
+                    assert f"edge_gateway_outbox_possibly_lost_messages {float(expected)}" in metrics
                     sms.code = "100001"  # a used code is never accepted twice
                     base, auth = await login(http, sms)
                     fresh = [await transact(http, base, auth, 200 + n) for n in range(3)]
