@@ -4,6 +4,7 @@ were lost), the alert, /v1/status and diag."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from pathlib import Path
@@ -22,15 +23,15 @@ from tests.uplink.helpers import Collector, payload_of
 STREAMS = ("tx", "audit", "event")
 
 
-def damage_leaf_pages(path: Path, count: int, seed: int) -> list[int]:
-    """Overwrite `count` leaf pages of the messages table with random bytes (file closed)."""
+def damage_leaf_pages(path: Path, count: int, seed: int, name: str = "messages") -> list[int]:
+    """Overwrite `count` leaf pages of a b-tree (the messages table) with random bytes (file closed)."""
     conn = sqlite3.connect(path)
     try:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         leaves = [
             row[0]
             for row in conn.execute(
-                "SELECT pageno FROM dbstat WHERE name = 'messages' AND pagetype = 'leaf' ORDER BY pageno"
+                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (name,)
             )
         ]
     finally:
@@ -70,8 +71,9 @@ async def test_salvage_delivers_every_readable_row_and_counts_the_rest(
 ) -> None:
     path = tmp_path / "o.db"
     async with Outbox(path, sealer) as outbox:
-        for i in range(600):
-            await outbox.enqueue(STREAMS[i % 3], "t", {"i": i, "pad": "q" * 300})
+        await asyncio.gather(
+            *(outbox.enqueue(STREAMS[i % 3], "t", {"i": i, "pad": "q" * 300}) for i in range(600))
+        )
     original = {}
     with sqlite3.connect(path) as conn:
         for stream, seq, raw in conn.execute("SELECT stream, seq, envelope FROM messages"):
@@ -109,3 +111,21 @@ async def test_salvage_delivers_every_readable_row_and_counts_the_rest(
         payload = payload_of(raw)
         delivered[(payload["stream"], payload["seq"])] = raw
     assert delivered == oracle, "exactly the readable rows, as the sealed bytes"
+
+
+async def test_a_damaged_index_page_loses_nothing_and_the_recovery_is_blue(
+    tmp_path: Path, sealer: Sealer
+) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        await asyncio.gather(
+            *(outbox.enqueue(STREAMS[i % 3], "t", {"i": i, "pad": "q" * 300}) for i in range(600))
+        )
+    damage_leaf_pages(path, 1, seed=9, name="sqlite_autoindex_messages_1")
+    alerts: list[OutboxAlert] = []
+    async with Outbox(path, sealer, on_alert=alerts.append) as outbox:
+        [incident] = outbox.incidents
+        assert incident.kind == "corrupt" and incident.salvaged == 600
+        assert incident.possibly_lost == 0 and incident.severity == "blue"
+        assert [a.severity for a in alerts if a.kind == "corrupt_db"] == ["blue"]
+        assert outbox.backlog() == 600
