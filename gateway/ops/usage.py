@@ -1,4 +1,10 @@
-"""Device usage per device per day (operations, failures, service times) and the daily roll-up report."""
+"""Device usage per device per day (operations, failures, service times) and the daily roll-up report.
+
+Clock steps: a day is reported once, and no count is lost. Once a day is reported its figures are
+closed; an operation that the wall clock places on a reported day (the clock stepped back after a
+step forward let the day be reported early) or before the first day counted is counted on the
+first day still open.
+"""
 
 from __future__ import annotations
 
@@ -80,6 +86,8 @@ class UsageTracker:
         self.devices: set[str] = set(devices)
         self._days: dict[dt.date, dict[str, _DayFigures]] = {}
         self.since: dt.date = self.today()
+        # The first day not reported yet (set by the reporter): no count goes to an earlier day.
+        self.floor: dt.date | None = None
 
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), self._tz).date()
@@ -91,7 +99,14 @@ class UsageTracker:
     def record(self, device: str, ok: bool, seconds: float) -> None:
         """One completed operation (hooked to DeviceQueue completions)."""
         self.devices.add(device)
-        day = self._days.setdefault(self.today(), {})
+        today = self.today()
+        # Never before the first open day: a reported day is closed, and a clock stepped back
+        # (to 1970, say) must not make the reporter send every day since.
+        floor = self.floor if self.floor is not None else self.since
+        if today < floor:
+            log.warning("usage_clock_behind_open_day", today=str(today), counted_on=str(floor))
+            today = floor
+        day = self._days.setdefault(today, {})
         day.setdefault(device, _DayFigures()).add(ok, max(0.0, seconds), self._rng, self._max_samples)
 
     def rollup(self, day: dt.date) -> dict[str, Any]:
@@ -109,6 +124,24 @@ class UsageTracker:
 
     def days(self) -> list[dt.date]:
         return sorted(self._days)
+
+    def take_live(self) -> dict[dt.date, dict[str, _DayFigures]]:
+        """Hand over (and clear) the figures counted so far, to merge them back with `put_back`."""
+        live, self._days = self._days, {}
+        return live
+
+    def put_back(self, live: dict[dt.date, dict[str, _DayFigures]]) -> None:
+        """Merge figures counted in this run; a day before `floor` (reported) counts on `floor`."""
+        for day, figures in live.items():
+            floor = self.floor if self.floor is not None else self.since
+            target = max(day, floor)
+            merged = self._days.setdefault(target, {})
+            for name, f in figures.items():
+                into = merged.setdefault(name, _DayFigures())
+                into.operations += f.operations
+                into.failures += f.failures
+                into.total_s += f.total_s
+                into.samples.extend(f.samples[: self._max_samples - len(into.samples)])
 
     def forget(self, through: dt.date) -> None:
         """Drop the figures of `through` and every earlier day (once reported)."""
@@ -194,6 +227,8 @@ class UsageReporter:
         if self._loaded:
             return
         self._loaded = True
+        # Counted before the load (this run): never dropped with the reported days below.
+        live = self.tracker.take_live()
         with contextlib.suppress(FileNotFoundError):
             text = self.marker.read_text(encoding="utf-8").strip()
             try:
@@ -207,6 +242,8 @@ class UsageReporter:
                 log.warning("usage_counts_unreadable", path=str(self.counts_file), error=str(err))
         if self.last_reported is not None:
             self.tracker.forget(self.last_reported)
+            self.tracker.floor = self.last_reported + dt.timedelta(days=1)
+        self.tracker.put_back(live)
 
     def due(self) -> list[dt.date]:
         """Finished days not reported yet, oldest first."""
@@ -231,6 +268,7 @@ class UsageReporter:
             # (at least once), never skips it.
             self.last_reported = day
             self.tracker.forget(day)
+            self.tracker.floor = day + dt.timedelta(days=1)
             sent.append(day)
             await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
             log.info("usage_reported", day=day.isoformat(), devices=len(body["devices"]))
