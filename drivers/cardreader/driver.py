@@ -183,7 +183,7 @@ class _PcscSession:
 
     @property
     def protocol_name(self) -> str:
-        """"T=0", "T=1" or "raw": for logs and results."""
+        """ "T=0", "T=1" or "raw": for logs and results."""
         s = self._s
         return {s.SCARD_PROTOCOL_T0: "T=0", s.SCARD_PROTOCOL_T1: "T=1"}.get(self._protocol, "raw")
 

@@ -457,6 +457,8 @@ class VirtualCard:
         self.port = port
         self.faults = faults or CardFaults()
         self.commands: list[bytes] = []  # headers (CLA INS P1 P2) received, for tests
+        self.apdus: list[bytes] = []  # whole command APDUs received, for tests
+        self.answers: list[bytes] = []  # status words sent back, for tests
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self.removed = asyncio.Event()
@@ -557,6 +559,7 @@ class VirtualCard:
                 self.applet.reset()
             return None
         self.commands.append(payload[:4])
+        self.apdus.append(payload)
         faults = self.faults
         if faults.remove_after_apdus is not None:
             faults.remove_after_apdus -= 1
@@ -566,8 +569,11 @@ class VirtualCard:
         if faults.mute:
             return None
         if len(payload) >= 2 and payload[1] in faults.status_words:
-            return faults.status_words[payload[1]].to_bytes(2, "big")
-        return self.applet.process(payload)
+            answer = faults.status_words[payload[1]].to_bytes(2, "big")
+        else:
+            answer = self.applet.process(payload)
+        self.answers.append(answer[-2:])
+        return answer
 
 
 _PULL = b"<pull>"

@@ -14,7 +14,6 @@ from drivers.base import DeviceRejected
 from drivers.cardreader import apdu
 from drivers.cardreader import errors as e
 
-
 FAIL = "transaction failed"
 
 

@@ -71,6 +71,7 @@ async def test_technician_needs_staff_card_and_totp_for_maintenance(
         # The same TOTP value is never accepted twice.
         resp = await http.post(f"{base}/factors/totp", headers=auth, json={"code": code})
         assert resp.status == 401
+    await card_gone()
 
 
 async def test_citizen_reads_social_security_card(state_dir: Path, pcscd: PcscDaemon) -> None:
@@ -89,3 +90,9 @@ sim_vpcd_port = {pcscd.vpcd_port}
         factor = (await resp.json())["factor"]
         assert factor["kind"] == "sscard"
         assert "*" in factor["subject"], "the subject is shown masked"
+    await card_gone()
+
+
+async def card_gone() -> None:
+    """The daemon's virtual card left with the daemon; the next test starts with an empty reader."""
+    assert await asyncio.to_thread(wait_card_state, False, timeout=10)
