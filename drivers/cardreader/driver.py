@@ -412,7 +412,7 @@ class PcscCardReader:
         return await self._read("sscard", self._read_ssc, timeout)
 
     async def read_bank_card(self, *, timeout: float | None = None) -> BankCardInfo:
-        """Wait for a card and read its PPSE: the preferred application's AID and label."""
+        """Wait for a card; its preferred payment application via PPSE, PSE or known AIDs (`source`)."""
         return await self._read("bank", self._read_bank, timeout)
 
     async def read_card_id(self, *, timeout: float | None = None) -> str:
@@ -516,7 +516,7 @@ class PcscCardReader:
             protocol=link.protocol,
             ef05=read.mode_summary(EF05),
             ef06=read.mode_summary(EF06),
-            apdus=read.apdus + 1,
+            commands=read.apdus + 1,
         )
         return card
 
