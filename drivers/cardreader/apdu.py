@@ -106,11 +106,14 @@ def select_aid(aid: bytes) -> bytes:
     return command(0x00, 0xA4, 0x04, 0x00, aid, le=256)
 
 
-def select_ef(fid: bytes) -> bytes:
-    """SELECT an EF by its 2-byte identifier under the current DF: `00 A4 02 00 02 FID`."""
+def select_ef(fid: bytes, p1: int = 0x02) -> bytes:
+    """SELECT an EF by its 2-byte identifier: `00 A4 02 00 02 FID` (P1 02: an EF under the
+    current DF) or with P1 00 ("MF, DF or EF"), which some cards want instead."""
     if len(fid) != 2:
         raise ValueError("a file identifier is two bytes")
-    return command(0x00, 0xA4, 0x02, 0x00, fid)
+    if p1 not in (0x00, 0x02):
+        raise ValueError(f"SELECT by file identifier takes P1 00 or 02, not {p1:02X}")
+    return command(0x00, 0xA4, p1, 0x00, fid)
 
 
 def read_binary(offset: int, le: int = 256) -> bytes:

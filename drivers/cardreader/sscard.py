@@ -76,10 +76,24 @@ async def _by_scan(command: Command, out: ItemsRead, item: int) -> bytes:
     raise RecordNotFound(0x6A83, command=f"item {item:02X} (not at any position, no identifier addressing)")
 
 
+async def select_file(command: Command, fid: bytes, out: ItemsRead) -> None:
+    """SELECT the EF with P1 02 (an EF of the current DF); a card refusing that P1 gets P1 00.
+
+    Readers differ: a7082633/HDOS_VC6 HD_XJDLL.cpp and yxsylyh/hiquotion_cpp SIDCardOperation.cpp
+    send `00 A4 02 00 02 EF 0x`, leithergit/Z390Kylin evolis_z390_printer.cpp `00 A4 00 00 02 EF 0x`.
+    """
+    out.apdus += 1
+    try:
+        await command(apdu.select_ef(fid))
+    except WrongParameters:
+        log.info("sscard_select_p1_refused", file=fid.hex().upper())
+        out.apdus += 1
+        await command(apdu.select_ef(fid, p1=0x00))
+
+
 async def read_file_items(command: Command, fid: bytes, positions: dict[int, int], out: ItemsRead) -> None:
     """Select `fid` and read each item of `positions` into `out`, falling back per item as needed."""
-    await command(apdu.select_ef(fid))
-    out.apdus += 1
+    await select_file(command, fid, out)
     modes = out.modes.setdefault(fid.hex().upper(), [])
     mode: Mode = "position"
     for item, position in positions.items():

@@ -239,12 +239,14 @@ class SocialSecurityApplet(_IsoApplet):
         protocol: CardProtocol = "T=1",
         layout: dict[bytes, tuple[int, ...]] | None = None,
         addressing: frozenset[Addressing] = frozenset({"position", "identifier"}),
+        select_p1: frozenset[int] = frozenset({0x00, 0x02}),
     ) -> None:
         super().__init__(protocol=protocol)
         self.data = data or SocialSecurityData()
         self._items = self.data.items()
         self.layout = layout or SPEC_LAYOUT
         self.addressing = addressing
+        self.select_p1 = select_p1
         self._app_selected = False
         self._ef: bytes | None = None
 
@@ -263,6 +265,8 @@ class SocialSecurityApplet(_IsoApplet):
             fci = records.encode_tlv(0x6F, records.encode_tlv(0x84, SSC_AID))
             return self._reply(cmd, fci)
         if cmd.ins == 0xA4 and cmd.p1 in (0x00, 0x02):
+            if cmd.p1 not in self.select_p1:
+                return _sw(0x6A86)
             if len(cmd.data) != 2:
                 return _sw(0x6700)
             if not self._app_selected or cmd.data not in self.layout:

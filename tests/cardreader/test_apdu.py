@@ -69,6 +69,8 @@ def test_with_le_handles_every_case(command: str, le: int, expected: str) -> Non
         (apdu.read_record_sfi(5, 7, le=0x0B), "00B2072C0B", "HD_XJDLL.cpp card number, short EF 5"),
         (apdu.read_record_sfi(1, 1), "00B2010C00", "emv-utils READ RECORD 1,1"),
         (apdu.select_aid(apdu.PSE_AID), "00A404000E315041592E5359532E444446303100", "emv-utils PSE"),
+        (apdu.select_ef(b"\xef\x06"), "00A4020002EF06", "HD_XJDLL.cpp select EF06"),
+        (apdu.select_ef(b"\xef\x05", p1=0x00), "00A4000002EF05", "Z390Kylin select EF05"),
     ],
 )
 def test_commands_match_published_bytes(built: bytes, published: str, source: str) -> None:

@@ -166,6 +166,14 @@ async def test_card_without_identifier_addressing_is_scanned(
     assert "00B20800" in headers(card, 0xB2)  # identifier tried once, refused, then the scan
 
 
+async def test_card_refusing_select_p1_02_gets_p1_00(reader: PcscCardReader, make_card: MakeCard) -> None:
+    card = make_card(SocialSecurityApplet(select_p1=frozenset({0x00})))
+    await card.insert()
+    assert (await reader.read_social_security(timeout=10)).name == "测试持卡人"
+    selects = [a.hex().upper() for a in card.apdus if a[1] == 0xA4 and a[2] != 0x04]
+    assert selects == ["00A4020002EF05", "00A4000002EF05", "00A4020002EF06", "00A4000002EF06"]
+
+
 async def test_card_missing_an_item_fails_naming_the_record(
     reader: PcscCardReader, make_card: MakeCard
 ) -> None:
