@@ -2,6 +2,13 @@
 
 Byte facts, each from two independent public sources (test vectors in tests/cardreader/test_apdu.py):
 
+- The social security application's AID `73 78 31 2E 73 68 2E C9 E7 BB E1 B1 A3 D5 CF`: a7082633/
+  HDOS_VC6 新疆焦阳/HD_XJDLL/HD_XJDLL.cpp and yxsylyh/hiquotion_cpp Hardware/card/SIDCard/DeCard/
+  SIDCardOperation.cpp (`00A404000F7378312E73682EC9E7BBE1B1A3D5CF`).
+- PPSE "2PAY.SYS.DDF01" (contactless) and PSE "1PAY.SYS.DDF01" (contact): openemv/emv-utils
+  src/emv_fields.h and tests/emv_build_candidate_list_test.c; javisHuang/Learn
+  emv/Initiate_Application.md (PPSE SELECT and answer); CardContact/scsh-scripts emv/reademv.js.
+
 - READ RECORD `00 B2 P1 P2 Le`: P2 = `04` reads the record at position P1, P2 = `00` the first
   record whose identifier is P1, and P2's top five bits may name a short EF (`SFI << 3 | 04`).
   OpenSC/OpenSC src/libopensc/iso7816.c (iso7816_read_record: `p2 = (flags & 0x1F) << 3`,

@@ -6,6 +6,9 @@ offers the PSE (1PAY.SYS.DDF01), whose FCI names a short EF (tag 88) of director
 found by selecting the AIDs the terminal knows (EMV Book 1 12.3; openemv/emv-utils
 src/emv_tal.c emv_tal_read_pse and src/emv.c "If PSE failed or no apps found by PSE, use list
 of AIDs method"; CardContact/scsh-scripts emv/reademv.js reads `00 B2 rec (sfi << 3 | 4)`).
+The PPSE answer nests the entries as 6F / A5 / BF0C / 61 (4F AID, 50 label, 87 priority):
+javisHuang/Learn emv/Initiate_Application.md and apuigsech/emv-framework
+test-tools/emv-basic-procesing-options.py.
 Only directory data and FCIs are read: never a record of the payment application, so never
 the card number.
 """

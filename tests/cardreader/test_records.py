@@ -171,6 +171,14 @@ def test_ppse_picks_the_highest_priority_application() -> None:
     assert r.parse_ppse(fci) == r.BankCardInfo(aid="A000000333010101", label="UnionPay Debit", source="ppse")
 
 
+def test_published_ppse_answer() -> None:
+    # javisHuang/Learn emv/Initiate_Application.md: SELECT 2PAY.SYS.DDF01 answered by a Visa debit card.
+    fci = bytes.fromhex(
+        "6F2F840E325041592E5359532E4444463031A51DBF0C1A61184F07A0000000031010500A56495341204445424954870101"
+    )
+    assert r.parse_ppse(fci) == r.BankCardInfo("A0000000031010", "VISA DEBIT", "ppse")
+
+
 def test_ppse_of_the_virtual_bank_card() -> None:
     # T=1: Le 00 brings the FCI at once.
     answer = BankApplet().process(bytes.fromhex("00A404000E325041592E5359532E444446303100"))
