@@ -208,7 +208,9 @@ class SocialSecurityData:
         }
 
 
-# Record order in each file, as the card spec lays it out (records.py): position = index + 1.
+# Record order in each file: position = index + 1. EF05 01-07 and EF06 08, 09 as published
+# (records.py); EF06's later items follow protocols.md's order, which Z390Kylin's writer does not
+# share (it puts 0A, 0B, 0D at 4, 5, 7) -- the driver reads neither.
 SPEC_LAYOUT: dict[bytes, tuple[int, ...]] = {
     records.EF05: (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07),
     records.EF06: (0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D),
