@@ -3,7 +3,8 @@
 Run: `.venv/bin/python bench/cards_camera.py [--reads N] [--captures N]`. Starts pcscd if none
 answers (and stops it again), uses the virtual card and the simulated camera on 127.0.0.1.
 Baselines measured in the same run: a bare SCardTransmit round trip (per APDU) for the card
-(social security cards on T=1 and T=0 and one needing identifier addressing),
+(social security cards on T=1 and T=0 and one needing identifier addressing; bank cards found
+through PPSE, PSE or AIDs are timed too),
 a bare aiohttp GET of the same simulator without auth or checks for the camera.
 """
 
@@ -25,7 +26,7 @@ import aiohttp
 from drivers.camera import HttpCamera, V4l2Camera
 from drivers.camera.simulator import CameraSimulator
 from drivers.cardreader import PcscCardReader
-from drivers.cardreader.vcard import REORDERED_LAYOUT, SocialSecurityApplet, VirtualCard
+from drivers.cardreader.vcard import REORDERED_LAYOUT, BankApplet, SocialSecurityApplet, VirtualCard
 from tests.support.pcsc import VPCD_READER, PcscDaemon, wait_card_state
 
 
@@ -111,6 +112,28 @@ async def bench_card(reads: int) -> None:
                 f"  APDUs per read: {apdus:.0f}; driver time per APDU {per_apdu * 1000:.3f} ms = "
                 f"{per_apdu / statistics.median(raw):.2f}x the bare round trip"
             )
+        print("== bank card: finding the payment application (never the card number) ==")
+        for label, applet in (
+            ("contactless: PPSE", BankApplet()),
+            ("contact, T=0: PPSE absent, PSE + records", BankApplet(interface="contact", protocol="T=0")),
+            ("contact: no directory, UnionPay AIDs", BankApplet(interface="contact", pse=False)),
+        ):
+            card = VirtualCard(applet, port=daemon.vpcd_port)
+            await card.insert()
+            try:
+                await reader.read_bank_card(timeout=10)
+                before = len(card.apdus)
+                samples = []
+                for _ in range(reads):
+                    t0 = time.perf_counter()
+                    info = await reader.read_bank_card(timeout=10)
+                    samples.append(time.perf_counter() - t0)
+                apdus = (len(card.apdus) - before) / reads
+            finally:
+                await card.remove()
+                await asyncio.to_thread(wait_card_state, False, timeout=5.0)
+            print(summary(f"read_bank_card [{label}]", samples))
+            print(f"  source={info.source}; APDUs per read: {apdus:.0f}")
     finally:
         await reader.close()
         if started_here:
