@@ -172,3 +172,26 @@ def test_spec_layout_matches_the_positions_the_driver_reads() -> None:
     for fid, positions in ((EF05, EF05_POSITIONS), (EF06, EF06_POSITIONS)):
         for item, position in positions.items():
             assert SPEC_LAYOUT[fid][position - 1] == item
+
+
+@pytest.mark.parametrize(
+    ("protocol", "command", "answer"),
+    [
+        ("T=1", "00B2010400", "0812{ssn}9000"),  # EF06 position 1, Le 00: all of it
+        ("T=1", "00B2010405", "6C14"),  # wrong Le: the right one in SW2
+        ("T=1", "00B2010414", "0812{ssn}9000"),
+        ("T=1", "00B2080400", "6A83"),  # the old misreading: no eighth record
+        ("T=1", "00B2080000", "0812{ssn}9000"),  # by identifier
+        ("T=1", "00B2000000", "6A86"),  # "current record": not supported here
+        ("T=1", "00B2070400", "6A83"),
+        ("T=1", "00B2012C12", "0110110100D15600000512345678FFFFFFFF9000"),  # short EF 5, position 1
+        ("T=0", "00B2010400", "6C14"),  # T=0: P3 00 with 20 bytes held
+        ("T=0", "00B2010414", "0812{ssn}9000"),
+    ],
+)
+def test_virtual_card_read_record_answers(protocol: str, command: str, answer: str) -> None:
+    applet = SocialSecurityApplet(protocol=protocol)  # type: ignore[arg-type]
+    for setup in ("00A404000F7378312E73682EC9E7BBE1B1A3D5CF", "00A4020002EF06"):
+        assert applet.process(bytes.fromhex(setup))[-2:] in (b"\x90\x00", b"\x61\x13")
+    ssn = b"11010519491231002X".hex().upper()
+    assert applet.process(bytes.fromhex(command)).hex().upper() == answer.format(ssn=ssn)
