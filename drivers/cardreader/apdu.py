@@ -22,6 +22,10 @@ Byte facts, each from two independent public sources (test vectors in tests/card
   `00 A4 04 00 0E` + 1PAY.SYS.DDF01, card `61 26`, then `00 C0 00 00 26`). Vendor samples send
   the social security SELECT without Le and accept `61 xx` (a7082633/HDOS_VC6
   新疆焦阳/HD_XJDLL/HD_XJDLL.cpp).
+- `62 82` after READ RECORD / READ BINARY is a warning, "end of record/file reached before Le
+  bytes", with the data: OpenSC iso7816.c (SC_ERROR_FILE_END_REACHED, which its read paths take
+  as data) and mitshell/card card/ICC.py ("end of file/record reached"). The item framing check
+  (records.decode_item) still catches a record cut short.
 - `6C xx` means "resend with Le = xx": OpenSC apdu.c (sc_transmit: "the card returned 0x6Cxx:
   APDU will be re-transmitted with Le set to SW2") and emv-utils tests/emv_ttl_tpdu_test.c
   (READ RECORD `00 B2 01 0C 00` -> `6C 1C` -> `00 B2 01 0C 1C`).
@@ -35,6 +39,8 @@ from dataclasses import dataclass
 from drivers.cardreader.errors import ProtocolViolation, TransactionFailed, error_for_sw
 
 SW_OK = 0x9000
+SW_END_REACHED = 0x6282
+_READS = (0xB0, 0xB2)
 
 # "sx1.sh." + 社会保障 in GBK: the social security application (protocols.md).
 SSC_AID = b"sx1.sh." + "社会保障".encode("gbk")
@@ -246,6 +252,8 @@ def exchange(send: Transmit, apdu: bytes, *, t0: bool = False) -> Response:
 def transmit(send: Transmit, apdu: bytes, *, device: str | None = None, t0: bool = False) -> bytes:
     """`exchange`, then the data on 9000 or the typed error for any other status word."""
     response = exchange(send, apdu, t0=t0)
+    if response.sw == SW_END_REACHED and apdu[1] in _READS and response.data:
+        return response.data
     if not response.ok:
         raise error_for_sw(response.sw, device=device, command=describe(apdu))
     return response.data

@@ -215,6 +215,16 @@ def test_status_words_map_to_typed_errors(sw: str, error: type[e.ApduError]) -> 
     assert sw in str(info.value) and "00 A4 02 00" in str(info.value)
 
 
+def test_end_of_record_warning_still_delivers_the_record() -> None:
+    record = "0812" + b"11010519491231002X".hex().upper()
+    assert apdu.transmit(ScriptedCard(record + "6282"), apdu.read_record(1)).hex().upper() == record
+    with pytest.raises(e.ApduError) as info:
+        apdu.transmit(ScriptedCard("6282"), apdu.read_record(1))  # a warning without data
+    assert info.value.sw == 0x6282
+    with pytest.raises(e.ApduError):
+        apdu.transmit(ScriptedCard("6F006282"), apdu.select_ef(b"\xef\x05"))  # only for reads
+
+
 def test_error_after_get_response_is_reported() -> None:
     card = ScriptedCard("6105", "6A82")
     with pytest.raises(e.FileNotFound):
