@@ -6,7 +6,14 @@ payload; 1-byte payloads are control (00 power off, 01 power on, 02 reset, 04 ge
 is answered with the ATR), longer ones are command APDUs answered with a response APDU.
 Connecting is inserting the card, closing is removing it.
 
-Run one by hand: `python -m drivers.cardreader.vcard --personality sscard`.
+The cards answer as real ones do (the driver's modules name the public sources): READ RECORD
+by position, by identifier and by short EF, 6A83 for a record that does not exist, binary card
+identifiers, 6Cxx for a wrong Le; a T=0 ATR makes a card refuse a case 4 command carrying Le and
+deliver data with 61xx + GET RESPONSE (vpcd passes the APDUs through as they are; what it cannot
+do is fail a transmit while the card stays, so "transaction failed" is tested another way).
+
+Run one by hand: `python -m drivers.cardreader.vcard --personality sscard` (or sscard-t0, bank,
+bank-contact, staff).
 """
 
 from __future__ import annotations
