@@ -2,7 +2,9 @@
 
 Run: `.venv/bin/python bench/cards_camera.py [--reads N] [--captures N]`. Starts pcscd if none
 answers (and stops it again), uses the virtual card and the simulated camera on 127.0.0.1.
-Baselines measured in the same run: a bare SCardTransmit round trip (per APDU) for the card,
+Baselines measured in the same run: a bare SCardTransmit round trip (per APDU) for the card
+(social security cards on T=1 and T=0 and one needing identifier addressing; bank cards found
+through PPSE, PSE or AIDs are timed too),
 a bare aiohttp GET of the same simulator without auth or checks for the camera.
 """
 
@@ -14,6 +16,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,7 +26,7 @@ import aiohttp
 from drivers.camera import HttpCamera, V4l2Camera
 from drivers.camera.simulator import CameraSimulator
 from drivers.cardreader import PcscCardReader
-from drivers.cardreader.vcard import SocialSecurityApplet, VirtualCard
+from drivers.cardreader.vcard import REORDERED_LAYOUT, BankApplet, SocialSecurityApplet, VirtualCard
 from tests.support.pcsc import VPCD_READER, PcscDaemon, wait_card_state
 
 
@@ -36,8 +39,14 @@ def summary(label: str, samples: list[float]) -> str:
     )
 
 
+# Bare round trip: select the application and EF05, then time READ RECORD position 1 with the exact
+# Le (one APDU on T=0 and T=1 alike).
+_RAW_SETUP = ("00A404000F7378312E73682EC9E7BBE1B1A3D5CF", "00A4020002EF05")
+_RAW_TIMED = "00B2010412"
+
+
 def raw_transmit_round_trips(count: int) -> list[float]:
-    """Bare pyscard: connect once, time SCardTransmit of one SELECT EF05 per sample."""
+    """Bare pyscard: connect once, time SCardTransmit of one READ RECORD per sample."""
     from smartcard import scard
 
     hr, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
@@ -47,17 +56,28 @@ def raw_transmit_round_trips(count: int) -> list[float]:
             context, VPCD_READER, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
         )
         assert hr == scard.SCARD_S_SUCCESS, scard.SCardGetErrorMessage(hr)
-        command = list(bytes.fromhex("00A4020002EF05"))
+        for setup in _RAW_SETUP:
+            hr, _response = scard.SCardTransmit(handle, protocol, list(bytes.fromhex(setup)))
+            assert hr == scard.SCARD_S_SUCCESS
+        command = list(bytes.fromhex(_RAW_TIMED))
         samples = []
         for _ in range(count):
             t0 = time.perf_counter()
-            hr, _response = scard.SCardTransmit(handle, protocol, command)
+            hr, response = scard.SCardTransmit(handle, protocol, command)
             samples.append(time.perf_counter() - t0)
-            assert hr == scard.SCARD_S_SUCCESS
+            assert hr == scard.SCARD_S_SUCCESS and bytes(response[-2:]) == b"\x90\x00"
         scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
         return samples
     finally:
         scard.SCardReleaseContext(context)
+
+
+# (label, applet factory): the spec layout on both protocols, and a card that needs the fallback.
+_SS_CARDS: tuple[tuple[str, Callable[[], SocialSecurityApplet]], ...] = (
+    ("T=1, read by position", lambda: SocialSecurityApplet(protocol="T=1")),
+    ("T=0, by position, 61xx + 6Cxx", lambda: SocialSecurityApplet(protocol="T=0")),
+    ("T=1, other EF06 order: identifier", lambda: SocialSecurityApplet(layout=REORDERED_LAYOUT)),
+)
 
 
 async def bench_card(reads: int) -> None:
@@ -65,31 +85,57 @@ async def bench_card(reads: int) -> None:
     await asyncio.to_thread(daemon.start)
     started_here = daemon.owned
     reader = PcscCardReader("cardreader", reader=VPCD_READER, poll_interval=0.3)
-    card = VirtualCard(SocialSecurityApplet(), port=daemon.vpcd_port)
+    await reader.start()
+    print("== social security card through pcscd + vpcd (EF05 items 01 03 05 06 07, EF06 08 09) ==")
     try:
-        await reader.start()
-        await card.insert()
-        await reader.read_social_security(timeout=10)  # warm-up: card seen, worker up
-        before = len(card.commands)
-        samples = []
-        for _ in range(reads):
-            t0 = time.perf_counter()
-            await reader.read_social_security(timeout=10)
-            samples.append(time.perf_counter() - t0)
-        apdus = (len(card.commands) - before) / reads
-        raw = await asyncio.to_thread(raw_transmit_round_trips, reads)
-        print("== social security card through pcscd + vpcd ==")
-        print(summary("read_social_security (EF05 + EF06)", samples))
-        print(summary("baseline: bare SCardTransmit, 1 APDU", raw))
-        per_apdu = statistics.median(samples) / apdus
-        print(
-            f"APDUs per read: {apdus:.0f}; driver time per APDU {per_apdu * 1000:.3f} ms = "
-            f"{per_apdu / statistics.median(raw):.2f}x the bare round trip"
-        )
+        for label, make_applet in _SS_CARDS:
+            card = VirtualCard(make_applet(), port=daemon.vpcd_port)
+            await card.insert()
+            try:
+                for _ in range(5):  # warm-up: card seen, worker up, caches warm
+                    await reader.read_social_security(timeout=10)
+                before = len(card.apdus)
+                samples = []
+                for _ in range(reads):
+                    t0 = time.perf_counter()
+                    await reader.read_social_security(timeout=10)
+                    samples.append(time.perf_counter() - t0)
+                apdus = (len(card.apdus) - before) / reads
+                raw = await asyncio.to_thread(raw_transmit_round_trips, reads)
+            finally:
+                await card.remove()
+                await asyncio.to_thread(wait_card_state, False, timeout=5.0)
+            per_apdu = statistics.median(samples) / apdus
+            print(summary(f"read_social_security [{label}]", samples))
+            print(summary("  baseline: bare SCardTransmit, 1 APDU", raw))
+            print(
+                f"  APDUs per read: {apdus:.0f}; driver time per APDU {per_apdu * 1000:.3f} ms = "
+                f"{per_apdu / statistics.median(raw):.2f}x the bare round trip"
+            )
+        print("== bank card: finding the payment application (never the card number) ==")
+        for label, applet in (
+            ("contactless: PPSE", BankApplet()),
+            ("contact, T=0: PPSE absent, PSE + records", BankApplet(interface="contact", protocol="T=0")),
+            ("contact: no directory, UnionPay AIDs", BankApplet(interface="contact", pse=False)),
+        ):
+            card = VirtualCard(applet, port=daemon.vpcd_port)
+            await card.insert()
+            try:
+                await reader.read_bank_card(timeout=10)
+                before = len(card.apdus)
+                samples = []
+                for _ in range(reads):
+                    t0 = time.perf_counter()
+                    info = await reader.read_bank_card(timeout=10)
+                    samples.append(time.perf_counter() - t0)
+                apdus = (len(card.apdus) - before) / reads
+            finally:
+                await card.remove()
+                await asyncio.to_thread(wait_card_state, False, timeout=5.0)
+            print(summary(f"read_bank_card [{label}]", samples))
+            print(f"  source={info.source}; APDUs per read: {apdus:.0f}")
     finally:
-        await card.remove()
         await reader.close()
-        await asyncio.to_thread(wait_card_state, False, timeout=5.0)
         if started_here:
             await asyncio.to_thread(daemon.stop)
 

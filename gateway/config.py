@@ -175,8 +175,9 @@ class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
     reader: str = ""
     poll_interval_s: PositiveFloat = 0.3
     apdu_timeout_s: PositiveFloat = 3.0
-    # Start the virtual card (vpcd) with this personality: "", "sscard", "bank", "staff".
-    simulate: Literal["", "sscard", "bank", "staff"] = ""
+    # Start the virtual card (vpcd) with this personality: "", "sscard", "sscard-t0", "bank",
+    # "bank-contact", "staff" (docs/cardreader.md).
+    simulate: Literal["", "sscard", "sscard-t0", "bank", "bank-contact", "staff"] = ""
     # Simulator only: the TCP port vpcd waits on for the virtual card (its reader.conf CHANNELID).
     sim_vpcd_port: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 35_963
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)

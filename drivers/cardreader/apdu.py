@@ -1,17 +1,63 @@
-"""ISO 7816-4 command APDUs and the status-word dance (61xx, 6Cxx); pure, no I/O."""
+"""ISO 7816-4 command APDUs and the status-word dance (61xx, 6Cxx, T=0 case 4); pure, no I/O.
+
+Byte facts, each from two independent public sources (test vectors in tests/cardreader/test_apdu.py):
+
+- The social security application's AID `73 78 31 2E 73 68 2E C9 E7 BB E1 B1 A3 D5 CF`: a7082633/
+  HDOS_VC6 新疆焦阳/HD_XJDLL/HD_XJDLL.cpp and yxsylyh/hiquotion_cpp Hardware/card/SIDCard/DeCard/
+  SIDCardOperation.cpp (`00A404000F7378312E73682EC9E7BBE1B1A3D5CF`).
+- PPSE "2PAY.SYS.DDF01" (contactless) and PSE "1PAY.SYS.DDF01" (contact): openemv/emv-utils
+  src/emv_fields.h and tests/emv_build_candidate_list_test.c; javisHuang/Learn
+  emv/Initiate_Application.md (PPSE SELECT and answer); CardContact/scsh-scripts emv/reademv.js.
+
+- READ RECORD `00 B2 P1 P2 Le`: P2 = `04` reads the record at position P1, P2 = `00` the first
+  record whose identifier is P1, and P2's top five bits may name a short EF (`SFI << 3 | 04`).
+  OpenSC/OpenSC src/libopensc/iso7816.c (iso7816_read_record: `p2 = (flags & 0x1F) << 3`,
+  `p2 |= 0x04` for SC_RECORD_BY_REC_NR; SC_RECORD_BY_REC_ID is 0) and openemv/emv-utils
+  src/emv_ttl.c (emv_ttl_read_record: `P2 = (sfi << 3) | 0x04`).
+- `6A 83` is "record not found": OpenSC iso7816.c's status table and emv-utils src/emv_tal.c
+  (the PSE directory read ends on 6A83).
+- T=0 sends a case 4 command without Le; the card answers `61 xx` and the data comes with GET
+  RESPONSE `00 C0 00 00 xx`: OpenSC src/libopensc/apdu.c (sc_apdu2bytes: "in case of T0 no Le
+  byte is added"; sc_get_response on 61xx) and emv-utils tests/emv_ttl_tpdu_test.c (SELECT
+  `00 A4 04 00 0E` + 1PAY.SYS.DDF01, card `61 26`, then `00 C0 00 00 26`). Vendor samples send
+  the social security SELECT without Le and accept `61 xx` (a7082633/HDOS_VC6
+  新疆焦阳/HD_XJDLL/HD_XJDLL.cpp).
+- `62 82` after READ RECORD / READ BINARY is a warning, "end of record/file reached before Le
+  bytes", with the data: OpenSC iso7816.c (SC_ERROR_FILE_END_REACHED, which its read paths take
+  as data) and mitshell/card card/ICC.py ("end of file/record reached"). The item framing check
+  (records.decode_item) still catches a record cut short.
+- `6C xx` means "resend with Le = xx": OpenSC apdu.c (sc_transmit: "the card returned 0x6Cxx:
+  APDU will be re-transmitted with Le set to SW2") and emv-utils tests/emv_ttl_tpdu_test.c
+  (READ RECORD `00 B2 01 0C 00` -> `6C 1C` -> `00 B2 01 0C 1C`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.cardreader.errors import ProtocolViolation, error_for_sw
+from drivers.cardreader.errors import ProtocolViolation, TransactionFailed, error_for_sw
 
 SW_OK = 0x9000
+SW_END_REACHED = 0x6282
+_READS = (0xB0, 0xB2)
 
 # "sx1.sh." + 社会保障 in GBK: the social security application (protocols.md).
 SSC_AID = b"sx1.sh." + "社会保障".encode("gbk")
 PPSE_AID = b"2PAY.SYS.DDF01"
+# The contact interface's directory (EMV Book 1 12.2.2; emv-utils src/emv_tal.c).
+PSE_AID = b"1PAY.SYS.DDF01"
+# UnionPay debit, credit, quasi-credit: RID A000000333 + PIX 010101/010102/010103
+# (openemv/emv-utils src/emv_fields.c; the RID also in mitshell/card card/EMV.py).
+UNIONPAY_AIDS = (
+    bytes.fromhex("A000000333010101"),
+    bytes.fromhex("A000000333010102"),
+    bytes.fromhex("A000000333010103"),
+)
+
+# READ RECORD P2 (ISO 7816-4): how P1 addresses the record in the current EF.
+P2_BY_IDENTIFIER = 0x00  # first record whose identifier (tag) is P1
+P2_BY_POSITION = 0x04  # the record at position P1
 
 # Enough for every file we read; a card that keeps answering 61xx past this is broken.
 MAX_RESPONSE_BYTES = 65_536
@@ -69,15 +115,18 @@ def command(cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | N
 
 
 def select_aid(aid: bytes) -> bytes:
-    """SELECT by DF name (AID), asking for the FCI: `00 A4 04 00 Lc AID 00`."""
+    """SELECT by DF name (AID), asking for the FCI: `00 A4 04 00 Lc AID 00` (T=0 drops the 00)."""
     return command(0x00, 0xA4, 0x04, 0x00, aid, le=256)
 
 
-def select_ef(fid: bytes) -> bytes:
-    """SELECT an EF by its 2-byte identifier under the current DF: `00 A4 02 00 02 FID`."""
+def select_ef(fid: bytes, p1: int = 0x02) -> bytes:
+    """SELECT an EF by its 2-byte identifier: `00 A4 02 00 02 FID` (P1 02: an EF under the
+    current DF) or with P1 00 ("MF, DF or EF"), which some cards want instead."""
     if len(fid) != 2:
         raise ValueError("a file identifier is two bytes")
-    return command(0x00, 0xA4, 0x02, 0x00, fid)
+    if p1 not in (0x00, 0x02):
+        raise ValueError(f"SELECT by file identifier takes P1 00 or 02, not {p1:02X}")
+    return command(0x00, 0xA4, p1, 0x00, fid)
 
 
 def read_binary(offset: int, le: int = 256) -> bytes:
@@ -87,11 +136,20 @@ def read_binary(offset: int, le: int = 256) -> bytes:
     return command(0x00, 0xB0, offset >> 8, offset & 0xFF, le=le)
 
 
-def read_record(record: int, p2: int = 0x04, le: int = 256) -> bytes:
-    """READ RECORD `00 B2 rec P2 Le`; P2 04 = record number in P1, current EF."""
+def read_record(record: int, p2: int = P2_BY_POSITION, le: int = 256) -> bytes:
+    """READ RECORD `00 B2 P1 P2 Le` in the current EF; P2 04: P1 is a position, 00: an identifier."""
     if not 1 <= record <= 0xFE:
         raise ValueError(f"record number out of range: {record}")
+    if p2 & 0x07 not in (P2_BY_IDENTIFIER, P2_BY_POSITION):
+        raise ValueError(f"unsupported READ RECORD P2: {p2:02X}")
     return command(0x00, 0xB2, record, p2, le=le)
+
+
+def read_record_sfi(sfi: int, position: int, le: int = 256) -> bytes:
+    """READ RECORD at `position` of the short EF `sfi`: `00 B2 pos (sfi << 3 | 04) Le`."""
+    if not 1 <= sfi <= 30:
+        raise ValueError(f"short EF identifier out of range: {sfi}")
+    return read_record(position, (sfi << 3) | P2_BY_POSITION, le)
 
 
 def get_response(le: int) -> bytes:
@@ -121,14 +179,57 @@ def with_le(apdu: bytes, le: int) -> bytes:
     raise ValueError("not a short APDU: Lc does not match the length")
 
 
+def case_of(apdu: bytes) -> int:
+    """The ISO 7816-4 case (1-4) of a short command APDU."""
+    if len(apdu) < 4:
+        raise ValueError("an APDU has at least 4 header bytes")
+    if len(apdu) == 4:
+        return 1
+    if len(apdu) == 5:
+        return 2
+    lc = apdu[4]
+    if lc and len(apdu) == 5 + lc:
+        return 3
+    if lc and len(apdu) == 6 + lc:
+        return 4
+    raise ValueError("not a short APDU: Lc does not match the length")
+
+
+def without_le(apdu: bytes) -> bytes:
+    """A case 4 command as T=0 sends it: the same bytes without the trailing Le."""
+    if case_of(apdu) != 4:
+        raise ValueError("only a case 4 command carries both data and Le")
+    return apdu[:-1]
+
+
+def for_protocol(apdu: bytes, *, t0: bool) -> bytes:
+    """The command as the negotiated protocol wants it: under T=0 a case 4 goes without Le."""
+    if t0 and len(apdu) > 5 and case_of(apdu) == 4:
+        return without_le(apdu)
+    return apdu
+
+
 def describe(apdu: bytes) -> str:
     """A log-safe name for a command: CLA INS P1 P2 only, never the data."""
     return apdu[:4].hex(" ").upper()
 
 
-def exchange(send: Transmit, apdu: bytes) -> Response:
-    """Send one command and follow 61xx with GET RESPONSE and 6Cxx with a resend at Le=xx."""
-    response = Response.parse(send(apdu))
+def _first_answer(send: Transmit, apdu: bytes) -> Response:
+    try:
+        return Response.parse(send(apdu))
+    except TransactionFailed:
+        # A reader that cannot carry a case 4 command with Le (a T=0 path reported as T=1, or a
+        # reader firmware quirk) fails the whole exchange; the form without Le, answered with
+        # 61xx + GET RESPONSE, works on every card. Anything else is not ours to retry.
+        if len(apdu) > 5 and case_of(apdu) == 4:
+            return Response.parse(send(without_le(apdu)))
+        raise
+
+
+def exchange(send: Transmit, apdu: bytes, *, t0: bool = False) -> Response:
+    """Send one command (shaped for T=0 or T=1), follow 61xx with GET RESPONSE, 6Cxx with a resend."""
+    apdu = for_protocol(apdu, t0=t0)
+    response = _first_answer(send, apdu)
     if response.sw1 == 0x6C:
         response = Response.parse(send(with_le(apdu, response.sw2)))
         if response.sw1 == 0x6C:
@@ -148,9 +249,11 @@ def exchange(send: Transmit, apdu: bytes) -> Response:
     return Response(bytes(data), response.sw)
 
 
-def transmit(send: Transmit, apdu: bytes, *, device: str | None = None) -> bytes:
+def transmit(send: Transmit, apdu: bytes, *, device: str | None = None, t0: bool = False) -> bytes:
     """`exchange`, then the data on 9000 or the typed error for any other status word."""
-    response = exchange(send, apdu)
+    response = exchange(send, apdu, t0=t0)
+    if response.sw == SW_END_REACHED and apdu[1] in _READS and response.data:
+        return response.data
     if not response.ok:
         raise error_for_sw(response.sw, device=device, command=describe(apdu))
     return response.data

@@ -6,6 +6,11 @@ returns PC/SC's own code, which maps one-to-one onto our errors. All PC/SC calls
 run on one worker thread that owns that context; results come back to the loop through
 `call_soon_threadsafe`. A thread stuck in pcscd (a mute card) is abandoned with its context
 and a fresh worker takes over, so one bad card cannot wedge the reader.
+
+Commands follow the protocol SCardConnect negotiated: under T=0 a case 4 command goes without
+Le and its data comes with 61xx + GET RESPONSE (apdu.py). A transmit failing with "transaction
+failed" (0x80100016) is a removal only if pcscd then sees the card gone; with the card still in
+the reader it is `TransactionFailed`, and a case 4 command is retried once without Le.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import structlog
 
 from drivers.base import DeviceState, DeviceStatus, Listener, StatusTracker
 from drivers.cardreader import apdu
+from drivers.cardreader.bankcard import find_payment_application
 from drivers.cardreader.errors import (
     ApduError,
     CardReaderError,
@@ -36,18 +42,11 @@ from drivers.cardreader.errors import (
     ProtocolViolation,
     ReaderFailure,
     ReaderUnavailable,
+    TransactionFailed,
     WrongCard,
 )
-from drivers.cardreader.records import (
-    EF05,
-    EF05_ITEMS,
-    EF06,
-    EF06_ITEMS,
-    BankCardInfo,
-    SocialSecurityCard,
-    decode_item,
-    parse_ppse,
-)
+from drivers.cardreader.records import EF05, EF06, BankCardInfo, SocialSecurityCard
+from drivers.cardreader.sscard import read_social_security_items
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +60,8 @@ _MAX_BACKOFF = 2.0
 _CARD_ABSENT = 0x0002
 _CARD_PRESENT = 0x0004
 _CLOSE_WAIT = 1.0
+# pcscd polls card presence every 0.4 s: a removal shows up within this after a failed transmit.
+_REMOVAL_SETTLE = 0.6
 
 
 def _load_scard() -> Any | None:
@@ -100,6 +101,7 @@ class _PcscSession:
         self._context: int | None = None
         self._handle: int | None = None
         self._protocol = 0
+        self._reader: str | None = None
         s = scard
         self._service_down = {
             s.SCARD_E_NO_SERVICE,
@@ -172,13 +174,45 @@ class _PcscSession:
         )
         if hr != s.SCARD_S_SUCCESS:
             raise self._error(hr, "connect")
-        self._handle, self._protocol = handle, protocol
+        self._handle, self._protocol, self._reader = handle, protocol, reader
+
+    @property
+    def t0(self) -> bool:
+        """Whether the connection negotiated T=0 (case 4 commands then go without Le)."""
+        return bool(self._protocol == self._s.SCARD_PROTOCOL_T0)
+
+    @property
+    def protocol_name(self) -> str:
+        """ "T=0", "T=1" or "raw": for logs and results."""
+        s = self._s
+        return {s.SCARD_PROTOCOL_T0: "T=0", s.SCARD_PROTOCOL_T1: "T=1"}.get(self._protocol, "raw")
+
+    def _card_stays(self) -> bool:
+        """After a failed transmit: True if pcscd still sees the same card once its poll has run."""
+        s = self._s
+        if self._context is None or self._reader is None:
+            return False
+        hr, states = s.SCardGetStatusChange(self._context, 0, [(self._reader, s.SCARD_STATE_UNAWARE)])
+        if hr != s.SCARD_S_SUCCESS or not states[0][1] & s.SCARD_STATE_PRESENT:
+            return False
+        known = states[0][1] & ~s.SCARD_STATE_CHANGED
+        wait_ms = int(_REMOVAL_SETTLE * 1000)
+        hr, states = s.SCardGetStatusChange(self._context, wait_ms, [(self._reader, known)])
+        # No change within a full poll period: the card is still there, untouched.
+        return bool(hr == s.SCARD_E_TIMEOUT)
 
     def _send(self, command: bytes) -> bytes:
         s = self._s
         if self._handle is None:
             raise CardRemoved("no card connection", device=self._device)
         hr, response = s.SCardTransmit(self._handle, self._protocol, list(command))
+        if hr == s.SCARD_E_NOT_TRANSACTED and self._card_stays():
+            raise TransactionFailed(
+                f"reader could not complete {apdu.describe(command)} (transaction failed, "
+                f"0x{hr & 0xFFFFFFFF:08X}); the card is still in the reader",
+                device=self._device,
+                code=hr,
+            )
         if hr != s.SCARD_S_SUCCESS:
             raise self._error(hr, f"transmit {apdu.describe(command)}")
         if not response:
@@ -193,8 +227,8 @@ class _PcscSession:
         return bytes(response)
 
     def command(self, command: bytes) -> bytes:
-        """One logical command, 61xx/6Cxx handled; data on 9000, else the typed error."""
-        return apdu.transmit(self._send, command, device=self._device)
+        """One logical command shaped for the negotiated protocol, 61xx/6Cxx handled; data on 9000."""
+        return apdu.transmit(self._send, command, device=self._device, t0=self.t0)
 
     def disconnect(self) -> None:
         """Drop the card handle, if any; errors are moot since the handle is gone either way."""
@@ -276,6 +310,11 @@ class _CardLink:
         self._reader = reader
         self._worker = worker
         self.answered = 0
+
+    @property
+    def protocol(self) -> str:
+        """The protocol the connection negotiated ("T=0" / "T=1")."""
+        return self._worker.session.protocol_name
 
     async def command(self, command: bytes) -> bytes:
         session = self._worker.session
@@ -373,7 +412,7 @@ class PcscCardReader:
         return await self._read("sscard", self._read_ssc, timeout)
 
     async def read_bank_card(self, *, timeout: float | None = None) -> BankCardInfo:
-        """Wait for a card and read its PPSE: the preferred application's AID and label."""
+        """Wait for a card; its preferred payment application via PPSE, PSE or known AIDs (`source`)."""
         return await self._read("bank", self._read_bank, timeout)
 
     async def read_card_id(self, *, timeout: float | None = None) -> str:
@@ -469,21 +508,20 @@ class PcscCardReader:
                 device=self.name,
                 expected="sscard",
             ) from err
-        items: dict[int, bytes] = {}
-        for fid, wanted in ((EF05, EF05_ITEMS), (EF06, EF06_ITEMS)):
-            await link.command(apdu.select_ef(fid))
-            for item in wanted:
-                items[item] = decode_item(item, await link.command(apdu.read_record(item)))
-        return SocialSecurityCard.from_items(items)
+        read = await read_social_security_items(link.command)
+        card = SocialSecurityCard.from_items(read.items)
+        log.info(
+            "sscard_addressing",
+            device=self.name,
+            protocol=link.protocol,
+            ef05=read.mode_summary(EF05),
+            ef06=read.mode_summary(EF06),
+            commands=read.apdus + 1,
+        )
+        return card
 
     async def _read_bank(self, link: _CardLink) -> BankCardInfo:
-        try:
-            fci = await link.command(apdu.select_aid(apdu.PPSE_AID))
-        except ApduError as err:
-            raise WrongCard(
-                "not a contactless bank card (no PPSE)", device=self.name, expected="bank"
-            ) from err
-        return parse_ppse(fci)
+        return await find_payment_application(link.command, device=self.name)
 
     async def _read_uid(self, link: _CardLink) -> str:
         try:

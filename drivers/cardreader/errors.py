@@ -98,6 +98,15 @@ class ProtocolViolation(CardReaderError, FrameError):
     """Bytes from the card that break ISO 7816-4 or the card's data layout."""
 
 
+class RecordTagMismatch(ProtocolViolation):
+    """A READ RECORD answer carries another item than the one asked for (a different layout)."""
+
+    def __init__(self, message: str, *, wanted: int, found: int, device: str | None = None) -> None:
+        super().__init__(message, device=device)
+        self.wanted = wanted
+        self.found = found
+
+
 class CardDataError(ProtocolViolation):
     """The card's records parse but their content is invalid (e.g. ID number check digit)."""
 
@@ -142,6 +151,10 @@ class ReaderFailure(CardReaderError):
         self.code = code
 
 
+class TransactionFailed(ReaderFailure):
+    """pcscd reported "transaction failed" while the card stayed in the reader: not a removal."""
+
+
 _BY_SW: dict[int, type[ApduError]] = {
     0x6700: WrongLength,
     0x6982: SecurityStatusNotSatisfied,
@@ -184,7 +197,9 @@ __all__ = [
     "ReaderFailure",
     "ReaderUnavailable",
     "RecordNotFound",
+    "RecordTagMismatch",
     "SecurityStatusNotSatisfied",
+    "TransactionFailed",
     "WrongCard",
     "WrongLength",
     "WrongParameters",

@@ -1,21 +1,36 @@
-"""Card data layouts (social security items, PPSE FCI as BER-TLV) and their typed records; pure.
+"""Card data layouts (social security items, EMV directories as BER-TLV) and their typed records; pure.
 
-Social security card (the per-item layout used by the national card spec and by our virtual card):
-every READ RECORD `00 B2 <item> 04 00` answers one item as `item(1) length(1) value`, and a card
-asked with the wrong Le answers 6Cxx with the right one. Items read here:
+Social security card (社会保障卡). The application (AID "sx1.sh." + 社会保障 in GBK) holds linear
+record files; every record is one item, `tag(1) length(1) value`. EF05 (issuer data) has items
+01-07 at positions 1-7; EF06 (holder data) has 08 at position 1 and 09 at position 2. READ RECORD
+addresses a record by position (P2 = 04) or by its tag (P2 = 00, ISO 7816-4): `00 B2 08 04` asks
+EF06 for an eighth record, which a real card does not have (6A 83).
 
-EF05, issuer data
-  01  card identifier, 16 ASCII chars; its first 6 digits are the issuing region (GB/T 2260)
-  03  specification version, 4 ASCII chars (e.g. "3.00")
-  05  issue date, 4 bytes BCD YYYYMMDD
-  06  expiry date, 4 bytes BCD YYYYMMDD (all 0x00 or 0xFF: no expiry)
-  07  card number, 9 ASCII chars
-EF06, holder data
-  08  social security number = the 18-character resident ID number, ASCII
-  09  name, GBK, padded to 30 bytes with 0x00 or spaces
+Items read here, with their encoding and where each fact is published:
 
-Items 02 (card type), 04 (initialising body), 0A-0D (gender, nation, birth place, birth date)
-exist on real cards; the driver does not read them because nothing downstream needs them.
+  EF05 01 card identification code: 16 BINARY bytes, shown as hex; the first three bytes are the
+          issuing region (GB/T 2260 digits). leithergit/Z390Kylin Evolis_Z390_printer/
+          evolis_z390_printer.cpp reads `00 B2 01 04 00` -> `01 10 33 03 00 D1 56 00 00 05 99 11 01
+          45 FF FF FF FF 90 00` and takes the first 6 hex digits as the region; yxsylyh/
+          hiquotion_cpp Hardware/card/SIDCard/DeCard/SIDCardOperation.cpp reads `00 B2 01 00 12`
+          (16 + 2 bytes) into a hex string; liutao2019/IBORN_HIS_ALL lib/ssse_reader.h keeps it in
+          `card_id[33]` (32 hex digits).
+  EF05 03 specification version, 4 ASCII bytes: Z390Kylin `03 04 33 2E 30 30` ("3.00").
+  EF05 05 issue date, 06 expiry date: 4 bytes BCD YYYYMMDD (both read as hex digits by
+          SIDCardOperation.cpp `00 B2 05 00 06`/`00 B2 06 00 06`; Z390Kylin writes them as hex).
+          An expiry of all 00 or all FF means none.
+  EF05 07 card number, 9 ASCII bytes: SIDCardOperation.cpp `00 B2 07 00 0B` as text;
+          a7082633/HDOS_VC6 新疆焦阳/HD_XJDLL/HD_XJDLL.cpp `00 B2 07 2C 0B` (short EF 5) as text.
+  EF06 08 social security number = resident ID number, 18 ASCII bytes: HD_XJDLL.cpp
+          `00 B2 08 00 14`; Z390Kylin `00 B2 01 04 00` after selecting EF06 (position 1).
+  EF06 09 name, 30 bytes GBK padded with 00: HD_XJDLL.cpp `00 B2 09 00 20`; Z390Kylin
+          `00 B2 02 04 00` (position 2) and pads the name with 00 bytes when writing.
+
+Items 02 (card type), 04 (initialising body) and EF06's 0A-0D (gender ASCII, nation binary,
+birthplace BCD, birth date BCD; SIDCardOperation.cpp reads 0B-0D as hex) are not read: nothing
+downstream needs them. Z390Kylin's writer puts 0A, 0B, 0D at EF06 positions 4, 5, 7 (protocols.md
+guessed 3, 4, ...); the driver never depends on those positions, and the tag check plus the
+identifier fallback would absorb either layout.
 """
 
 from __future__ import annotations
@@ -23,8 +38,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
-from drivers.cardreader.errors import CardDataError, ProtocolViolation
+from drivers.cardreader.errors import CardDataError, ProtocolViolation, RecordTagMismatch
 
 EF05 = b"\xef\x05"
 EF06 = b"\xef\x06"
@@ -37,14 +53,19 @@ ITEM_CARD_NUMBER = 0x07
 ITEM_ID_NUMBER = 0x08
 ITEM_NAME = 0x09
 
-EF05_ITEMS = (
-    ITEM_CARD_IDENTIFIER,
-    ITEM_SPEC_VERSION,
-    ITEM_ISSUE_DATE,
-    ITEM_EXPIRY_DATE,
-    ITEM_CARD_NUMBER,
-)
-EF06_ITEMS = (ITEM_ID_NUMBER, ITEM_NAME)
+CARD_IDENTIFIER_BYTES = 16
+
+# Item -> position in its file, for the items the driver reads.
+EF05_POSITIONS: dict[int, int] = {
+    ITEM_CARD_IDENTIFIER: 1,
+    ITEM_SPEC_VERSION: 3,
+    ITEM_ISSUE_DATE: 5,
+    ITEM_EXPIRY_DATE: 6,
+    ITEM_CARD_NUMBER: 7,
+}
+EF06_POSITIONS: dict[int, int] = {ITEM_ID_NUMBER: 1, ITEM_NAME: 2}
+EF05_ITEMS = tuple(EF05_POSITIONS)
+EF06_ITEMS = tuple(EF06_POSITIONS)
 
 _ID_WEIGHTS = tuple(pow(2, 17 - i, 11) for i in range(17))
 
@@ -85,18 +106,20 @@ def encode_item(item: int, value: bytes) -> bytes:
 
 
 def decode_item(item: int, record: bytes) -> bytes:
-    """The value of one item record, checking its item number and length."""
+    """The value of one item record, checking its tag (the item asked for) and its length."""
     if len(record) < 2:
         raise ProtocolViolation(f"item {item:02X}: record of {len(record)} byte(s)")
     if record[0] != item:
-        raise ProtocolViolation(f"item {item:02X}: record is tagged {record[0]:02X}")
+        raise RecordTagMismatch(
+            f"item {item:02X}: record is tagged {record[0]:02X}", wanted=item, found=record[0]
+        )
     if record[1] != len(record) - 2:
         raise ProtocolViolation(f"item {item:02X}: length byte {record[1]} but {len(record) - 2} value bytes")
     return record[2:]
 
 
 def _ascii(item: int, value: bytes) -> str:
-    text = value.rstrip(b"\x00 ").decode("ascii", errors="replace")
+    text = value.rstrip(b"\x00 \xff").decode("ascii", errors="replace")
     if "\ufffd" in text or not text.isprintable():
         raise CardDataError(f"item {item:02X}: not printable ASCII")
     return text
@@ -121,10 +144,36 @@ def bcd_date(value: dt.date) -> bytes:
     return bytes.fromhex(value.strftime("%Y%m%d"))
 
 
+def _card_identifier(value: bytes) -> tuple[str, str]:
+    """(identifier as hex, issuing region) from item 01's 16 binary bytes."""
+    if len(value) != CARD_IDENTIFIER_BYTES:
+        raise CardDataError(
+            f"item 01: card identification code is {CARD_IDENTIFIER_BYTES} bytes, got {len(value)}"
+        )
+    identifier = value.hex().upper()
+    region = identifier[:6]
+    if not region.isdigit():
+        raise CardDataError("card identification code does not start with a BCD region code")
+    return identifier, region
+
+
+def _name(value: bytes) -> str:
+    try:
+        name = value.rstrip(b"\x00 \xff").decode("gbk").strip()
+    except UnicodeDecodeError as err:
+        raise CardDataError("name is not valid GBK") from err
+    if not name:
+        raise CardDataError("name is empty")
+    if not name.isprintable():
+        raise CardDataError("name holds control characters")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class SocialSecurityCard:
     """What the social security card tells without a PIN; repr masks the personal fields."""
 
+    card_identifier: str  # 32 hex digits
     card_number: str
     issuing_region: str
     spec_version: str
@@ -135,7 +184,8 @@ class SocialSecurityCard:
 
     def __repr__(self) -> str:
         return (
-            f"SocialSecurityCard(card_number={mask_id(self.card_number)!r}, "
+            f"SocialSecurityCard(card_identifier={mask_id(self.card_identifier)!r}, "
+            f"card_number={mask_id(self.card_number)!r}, "
             f"issuing_region={self.issuing_region!r}, spec_version={self.spec_version!r}, "
             f"issued_on={self.issued_on.isoformat()}, "
             f"expires_on={self.expires_on.isoformat() if self.expires_on else None}, "
@@ -146,23 +196,14 @@ class SocialSecurityCard:
 
     @classmethod
     def from_items(cls, items: dict[int, bytes]) -> SocialSecurityCard:
-        """Build the record from item values (EF05 + EF06), validating each."""
+        """Build the record from item values (EF05 + EF06), validating each item's encoding."""
         missing = [f"{i:02X}" for i in (*EF05_ITEMS, *EF06_ITEMS) if i not in items]
         if missing:
             raise CardDataError(f"missing items {', '.join(missing)}")
-        identifier = _ascii(ITEM_CARD_IDENTIFIER, items[ITEM_CARD_IDENTIFIER])
-        region = identifier[:6]
-        if len(region) != 6 or not region.isdigit():
-            raise CardDataError("card identifier does not start with a 6-digit region code")
+        identifier, region = _card_identifier(items[ITEM_CARD_IDENTIFIER])
         id_number = _ascii(ITEM_ID_NUMBER, items[ITEM_ID_NUMBER]).upper()
         if not id_number_valid(id_number):
             raise CardDataError("ID number fails its check character (bad read)")
-        try:
-            name = items[ITEM_NAME].rstrip(b"\x00 ").decode("gbk").strip()
-        except UnicodeDecodeError as err:
-            raise CardDataError("name is not valid GBK") from err
-        if not name:
-            raise CardDataError("name is empty")
         card_number = _ascii(ITEM_CARD_NUMBER, items[ITEM_CARD_NUMBER])
         if not card_number:
             raise CardDataError("card number is empty")
@@ -170,22 +211,31 @@ class SocialSecurityCard:
         if issued_on is None:
             raise CardDataError("issue date is missing")
         return cls(
+            card_identifier=identifier,
             card_number=card_number,
             issuing_region=region,
             spec_version=_ascii(ITEM_SPEC_VERSION, items[ITEM_SPEC_VERSION]),
             issued_on=issued_on,
             expires_on=_bcd_date(ITEM_EXPIRY_DATE, items[ITEM_EXPIRY_DATE], open_ended=True),
             id_number=id_number,
-            name=name,
+            name=_name(items[ITEM_NAME]),
         )
+
+
+BankSource = Literal["ppse", "pse", "aid"]
 
 
 @dataclass(frozen=True, slots=True)
 class BankCardInfo:
-    """A bank card's chosen payment application: AID (hex) and label; never the PAN."""
+    """A bank card's chosen payment application: AID (hex), label and how it was found; never the PAN.
+
+    `source`: "ppse" (contactless directory 2PAY.SYS.DDF01), "pse" (contact directory
+    1PAY.SYS.DDF01 and its records) or "aid" (no directory: a known AID answered SELECT).
+    """
 
     aid: str
     label: str
+    source: BankSource
 
 
 # --- BER-TLV, as EMV uses it for the PPSE FCI ---
@@ -197,6 +247,9 @@ TAG_DIRECTORY_ENTRY = 0x61
 TAG_AID = 0x4F
 TAG_LABEL = 0x50
 TAG_PRIORITY = 0x87
+TAG_SFI = 0x88
+TAG_DF_NAME = 0x84
+TAG_RECORD_TEMPLATE = 0x70
 
 
 def iter_tlv(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -255,27 +308,66 @@ def _find(data: bytes, tag: int) -> bytes | None:
     return None
 
 
+def _entry(entry: bytes, where: str) -> tuple[int, str, str]:
+    """(priority, AID hex, label) of one directory entry (the value of an `61` template)."""
+    aid = _find(entry, TAG_AID)
+    if aid is None or not 5 <= len(aid) <= 16:
+        raise ProtocolViolation(f"{where} directory entry without a valid AID")
+    raw_label = _find(entry, TAG_LABEL) or b""
+    label = raw_label.decode("ascii", errors="replace").strip()
+    raw_priority = _find(entry, TAG_PRIORITY)
+    # Priority 1 is highest; a missing one ranks after all numbered ones (EMV Book 1 12.4).
+    priority = (raw_priority[0] & 0x0F if raw_priority else 0) or 16
+    return priority, aid.hex().upper(), label
+
+
+def _directory_entries(data: bytes, where: str) -> list[tuple[int, str, str]]:
+    return [_entry(value, where) for tag, value in iter_tlv(data) if tag == TAG_DIRECTORY_ENTRY]
+
+
+def choose_application(entries: list[tuple[int, str, str]], source: BankSource) -> BankCardInfo:
+    """The highest-priority (lowest number) entry; the first listed wins a tie."""
+    if not entries:
+        raise ProtocolViolation(f"{source.upper()} lists no application")
+    _, aid_hex, label = min(entries, key=lambda e: e[0])
+    return BankCardInfo(aid=aid_hex, label=label, source=source)
+
+
 def parse_ppse(fci: bytes) -> BankCardInfo:
-    """The highest-priority application (AID + label) from a PPSE FCI."""
+    """The highest-priority application (AID + label) from a PPSE FCI (6F/A5/BF0C/61...)."""
     template = _find(fci, TAG_FCI)
     proprietary = _find(template, TAG_FCI_PROPRIETARY) if template is not None else None
     directory = _find(proprietary, TAG_FCI_ISSUER_DISCRETIONARY) if proprietary is not None else None
     if directory is None:
         raise ProtocolViolation("PPSE answer is not an FCI with a directory (6F/A5/BF0C)")
-    entries: list[tuple[int, str, str]] = []
-    for tag, entry in iter_tlv(directory):
-        if tag != TAG_DIRECTORY_ENTRY:
-            continue
-        aid = _find(entry, TAG_AID)
-        if aid is None or not 5 <= len(aid) <= 16:
-            raise ProtocolViolation("PPSE directory entry without a valid AID")
-        raw_label = _find(entry, TAG_LABEL) or b""
-        label = raw_label.decode("ascii", errors="replace").strip()
-        raw_priority = _find(entry, TAG_PRIORITY)
-        # Priority 1 is highest; a missing one ranks after all numbered ones (EMV Book 1 12.4).
-        priority = raw_priority[0] & 0x0F if raw_priority else 16
-        entries.append((priority or 16, aid.hex().upper(), label))
-    if not entries:
-        raise ProtocolViolation("PPSE lists no application")
-    _, aid_hex, label = min(entries, key=lambda e: e[0])
-    return BankCardInfo(aid=aid_hex, label=label)
+    return choose_application(_directory_entries(directory, "PPSE"), "ppse")
+
+
+def parse_pse_sfi(fci: bytes) -> int:
+    """The short EF of the PSE directory (tag 88 in 6F/A5), 1-30 (EMV Book 1 11.3.4)."""
+    template = _find(fci, TAG_FCI)
+    proprietary = _find(template, TAG_FCI_PROPRIETARY) if template is not None else None
+    sfi = _find(proprietary, TAG_SFI) if proprietary is not None else None
+    if sfi is None or len(sfi) != 1 or not 1 <= sfi[0] <= 30:
+        raise ProtocolViolation("PSE answer has no valid directory SFI (6F/A5/88)")
+    return sfi[0]
+
+
+def parse_pse_record(record: bytes) -> list[tuple[int, str, str]]:
+    """The directory entries of one PSE record (a `70` template of `61` entries)."""
+    template = _find(record, TAG_RECORD_TEMPLATE)
+    if template is None:
+        raise ProtocolViolation("PSE record is not a 70 template")
+    return _directory_entries(template, "PSE")
+
+
+def parse_application_fci(fci: bytes, aid: bytes) -> BankCardInfo:
+    """A selected payment application's AID (from 84, else the one asked for) and label (50)."""
+    template = _find(fci, TAG_FCI)
+    if template is None:
+        raise ProtocolViolation("application answer is not an FCI (6F)")
+    name = _find(template, TAG_DF_NAME) or aid
+    proprietary = _find(template, TAG_FCI_PROPRIETARY)
+    raw_label = (_find(proprietary, TAG_LABEL) if proprietary is not None else None) or b""
+    label = raw_label.decode("ascii", errors="replace").strip()
+    return BankCardInfo(aid=name.hex().upper(), label=label, source="aid")

@@ -1,4 +1,10 @@
-"""The pure APDU layer: command bytes, the 61xx / 6Cxx dance and status words as typed errors."""
+"""The pure APDU layer: command bytes, the 61xx / 6Cxx dance, T=0 case 4, status words as errors.
+
+Command bytes and exchanges are the published bytes of independent sources (apdu.py names them):
+OpenSC src/libopensc/iso7816.c + apdu.c, openemv/emv-utils tests/emv_ttl_tpdu_test.c and
+tests/emv_build_candidate_list_test.c, a7082633/HDOS_VC6 新疆焦阳/HD_XJDLL/HD_XJDLL.cpp,
+yxsylyh/hiquotion_cpp Hardware/card/SIDCard/DeCard/SIDCardOperation.cpp.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,25 @@ from drivers.base import DeviceRejected
 from drivers.cardreader import apdu
 from drivers.cardreader import errors as e
 
+FAIL = "transaction failed"
+
 
 class ScriptedCard:
-    """A transmit function answering from a script and recording what was sent."""
+    """A transmit function answering from a script and recording what was sent.
+
+    The answer FAIL stands for the reader failing the exchange ("transaction failed", card present).
+    """
 
     def __init__(self, *answers: str) -> None:
-        self.answers = [bytes.fromhex(a) for a in answers]
+        self.answers = [a if a == FAIL else bytes.fromhex(a) for a in answers]
         self.sent: list[str] = []
 
     def __call__(self, command: bytes) -> bytes:
         self.sent.append(command.hex().upper())
-        return self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, str):
+            raise e.TransactionFailed("transaction failed", device="cr")
+        return answer
 
 
 def test_command_builders_match_the_documented_bytes() -> None:
@@ -42,6 +56,87 @@ def test_command_builders_match_the_documented_bytes() -> None:
 )
 def test_with_le_handles_every_case(command: str, le: int, expected: str) -> None:
     assert apdu.with_le(bytes.fromhex(command), le).hex().upper() == expected
+
+
+@pytest.mark.parametrize(
+    ("built", "published", "source"),
+    [
+        (apdu.read_record(0x08, apdu.P2_BY_IDENTIFIER, le=0x14), "00B2080014", "HD_XJDLL.cpp SSN"),
+        (apdu.read_record(0x09, apdu.P2_BY_IDENTIFIER, le=0x20), "00B2090020", "HD_XJDLL.cpp name"),
+        (apdu.read_record(0x01, apdu.P2_BY_IDENTIFIER, le=0x12), "00B2010012", "SIDCardOperation card id"),
+        (apdu.read_record(0x01, apdu.P2_BY_POSITION), "00B2010400", "Z390Kylin EF06 position 1"),
+        (apdu.read_record(0x02, apdu.P2_BY_POSITION), "00B2020400", "Z390Kylin EF06 position 2"),
+        (apdu.read_record_sfi(5, 7, le=0x0B), "00B2072C0B", "HD_XJDLL.cpp card number, short EF 5"),
+        (apdu.read_record_sfi(1, 1), "00B2010C00", "emv-utils READ RECORD 1,1"),
+        (apdu.select_aid(apdu.PSE_AID), "00A404000E315041592E5359532E444446303100", "emv-utils PSE"),
+        (apdu.select_ef(b"\xef\x06"), "00A4020002EF06", "HD_XJDLL.cpp select EF06"),
+        (apdu.select_ef(b"\xef\x05", p1=0x00), "00A4000002EF05", "Z390Kylin select EF05"),
+    ],
+)
+def test_commands_match_published_bytes(built: bytes, published: str, source: str) -> None:
+    assert built.hex().upper() == published, source
+
+
+def test_read_record_refuses_other_p2_modes() -> None:
+    with pytest.raises(ValueError, match="P2"):
+        apdu.read_record(1, 0x02)  # "next record": not an addressing the driver uses
+    with pytest.raises(ValueError, match="short EF"):
+        apdu.read_record_sfi(31, 1)
+
+
+def test_case_detection_and_t0_shaping() -> None:
+    select = apdu.select_aid(apdu.SSC_AID)
+    assert [
+        apdu.case_of(c)
+        for c in (b"\x00\x84\x00\x00", apdu.read_record(1), apdu.select_ef(b"\xef\x05"), select)
+    ] == [1, 2, 3, 4]
+    # The vendor samples' SELECT of the social security application, as T=0 sends it (no Le).
+    assert apdu.for_protocol(select, t0=True).hex().upper() == "00A404000F7378312E73682EC9E7BBE1B1A3D5CF"
+    assert apdu.for_protocol(select, t0=False) == select
+    for other in (apdu.read_record(1), apdu.select_ef(b"\xef\x05")):
+        assert apdu.for_protocol(other, t0=True) == other
+    with pytest.raises(ValueError, match="case 4"):
+        apdu.without_le(apdu.read_record(1))
+
+
+# emv-utils tests/emv_ttl_tpdu_test.c "case 4 normal processing": SELECT PSE over T=0.
+EMV_UTILS_PSE_FCI_T0 = "6F24840E315041592E5359532E4444463031A5128801015F2D08656E6573667264659F110101"
+
+
+def test_t0_select_goes_without_le_and_fetches_with_get_response() -> None:
+    card = ScriptedCard("6126", EMV_UTILS_PSE_FCI_T0 + "9000")
+    data = apdu.transmit(card, apdu.select_aid(apdu.PSE_AID), t0=True)
+    assert data.hex().upper() == EMV_UTILS_PSE_FCI_T0
+    assert card.sent == ["00A404000E315041592E5359532E4444463031", "00C0000026"]
+
+
+def test_6c_resend_as_published() -> None:
+    # emv-utils "case 2 normal processing": 6C 1C, then the same READ RECORD with Le 1C.
+    record = "701A61184F07A0000000031010500A56495341204445424954870101"
+    card = ScriptedCard("6C1C", record + "9000")
+    assert apdu.transmit(card, apdu.read_record_sfi(1, 1)).hex().upper() == record
+    assert card.sent == ["00B2010C00", "00B2010C1C"]
+
+
+def test_transaction_failed_case4_is_retried_without_le() -> None:
+    card = ScriptedCard(FAIL, "6112", "6F108408" + "AA" * 8 + "A50401020304" + "9000")
+    data = apdu.transmit(card, apdu.select_aid(apdu.SSC_AID))
+    assert len(data) == 18
+    assert card.sent == [
+        "00A404000F7378312E73682EC9E7BBE1B1A3D5CF00",
+        "00A404000F7378312E73682EC9E7BBE1B1A3D5CF",
+        "00C0000012",
+    ]
+
+
+def test_transaction_failed_elsewhere_is_not_retried() -> None:
+    card = ScriptedCard(FAIL)
+    with pytest.raises(e.TransactionFailed):
+        apdu.transmit(card, apdu.read_record(1))
+    card = ScriptedCard(FAIL, FAIL)
+    with pytest.raises(e.TransactionFailed):
+        apdu.transmit(card, apdu.select_aid(apdu.SSC_AID))
+    assert len(card.sent) == 2
 
 
 def test_with_le_rejects_a_malformed_apdu() -> None:
@@ -118,6 +213,16 @@ def test_status_words_map_to_typed_errors(sw: str, error: type[e.ApduError]) -> 
     assert info.value.device == "cr"
     assert isinstance(info.value, DeviceRejected)
     assert sw in str(info.value) and "00 A4 02 00" in str(info.value)
+
+
+def test_end_of_record_warning_still_delivers_the_record() -> None:
+    record = "0812" + b"11010519491231002X".hex().upper()
+    assert apdu.transmit(ScriptedCard(record + "6282"), apdu.read_record(1)).hex().upper() == record
+    with pytest.raises(e.ApduError) as info:
+        apdu.transmit(ScriptedCard("6282"), apdu.read_record(1))  # a warning without data
+    assert info.value.sw == 0x6282
+    with pytest.raises(e.ApduError):
+        apdu.transmit(ScriptedCard("6F006282"), apdu.select_ef(b"\xef\x05"))  # only for reads
 
 
 def test_error_after_get_response_is_reported() -> None:

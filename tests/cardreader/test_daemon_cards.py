@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from cryptography.hazmat.primitives.hashes import SHA1
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from structlog.testing import capture_logs
 
 from gateway.auth.settings import decode_base32_secret
 from tests.support.daemon import inprocess_daemon
@@ -71,21 +73,36 @@ async def test_technician_needs_staff_card_and_totp_for_maintenance(
         # The same TOTP value is never accepted twice.
         resp = await http.post(f"{base}/factors/totp", headers=auth, json={"code": code})
         assert resp.status == 401
+    await card_gone()
 
 
-async def test_citizen_reads_social_security_card(state_dir: Path, pcscd: PcscDaemon) -> None:
+@pytest.mark.parametrize("personality", ["sscard", "sscard-t0"])
+async def test_citizen_reads_social_security_card(
+    state_dir: Path, pcscd: PcscDaemon, personality: str
+) -> None:
     config = f"""
 [devices.cardreader]
 driver = "pcsc"
-simulate = "sscard"
+simulate = "{personality}"
 sim_vpcd_port = {pcscd.vpcd_port}
 """
     async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
         await wait_online(http, "cardreader")
         body = await (await http.post("/v1/sessions")).json()
         base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
-        resp = await http.post(f"{base}/factors/sscard", headers=auth)
+        with capture_logs() as logs:
+            resp = await http.post(f"{base}/factors/sscard", headers=auth)
         assert resp.status == 200, await resp.text()
         factor = (await resp.json())["factor"]
         assert factor["kind"] == "sscard"
         assert "*" in factor["subject"], "the subject is shown masked"
+    (read,) = [e for e in logs if e["event"] == "sscard_addressing"]
+    assert read["protocol"] == ("T=0" if personality == "sscard-t0" else "T=1")
+    for secret in ("11010519491231002X", "测试持卡人", "TEST00001", "110100D156"):
+        assert secret not in repr(logs)
+    await card_gone()
+
+
+async def card_gone() -> None:
+    """The daemon's virtual card left with the daemon; the next test starts with an empty reader."""
+    assert await asyncio.to_thread(wait_card_state, False, timeout=10)

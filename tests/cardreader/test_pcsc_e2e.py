@@ -36,7 +36,7 @@ from tests.cardreader.conftest import EventLog
 from tests.support.pcsc import PcscDaemon, packaged_vpcd_port
 
 MakeCard = Callable[..., VirtualCard]
-PERSONAL = ("11010519491231002X", "测试持卡人", "TEST00001", "6200000000000000")
+PERSONAL = ("11010519491231002X", "测试持卡人", "TEST00001", "6200000000000000", "110100D156000005")
 
 
 def card_seen(reader: PcscCardReader) -> bool:
@@ -57,6 +57,7 @@ async def test_reads_a_social_security_card(
     await card.insert()
     result = await reader.read_social_security(timeout=10)
     assert result == SocialSecurityCard(
+        card_identifier="110100D15600000512345678FFFFFFFF",
         card_number="TEST00001",
         issuing_region="110100",
         spec_version="3.00",
@@ -65,9 +66,10 @@ async def test_reads_a_social_security_card(
         id_number="11010519491231002X",
         name="测试持卡人",
     )
-    # The card answered READ RECORD with 6Cxx first, so each item took a resend.
+    # T=1: every item read by its position, each answered at once (Le 00 = all of it).
     reads = [c.hex().upper() for c in card.commands if c[1] == 0xB2]
-    assert reads.count("00B20804") == 2
+    assert reads == ["00B20104", "00B20304", "00B20504", "00B20604", "00B20704", "00B20104", "00B20204"]
+    assert {a.hex() for a in card.answers} == {"9000"}
     assert reader.status.state is DeviceState.ONLINE
     assert reader.status.last_success_at is not None
     assert "card_inserted" in events.kinds()
@@ -79,7 +81,7 @@ async def test_reads_a_social_security_card(
 async def test_reads_configured_card_data(reader: PcscCardReader, make_card: MakeCard) -> None:
     number = "44030419800101001"
     data = SocialSecurityData(
-        card_identifier="440300D156000099",
+        card_identifier=bytes.fromhex("440300D15600009912345678FFFFFFFF"),
         id_number=number + id_check_char(number),
         name="另一位测试",
         expires_on=None,
@@ -98,9 +100,9 @@ async def test_reads_a_bank_card_label_and_aid_only(reader: PcscCardReader, make
     card = make_card(BankApplet())
     await card.insert()
     info = await reader.read_bank_card(timeout=10)
-    assert info == BankCardInfo(aid="A000000333010101", label="UnionPay Debit")
-    # Only SELECT PPSE and GET RESPONSE went to the card: no application, no record, no PAN.
-    assert {c[1] for c in card.commands} == {0xA4, 0xC0}
+    assert info == BankCardInfo(aid="A000000333010101", label="UnionPay Debit", source="ppse")
+    # Only SELECT PPSE went to the card: no application, no record, no PAN.
+    assert [c.hex().upper() for c in card.commands] == ["00A40400"]
 
 
 async def test_reads_a_staff_card_identifier(reader: PcscCardReader, make_card: MakeCard) -> None:
