@@ -19,6 +19,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.ops.centre import StationUsage
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -71,9 +72,12 @@ class UsageTracker:
         *,
         tz: dt.tzinfo | None = None,
         devices: Iterable[str] = (),
+        stations: Iterable[str] = (),
         max_samples: int = MAX_SAMPLES,
     ) -> None:
         self._clock = clock
+        # Per station figures (sessions, uses, ratings, heat map) ride in the same daily roll-up.
+        self.stations = StationUsage(clock, tz=tz, stations=stations)
         self._tz = tz
         self._max_samples = max_samples
         self._rng = random.Random(0x5EED)
@@ -101,6 +105,7 @@ class UsageTracker:
         return {
             "day": day.isoformat(),
             "devices": {name: figures.get(name, _DayFigures()).summary() for name in names},
+            "stations": self.stations.rollup(day),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -114,6 +119,7 @@ class UsageTracker:
         """Drop the figures of `through` and every earlier day (once reported)."""
         for day in [d for d in self._days if d <= through]:
             del self._days[day]
+        self.stations.forget(through)
 
     def dump(self) -> dict[str, Any]:
         """Plain data for the state file, so a restart keeps the day's counts."""
@@ -132,6 +138,7 @@ class UsageTracker:
                 }
                 for day, figures in self._days.items()
             },
+            "stations": self.stations.dump(),
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -146,6 +153,7 @@ class UsageTracker:
                 f.failures += int(raw["failures"])
                 f.total_s += float(raw["total_s"])
                 f.samples.extend(float(s) for s in raw["samples"][: self._max_samples - len(f.samples)])
+        self.stations.restore(data.get("stations", {}))
 
 
 def _write_atomic(path: Path, text: str) -> None:
