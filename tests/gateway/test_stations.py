@@ -50,8 +50,10 @@ async def centre(
         async with running_daemon(config) as daemon:
             yield daemon, readers, printers
     finally:
-        for sim in [*readers.values(), *printers.values()]:
-            await sim.stop()
+        for reader in readers.values():
+            await reader.stop()
+        for printer in printers.values():
+            await printer.stop()
 
 
 async def open_session(client: aiohttp.ClientSession, station: str) -> tuple[str, dict[str, str]]:
