@@ -15,6 +15,7 @@ have systemd-socket-activate || need+=(systemd)
 have systemd-analyze || need+=(systemd)
 have ffmpeg || need+=(ffmpeg)
 have curl || need+=(curl)
+have ser2net || [ -x /usr/sbin/ser2net ] || need+=(ser2net)
 have gcc || need+=(gcc)
 # The install-path tests build a venv from Debian's own python3.
 if [ -x /usr/bin/python3 ]; then /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv); else need+=(python3 python3-venv); fi
