@@ -626,7 +626,8 @@ def check_stations(config: GatewayConfig, devices: Sequence[CheckResult]) -> lis
     results = []
     for name, station in config.stations.items():
         worst = Verdict.PASS
-        parts, broken = [], []
+        parts: list[str] = []
+        broken: list[str] = []
         for kind, target in station.uses().items():
             members = config.pools[target].devices if target in config.pools else [target]
             ok = [m for m in members if verdicts.get(m) in (Verdict.PASS, Verdict.SKIP)]
