@@ -125,6 +125,11 @@ class SerialOptions(_Section):
 class SamvDevice(SerialOptions, tag_field="driver", tag="samv"):
     poll_interval_s: PositiveFloat = 0.25
     read_timeout_s: PositiveFloat = 3.0
+    # Simulator only: the card a sim:// reader presents ("unknown_type": a type code no reader
+    # names, answered as unsupported_card_type).
+    sim_card: Literal[
+        "resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023", "unknown_type"
+    ] = "resident"
 
 
 class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):

@@ -91,7 +91,9 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
         if port.startswith(SIM_PREFIX):
             from drivers.idcard.simulator import IdCardSimulator
 
-            simulator = IdCardSimulator(name=name, baudrate=cfg.baudrate, auto_present=True)
+            simulator = IdCardSimulator(
+                name=name, baudrate=cfg.baudrate, auto_present=True, card=cfg.sim_card
+            )
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
         return (

@@ -1,4 +1,8 @@
-"""The resident ID card reader (SAM_V over a serial port): typed commands, read_card, presence."""
+"""The ID card reader (SAM_V over a serial port): typed commands, read_card, presence.
+
+read_card returns the record of the document presented (resident ID card, foreigner's permanent
+residence card 2017/2023, HMT residence permit; card_types.py); another type is UnsupportedCard.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from drivers.base import (
     DriverError,
     FrameError,
 )
+from drivers.idcard.card_types import IdDocument, UnsupportedCardType, parse_card
 from drivers.idcard.errors import (
     BadRead,
     CardLost,
@@ -36,7 +41,7 @@ from drivers.idcard.frames import (
     reply_fits,
     status_name,
 )
-from drivers.idcard.identity import CardDataError, CheckDigitMismatch, IdCard, parse_text_block
+from drivers.idcard.identity import CardDataError, CheckDigitMismatch
 from drivers.idcard.protocol import SamvProtocol
 from drivers.serialio.device import SerialDevice
 
@@ -146,15 +151,15 @@ class SamvReader(SerialDevice[SamvProtocol]):
         """Select card (20 02); CardLost when the found card is gone."""
         await self._command(Command.SELECT_CARD, limit=timeout or self._find_timeout)
 
-    async def read_text_photo(self, *, timeout: float | None = None) -> IdCard:
-        """Read text + photo (30 01) of the selected card, parsed and check-digit verified."""
+    async def read_text_photo(self, *, timeout: float | None = None) -> IdDocument:
+        """Read text + photo (30 01) of the selected card, parsed by its type and check-digit verified."""
         return await self._read(fingerprint=False, limit=timeout)
 
     async def read_with_fingerprint(
         self,
         *,
         timeout: float | None = None,
-    ) -> IdCard:
+    ) -> IdDocument:
         """Read text + photo + fingerprint (30 10) of the selected card."""
         return await self._read(fingerprint=True, limit=timeout)
 
@@ -176,7 +181,7 @@ class SamvReader(SerialDevice[SamvProtocol]):
         *,
         timeout: float | None = None,
         fingerprint: bool = False,
-    ) -> IdCard:
+    ) -> IdDocument:
         """Wait for a card (polling find), then select and read it, all within `timeout`.
 
         A card that was just read must leave the field before it is read again.
@@ -212,6 +217,7 @@ class SamvReader(SerialDevice[SamvProtocol]):
             device=self.name,
             ms=round((time.monotonic() - started) * 1000),
             fingerprint=fingerprint,
+            card_type=card.document_type,
         )
         return card
 
@@ -262,17 +268,30 @@ class SamvReader(SerialDevice[SamvProtocol]):
         # Some readers find a card that stays in the field again; it is the same card.
         return not self._must_leave
 
-    async def _read(self, *, fingerprint: bool, limit: float | None) -> IdCard:
+    async def _read(self, *, fingerprint: bool, limit: float | None) -> IdDocument:
         command = Command.READ_WITH_FINGERPRINT if fingerprint else Command.READ_TEXT_PHOTO
         default = self._fingerprint_timeout if fingerprint else self._read_timeout
         reply = await self._command(command, limit=limit or default)
         try:
             data = decode_card_data(reply.data, fingerprint=fingerprint)
-            card = parse_text_block(data.text, photo=data.photo, fingerprint=data.fingerprint)
+            card = parse_card(data.text, photo=data.photo, fingerprint=data.fingerprint)
+        except UnsupportedCardType as err:
+            # The reader read the card fine (it must leave the field now, as after any read);
+            # it is a document this driver does not parse: say which type, never guess.
+            self._must_leave = True
+            self._card_present = False
+            self._tracker.record_success()
+            log.info("card_type_unsupported", device=self.name, card_type=err.code)
+            raise UnsupportedCard(
+                f"{self.name}: card type {err.code} is not supported; present another document",
+                device=self.name,
+                status=Status.OK,
+                card_type=err.code,
+            ) from err
         except CheckDigitMismatch as err:
-            self._tracker.record_error("bad read: ID number check digit")
+            self._tracker.record_error("bad read: document number check digit")
             raise CheckDigitError(
-                f"{self.name}: ID number failed its check digit; present the card again",
+                f"{self.name}: document number failed its check digit; present the card again",
                 device=self.name,
             ) from err
         except (FrameError, CardDataError) as err:
@@ -281,7 +300,7 @@ class SamvReader(SerialDevice[SamvProtocol]):
         self._must_leave = True
         self._card_present = False
         self._tracker.record_success()
-        self._tracker.emit("card_read", fingerprint=fingerprint)
+        self._tracker.emit("card_read", fingerprint=fingerprint, card_type=card.document_type)
         return card
 
     async def _command(self, command: Command, *, limit: float) -> Reply:
@@ -371,7 +390,7 @@ class SamvReader(SerialDevice[SamvProtocol]):
         if code == Status.SELECT_FAILED:
             raise CardLost(f"{self.name}: card left the field", device=self.name)
         if code == Status.UNKNOWN_CARD_TYPE:
-            raise UnsupportedCard(f"{self.name}: not a resident ID card", device=self.name)
+            raise UnsupportedCard(f"{self.name}: the reader does not know this card type", device=self.name)
         if code in _BAD_READ:
             self._tracker.record_error(what)
             raise BadRead(f"{what}; present the card again", device=self.name, status=code)

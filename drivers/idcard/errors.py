@@ -26,11 +26,22 @@ class CardLost(UserActionNeeded):
 
 
 class UnsupportedCard(UserActionNeeded):
-    """A card that is not a resident ID card (unknown card type, 40)."""
+    """A card of a type this driver does not read: the reader said so (status 40), or its text
+    block names a type (`card_type`, byte 248) that is not parsed. The API's `unsupported_card_type`."""
 
-    def __init__(self, message: str, *, device: str | None = None, status: int = 0x40) -> None:
+    code = "unsupported_card_type"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        device: str | None = None,
+        status: int = 0x40,
+        card_type: str | None = None,
+    ) -> None:
         super().__init__(message, device=device)
         self.status = status
+        self.card_type = card_type
 
 
 class BadRead(DriverError):

@@ -1,4 +1,11 @@
-"""The resident ID card record: text-block parsing, nation and gender codes, the ID check digit."""
+"""The resident ID card record: text-block parsing, nation and gender codes, the ID check digit.
+
+The 256-byte text block (GA/T 467 reply to 30 01, UCS-2 LE, space padded) and its fields are in
+../shared/protocols.md. Other holders' cards (foreigner's permanent residence card `I` and its 2023
+version `Y`, residence permit for Hong Kong, Macao and Taiwan residents `J`) share the block size
+and carry their type at byte 248; they are parsed in foreigner.py, foreigner2023.py and hmt.py,
+dispatched by card_types.py.
+"""
 
 from __future__ import annotations
 
@@ -157,6 +164,16 @@ class IdCard:
         return mask_id(self.id_number)
 
     @property
+    def document_type(self) -> str:
+        """Which document this is (`resident`: the type byte pair at 248 is blank)."""
+        return "resident"
+
+    @property
+    def document_number(self) -> str:
+        """The number the holder is known by: the 18-character citizen ID number."""
+        return self.id_number
+
+    @property
     def nation_code(self) -> str:
         for code, name in NATIONS.items():
             if name == self.nation:
@@ -174,7 +191,8 @@ class IdCard:
     __str__ = __repr__
 
 
-def _date(text: str, what: str) -> dt.date:
+def parse_date(text: str, what: str) -> dt.date:
+    """A YYYYMMDD field as a date; CardDataError for anything else."""
     if len(text) != 8 or not text.isascii() or not text.isdigit():
         raise CardDataError(f"{what} is not a YYYYMMDD date")
     try:
@@ -183,8 +201,8 @@ def _date(text: str, what: str) -> dt.date:
         raise CardDataError(f"{what} is not a calendar date") from err
 
 
-def parse_text_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | None = None) -> IdCard:
-    """Parse the 256-byte UCS-2 LE text block; CardDataError on anything that is not an identity."""
+def decode_fields(text: bytes, fields: tuple[tuple[str, int], ...]) -> dict[str, str]:
+    """Split a 256-byte UCS-2 LE block into named fields (widths in characters), padding stripped."""
     if len(text) != TEXT_LEN:
         raise CardDataError(f"text block is {len(text)} bytes, expected {TEXT_LEN}")
     try:
@@ -193,13 +211,35 @@ def parse_text_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | No
         raise CardDataError("text block is not UCS-2") from err
     values: dict[str, str] = {}
     offset = 0
-    for name, width in _FIELDS:
+    for name, width in fields:
         values[name] = chars[offset : offset + width].rstrip(" \x00")
         offset += width
+    return values
+
+
+def encode_fields(values: dict[str, str], fields: tuple[tuple[str, int], ...]) -> bytes:
+    """The 256-byte UCS-2 LE block for named field values, each space padded to its width."""
+    chars = ""
+    for name, width in fields:
+        value = values.get(name, "")
+        if len(value) > width:
+            raise CardDataError(f"{name} longer than {width} characters")
+        chars += value.ljust(width)
+    return chars.encode("utf-16-le")
+
+
+def parse_gender(code: str) -> Gender:
+    """A GB/T 2261.1 sex code; CardDataError for anything else."""
     try:
-        gender = Gender(values["gender"])
+        return Gender(code)
     except ValueError as err:
         raise CardDataError("gender code is not 0, 1, 2 or 9") from err
+
+
+def parse_text_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | None = None) -> IdCard:
+    """Parse the 256-byte UCS-2 LE text block; CardDataError on anything that is not an identity."""
+    values = decode_fields(text, _FIELDS)
+    gender = parse_gender(values["gender"])
     nation = NATIONS.get(values["nation"])
     if nation is None:
         raise CardDataError("nation code is not in GB 3304")
@@ -208,16 +248,16 @@ def parse_text_block(text: bytes, *, photo: bytes = b"", fingerprint: bytes | No
         raise CheckDigitMismatch("ID number fails its ISO 7064 MOD 11-2 check")
     if not values["name"]:
         raise CardDataError("name is empty")
-    valid_to = None if values["valid_to"] == NO_EXPIRY else _date(values["valid_to"], "valid_to")
+    valid_to = None if values["valid_to"] == NO_EXPIRY else parse_date(values["valid_to"], "valid_to")
     return IdCard(
         name=values["name"],
         gender=gender,
         nation=nation,
-        birth_date=_date(values["birth_date"], "birth_date"),
+        birth_date=parse_date(values["birth_date"], "birth_date"),
         address=values["address"],
         id_number=number,
         issuer=values["issuer"],
-        valid_from=_date(values["valid_from"], "valid_from"),
+        valid_from=parse_date(values["valid_from"], "valid_from"),
         valid_to=valid_to,
         photo=photo,
         fingerprint=fingerprint,
@@ -238,13 +278,7 @@ def encode_text_block(card: IdCard, *, nation_code: str | None = None) -> bytes:
         "valid_to": NO_EXPIRY if card.valid_to is None else card.valid_to.strftime("%Y%m%d"),
         "reserved": "",
     }
-    chars = ""
-    for name, width in _FIELDS:
-        value = values[name]
-        if len(value) > width:
-            raise CardDataError(f"{name} longer than {width} characters")
-        chars += value.ljust(width)
-    return chars.encode("utf-16-le")
+    return encode_fields(values, _FIELDS)
 
 
 def sample_photo(seed: int = 0) -> bytes:

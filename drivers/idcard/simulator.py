@@ -12,10 +12,14 @@ import asyncio
 import enum
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
 from drivers.base import FrameError
+from drivers.idcard.card_types import IdDocument, encode_card
+from drivers.idcard.foreigner import sample_foreigner_card
+from drivers.idcard.foreigner2023 import sample_foreigner2023_card
 from drivers.idcard.frames import (
     HEADER_LEN,
     MAX_FRAME,
@@ -31,7 +35,8 @@ from drivers.idcard.frames import (
     encode_sam_id,
     frame_len,
 )
-from drivers.idcard.identity import IdCard, encode_text_block, sample_card
+from drivers.idcard.hmt import sample_hmt_permit
+from drivers.idcard.identity import sample_card, sample_photo
 from drivers.serialio.framing import PreambleFramer
 from drivers.serialio.simport import PtyEndpoint
 
@@ -39,6 +44,38 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_GARBAGE = b"\x00\xff\x13\xaa\xaa\x96\x55"
 SAM_ID_PARTS = (5, 1, 20230101, 12345, 987654321)
+# The card an auto-presenting simulator shows (config devices.X.sim_card); "unknown_type" is a
+# block whose type code (Z) no reader SDK names: the driver answers unsupported_card_type.
+SIM_CARDS = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023", "unknown_type")
+
+
+@dataclass(frozen=True, slots=True)
+class RawCard:
+    """A card given as its raw text block (published test vectors, types the driver does not parse)."""
+
+    text: bytes
+    photo: bytes = b""
+    fingerprint: bytes | None = None
+
+    def __repr__(self) -> str:
+        return f"RawCard(text={len(self.text)} bytes, photo={len(self.photo)} bytes)"
+
+
+def sim_card(kind: str) -> IdDocument | RawCard:
+    """The fake card a simulator presents for a `sim_card` setting (names and numbers are test data)."""
+    if kind == "foreign_permanent":
+        return sample_foreigner_card()
+    if kind == "hmt_residence":
+        return sample_hmt_permit()
+    if kind == "foreign_permanent_2023":
+        return sample_foreigner2023_card()
+    if kind == "unknown_type":
+        text = bytearray(encode_card(sample_foreigner2023_card()))
+        text[248:250] = "Z".encode("utf-16-le")
+        return RawCard(bytes(text), sample_photo(4))
+    if kind == "resident":
+        return sample_card()
+    raise ValueError(f"unknown simulated card {kind!r}; one of {', '.join(SIM_CARDS)}")
 
 
 class Phase(enum.Enum):
@@ -65,7 +102,9 @@ class IdCardSimulator:
         auto_remove_delay: float = 0.5,
         read_delay: float = 0.0,
         fingerprint: bytes | None = None,
+        card: str = "resident",
     ) -> None:
+        self.presents = sim_card(card)  # what insert_card() puts in the field by default
         self.port = PtyEndpoint(self._on_bytes, name=name, baudrate=baudrate, pace=pace)
         self._framer = PreambleFramer(
             PREAMBLE,
@@ -79,7 +118,7 @@ class IdCardSimulator:
         self.auto_remove_delay = auto_remove_delay
         self.read_delay = read_delay
         self.fingerprint = fingerprint if fingerprint is not None else bytes(range(256)) * 4
-        self.card: IdCard | None = None
+        self.card: IdDocument | RawCard | None = None
         self.phase = Phase.ABSENT
         self.sam_status = Status.OK
         self.new_address: str | None = None
@@ -114,9 +153,9 @@ class IdCardSimulator:
 
     # --- the card slot ---------------------------------------------------------------------
 
-    def insert_card(self, identity: IdCard | None = None) -> None:
+    def insert_card(self, identity: IdDocument | RawCard | None = None) -> None:
         """Put a card in the field (a fresh presentation: it can be read once)."""
-        self.card = identity if identity is not None else sample_card()
+        self.card = identity if identity is not None else self.presents
         self.phase = Phase.PRESENT
 
     def remove_card(self) -> None:
@@ -229,8 +268,9 @@ class IdCardSimulator:
             return Reply(0, 0, Status.READ_FAILED)
         if self.read_delay:
             await asyncio.sleep(self.read_delay)
+        text = card.text if isinstance(card, RawCard) else encode_card(card)
         data = CardData(
-            encode_text_block(card),
+            text,
             card.photo,
             (card.fingerprint or self.fingerprint) if with_fingerprint else None,
         )

@@ -65,7 +65,11 @@ CARD_FACTORS: dict[str, tuple[str, CardRead, CardProve]] = {
         "idcard",
         lambda device, remaining: device.read_card(timeout=remaining),
         lambda auth, state, card: auth.prove_idcard(
-            state, card.id_number, photo=card.photo, valid_until=card.valid_to
+            state,
+            card.document_number,
+            photo=card.photo,
+            valid_until=card.valid_to,
+            document_type=card.document_type,
         ),
     ),
     "sscard": (

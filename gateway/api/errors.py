@@ -10,6 +10,7 @@ from drivers.base import (
     FrameError,
     UserActionNeeded,
 )
+from drivers.idcard.errors import UnsupportedCard
 from gateway.api.problems import Problem, retry_after
 from gateway.auth.errors import AuthError
 from gateway.devices import NoSuchDevice, UnknownDevice
@@ -104,6 +105,14 @@ def to_problem(err: Exception) -> Problem | None:
         )
     if isinstance(err, DeviceTimeout):
         return Problem(504, "device-timeout", "Device did not answer in time", str(err), device=err.device)
+    if isinstance(err, UnsupportedCard):
+        # Its own kind: the citizen presented a document this reader cannot be used with.
+        problem = Problem(
+            409, "unsupported-card-type", "Unsupported card type", str(err), device=err.device, code=err.code
+        )
+        if err.card_type:
+            problem.extensions["card_type"] = err.card_type
+        return problem
     if isinstance(err, UserActionNeeded):
         return Problem(409, "user-action-needed", "The device needs the user", str(err), device=err.device)
     if isinstance(err, DeviceRejected):

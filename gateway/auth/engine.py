@@ -31,7 +31,14 @@ from gateway.auth.pins import PinError, check_pin_format, hash_pin, verify_pin
 from gateway.auth.policy import Assurance, Decision, Policy
 from gateway.auth.settings import AuthSettings, FaceSettings, FactorKind, SessionKind
 from gateway.auth.store import AuthStore, FailureRecord
-from gateway.auth.subjects import Subject, SubjectKeys, mask_id, valid_id_number
+from gateway.auth.subjects import (
+    DOCUMENT_TYPES,
+    Subject,
+    SubjectKeys,
+    mask_id,
+    valid_document_number,
+    valid_id_number,
+)
 from gateway.auth.throttle import Throttle
 from gateway.auth.totp import TotpOutcome, TotpVerifier
 
@@ -140,6 +147,7 @@ class Authenticator:
         check: Check,
         *,
         extra: dict[str, Any] | None = None,
+        document_type: str | None = None,
     ) -> ProvenFactor:
         """Throttle check, the factor's own check, counting, state update and audit, in order."""
         await self._emit("auth.attempt", self._body(state, kind, subject))
@@ -165,6 +173,7 @@ class Authenticator:
             cryptographic=info.cryptographic,
             at=self._clock(),
             session_id=state.session_id,
+            document_type=document_type,
         )
         state.add(factor)
         await self._emit(
@@ -209,21 +218,26 @@ class Authenticator:
         *,
         photo: bytes = b"",
         valid_until: dt.date | None = None,
+        document_type: str = "resident",
     ) -> ProvenFactor:
-        """A resident ID card the SAM authenticated; its photo is kept for the face factor."""
+        """An ID card the SAM authenticated (a resident ID card, a foreigner's permanent residence
+        card or an HMT residence permit): its document number is the subject, its photo is kept for
+        the face factor."""
         self._require_session_kind(state, "idcard")
+        if document_type not in DOCUMENT_TYPES:
+            raise ValueError(f"unknown document type {document_type!r}")
         id_number = id_number.strip().upper()
         subject = self.keys.citizen(id_number)
 
         async def check() -> str | None:
-            if not valid_id_number(id_number):
+            if not valid_document_number(document_type, id_number):
                 return "bad_id_number"
             if valid_until is not None and valid_until < self._today():
                 return "card_expired"
             return None
 
         async with state.lock:
-            factor = await self._attempt(state, "idcard", subject, check)
+            factor = await self._attempt(state, "idcard", subject, check, document_type=document_type)
             state.idcard = CardHolder(id_number, subject, bytes(photo))
             return factor
 
@@ -426,7 +440,7 @@ class Authenticator:
     def subject_for(self, subject: str) -> Subject:
         """Ops' way to name a subject: an ID number, a stored key (`citizen:...`), or a staff id."""
         text = subject.strip()
-        if valid_id_number(text.upper()):
+        if valid_id_number(text.upper()) or valid_document_number("foreign_permanent", text.upper()):
             return self.keys.citizen(text)
         kind, sep, key = text.partition(":")
         if sep and key and kind == "staff":

@@ -49,10 +49,12 @@ class ProvenFactor:
     cryptographic: bool
     at: float
     session_id: str
+    # The ID card factor's document (resident, foreign_permanent, hmt_residence); None otherwise.
+    document_type: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, subject masked (for GET /v1/sessions/{id} and audit)."""
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "category": self.category,
             "subject": self.subject.masked,
@@ -60,6 +62,9 @@ class ProvenFactor:
             "cryptographic": self.cryptographic,
             "at": self.at,
         }
+        if self.document_type is not None:
+            out["document_type"] = self.document_type
+        return out
 
 
 @dataclass(frozen=True, slots=True)

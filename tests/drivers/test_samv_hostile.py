@@ -168,8 +168,8 @@ async def test_a_cancelled_read_does_not_hand_its_card_to_the_next_reader(
     second = other_card()
     idcard_sim.insert_card(second)
     card = await reader.read_card(timeout=5)
-    assert card.id_number == second.id_number
-    assert card.id_number != first.id_number
+    assert card.document_number == second.id_number
+    assert card.document_number != first.id_number
 
 
 def other_card() -> IdCard:

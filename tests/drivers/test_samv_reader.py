@@ -92,7 +92,7 @@ async def test_card_must_leave_before_the_next_read(reader: SamvReader, idcard_s
         await reader.read_card(timeout=0.3)
     idcard_sim.remove_card()
     idcard_sim.insert_card()
-    assert (await reader.read_card(timeout=5)).id_number == sample_card().id_number
+    assert (await reader.read_card(timeout=5)).document_number == sample_card().id_number
 
 
 async def test_bad_check_digit_is_a_bad_read(reader: SamvReader, idcard_sim: IdCardSimulator) -> None:
