@@ -96,7 +96,7 @@ async def test_reads_through_the_device_server_and_recovers_after_it_returns(
         await wait_state(reader, DeviceState.ONLINE)
         sim.insert_card()
         card = await reader.read_card(timeout=3)
-        assert card.id_number.startswith("110101")
+        assert card.document_number.startswith("110101")
 
         server.stop()  # the serial device server is unplugged
         await wait_state(reader, DeviceState.NO_DEVICE)
@@ -108,6 +108,6 @@ async def test_reads_through_the_device_server_and_recovers_after_it_returns(
         await asyncio.sleep(0.5)
         sim.insert_card()
         card = await second
-        assert card.id_number.startswith("110101")
+        assert card.document_number.startswith("110101")
     finally:
         await reader.close()
