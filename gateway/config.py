@@ -227,6 +227,9 @@ class OpsConfig(_Section):
     telemetry_interval_s: PositiveFloat = 60.0
     # Event-loop lag that raises a blue alert (it clears at half of it).
     loop_lag_warn_s: PositiveFloat = 0.5
+    # How long a device stays failed (offline, no_device, hardware_error) before it counts toward
+    # the red device-failure-share alert (a replug or a restart should not page anyone).
+    device_failure_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class GatewayConfig(_Section):

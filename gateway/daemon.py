@@ -163,6 +163,8 @@ class Daemon:
         self.link: MqttLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
+        # One pending re-judgement of the device-failure share (when a failed device's grace ends).
+        self._share_timer: asyncio.TimerHandle | None = None
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
             max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
@@ -643,7 +645,12 @@ class Daemon:
         stack.push_async_callback(reporter.close)
         lag = config.ops.loop_lag_warn_s
         self.alerts = AlertEngine(
-            self.cloud, rules=AlertRules(loop_lag_raise_s=lag, loop_lag_clear_s=lag / 2)
+            self.cloud,
+            rules=AlertRules(
+                loop_lag_raise_s=lag,
+                loop_lag_clear_s=lag / 2,
+                share_grace_s=config.ops.device_failure_grace_s,
+            ),
         )
         self.alerts.start()
         stack.push_async_callback(self.alerts.close)
@@ -657,6 +664,7 @@ class Daemon:
         self.ctx.record_feedback = self._record_feedback
         self.devices.subscribe(self._device_share_event)
         self._judge_device_share()
+        stack.callback(self._cancel_share_timer)
         collector = TelemetryCollector(config.state_dir, lambda: self.monitor.lag, self.ctx.started_at)
         self.telemetry = TelemetryLoop(
             collector, self.cloud, config.ops.telemetry_interval_s, on_sample=self._judge_system
@@ -698,8 +706,15 @@ class Daemon:
         self.alerts.evaluate_device_share(states, where)
         grace = self.alerts.rules.share_grace_s
         pending = [grace - age for state, age in states.values() if state in FAILED_STATES and age < grace]
+        self._cancel_share_timer()
         if pending:
-            asyncio.get_running_loop().call_later(min(pending) + 0.05, self._judge_device_share)
+            loop = asyncio.get_running_loop()
+            self._share_timer = loop.call_later(min(pending) + 0.05, self._judge_device_share)
+
+    def _cancel_share_timer(self) -> None:
+        if self._share_timer is not None:
+            self._share_timer.cancel()
+            self._share_timer = None
 
     def _station_overview(self) -> list[dict[str, Any]]:
         """GET /v1/stations: each station's devices and their states, open sessions, today's figures."""

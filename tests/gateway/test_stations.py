@@ -172,19 +172,24 @@ async def test_station_rules_at_session_creation(state_dir: Path) -> None:
             assert resp.status == 201
 
 
-def _event_bodies(state_dir: Path, type_: str) -> list[dict[str, Any]]:
+def _messages(state_dir: Path, stream: str) -> list[dict[str, Any]]:
+    """The payloads the daemon queued on `stream`, read from its outbox file."""
     conn = sqlite3.connect(f"file:{state_dir / 'outbox.sqlite3'}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT envelope FROM messages WHERE stream = 'event' ORDER BY seq").fetchall()
+        rows = conn.execute(
+            "SELECT envelope FROM messages WHERE stream = ? ORDER BY seq", (stream,)
+        ).fetchall()
     finally:
         conn.close()
-    found = []
+    payloads = []
     for (envelope,) in rows:
         payload = json.loads(envelope)["payload"]
-        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        if data["type"] == type_:
-            found.append(data["body"])
-    return found
+        payloads.append(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+    return payloads
+
+
+def _event_bodies(state_dir: Path, type_: str) -> list[dict[str, Any]]:
+    return [m["body"] for m in _messages(state_dir, "event") if m["type"] == type_]
 
 
 async def test_feedback_once_per_session_also_after_it_ended(state_dir: Path) -> None:
@@ -249,3 +254,45 @@ async def test_feedback_once_per_session_also_after_it_ended(state_dir: Path) ->
 def test_config_check_names_the_station_key(tables: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error.replace("(", r"\(").replace(")", r"\)")):
         parse_config(tables, source="t.toml")
+
+
+async def test_red_alert_when_two_of_ten_devices_fail_names_them_and_their_stations(state_dir: Path) -> None:
+    """Ten printers at five stations on their own ptys; two are unplugged past the grace period."""
+    printers = {f"p{n}": PrinterSimulator(name=f"p{n}", pace=False) for n in range(10)}
+    paths = {name: await sim.start() for name, sim in printers.items()}
+    tables = ["[ops]\ndevice_failure_grace_s = 0.5\n"]
+    for name, path in paths.items():
+        tables.append(f'[devices.{name}]\ndriver = "escpos"\nport = "{path}"\nbaudrate = 115200\n')
+    for n in range(5):
+        tables.append(f'[pools.pool{n}]\ndevices = ["p{2 * n}", "p{2 * n + 1}"]\n')
+        tables.append(f'[stations.k{n}]\nprinter = "pool{n}"\n')
+    config = write_config(state_dir, "\n".join(tables))
+    try:
+        async with running_daemon(config) as daemon, unix_session(daemon.socket_path) as client:
+            await wait_online(client, set(printers))
+            await printers["p3"].unplug()
+            await printers["p6"].unplug()
+            alerts: list[dict[str, Any]] = []
+            for _ in range(100):
+                async with client.get("/v1/status") as resp:
+                    alerts = [a for a in (await resp.json())["alerts"] if a["rule"] == "device_failure_share"]
+                if alerts:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(alerts) == 1, alerts
+            assert alerts[0]["severity"] == "red" and alerts[0]["value"] == 0.2
+            assert "p3 (k1)" in alerts[0]["detail"] and "p6 (k3)" in alerts[0]["detail"]
+            await printers["p3"].replug()
+            await printers["p6"].replug()
+            for _ in range(100):
+                async with client.get("/v1/status") as resp:
+                    alerts = [a for a in (await resp.json())["alerts"] if a["rule"] == "device_failure_share"]
+                if not alerts:
+                    break
+                await asyncio.sleep(0.1)
+            assert alerts == []
+    finally:
+        for sim in printers.values():
+            await sim.stop()
+    share = [m["type"] for m in _messages(state_dir, "alert") if m["body"]["rule"] == "device_failure_share"]
+    assert share == ["alert_raised", "alert_cleared"]
