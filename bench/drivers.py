@@ -1,7 +1,10 @@
 """Serial driver benchmark: ID card read latency over a paced pty, receipt print throughput.
 
 Run: .venv/bin/python bench/drivers.py [--reads 40] [--jobs 20] [--print-time 0.5]
-Prints figures and ratios against the wire time and a raw pty baseline measured in the same run.
+                                       [--captures 10] [--lines 5]
+Prints figures and ratios against the wire time and a raw pty baseline measured in the same run;
+also the YUYV capture path against the MJPEG path (ffmpeg), and a raster receipt line against a
+text line at 9600 baud.
 """
 
 from __future__ import annotations
@@ -10,8 +13,11 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from drivers.camera import V4l2Camera
 from drivers.idcard import IdCardSimulator, NoCard, SamvReader
 from drivers.idcard.frames import (
     CardData,
@@ -29,7 +36,8 @@ from drivers.idcard.frames import (
     encode_reply,
     encode_request,
 )
-from drivers.printer import EscPosPrinter, PrinterSimulator, PrintJob
+from drivers.printer import Align, EscPosPrinter, Line, PrinterSimulator, PrintJob
+from drivers.printer.job import encode
 from drivers.serialio.simport import PtyEndpoint
 
 BAUD = 115200
@@ -158,11 +166,93 @@ async def print_throughput(jobs: int, print_time: float) -> None:
     print(f"  queue wait      median {statistics.median(waits):7.0f} ms   max {max(waits):7.0f} ms")
 
 
+async def capture_paths(captures: int) -> None:
+    """V4l2Camera.capture from raw yuyv422 frames (encoded to JPEG) against MJPEG frames."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        print("\ncamera paths: ffmpeg not installed (apt-get install -y ffmpeg)")
+        return
+    size, frames = "640x480", 12
+    source = f"testsrc=size={size}:rate=30"
+    with tempfile.TemporaryDirectory() as tmp:
+        raw, mjpeg = Path(tmp) / "f.yuyv", Path(tmp) / "f.mjpeg"
+        lavfi = [ffmpeg, "-v", "error", "-f", "lavfi", "-i", source, "-frames:v", str(frames)]
+        subprocess.run([*lavfi, "-f", "rawvideo", "-pix_fmt", "yuyv422", str(raw)], check=True)
+        subprocess.run([*lavfi, "-c:v", "mjpeg", "-f", "mjpeg", str(mjpeg)], check=True)
+        inputs = {
+            "yuyv422 (raw, encoded)": [
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "yuyv422",
+                "-video_size",
+                size,
+                "-i",
+                str(raw),
+            ],
+            "mjpeg (decoded, re-encoded)": ["-f", "mjpeg", "-i", str(mjpeg)],
+        }
+        results: dict[str, dict[int, list[float]]] = {}
+        for label, args in inputs.items():
+            for skip in (0, 5):
+                camera = V4l2Camera("camera", ffmpeg_input=args, skip_frames=skip, timeout=30)
+                samples = []
+                for _ in range(captures):
+                    started = time.perf_counter()
+                    await camera.capture()
+                    samples.append((time.perf_counter() - started) * 1000)
+                await camera.close()
+                results.setdefault(label, {})[skip] = samples
+    print(f"\nUSB camera capture through ffmpeg ({size}, {captures} captures each, frames from files)")
+    base = statistics.median(results["mjpeg (decoded, re-encoded)"][0])
+    for label, by_skip in results.items():
+        for skip, samples in by_skip.items():
+            med = statistics.median(samples)
+            print(f"  {label:<28} skip {skip}   {fmt(samples)}   {med / base:.2f}x mjpeg skip 0")
+    print("  (a real camera adds its frame interval per skipped frame: 5 x 33 ms at 30 fps)")
+
+
+async def raster_line_time(lines: int) -> None:
+    """Print time of one text line against the same line as a raster image, at 9600 baud."""
+    jobs = {
+        "text line (GBK)": PrintJob((Line("姓名: 张三"),), feed_lines=0, cut=False),
+        "raster line, left (刘䶮)": PrintJob((Line("姓名: 刘䶮"),), feed_lines=0, cut=False),
+        "raster line, centred": PrintJob((Line("姓名: 刘䶮", align=Align.CENTER),), feed_lines=0, cut=False),
+        "raster line, double": PrintJob((Line("姓名: 刘䶮", double=True),), feed_lines=0, cut=False),
+    }
+    sim = PrinterSimulator(pace=True, baudrate=9600, print_time=0.0)
+    path = await sim.start()
+    printer = EscPosPrinter("printer", path, baudrate=9600)
+    results: dict[str, tuple[int, list[float]]] = {}
+    try:
+        await printer.start()
+        await printer.wait_online(timeout=5)
+        for label, job in jobs.items():
+            nbytes = len(encode(job, printer.profile).data)
+            samples = []
+            for _ in range(lines):
+                started = time.perf_counter()
+                await printer.print_job(job, timeout=60)
+                samples.append((time.perf_counter() - started) * 1000)
+            results[label] = (nbytes, samples)
+    finally:
+        await printer.close()
+        await sim.stop()
+    print(f"\nreceipt line at 9600 baud (80 mm, 576 dots; simulator paced, no print time; {lines} jobs each)")
+    base = statistics.median(results["text line (GBK)"][1])
+    for label, (nbytes, samples) in results.items():
+        wire = nbytes * 10 / 9600 * 1000
+        med = statistics.median(samples)
+        print(f"  {label:<26} {nbytes:5d} B  wire {wire:6.0f} ms   {fmt(samples)}   {med / base:5.2f}x text")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reads", type=int, default=40)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--print-time", type=float, default=0.5)
+    parser.add_argument("--captures", type=int, default=10)
+    parser.add_argument("--lines", type=int, default=5)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -187,6 +277,8 @@ async def main() -> None:
     )
     print(f"  target read < 1.2x wire: {'met' if read / wire_ms < 1.2 else 'NOT met'}")
     await print_throughput(args.jobs, args.print_time)
+    await capture_paths(args.captures)
+    await raster_line_time(args.lines)
 
 
 if __name__ == "__main__":

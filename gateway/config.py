@@ -140,8 +140,35 @@ class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):
     # "xonxoff": the printer paces job data with XON/XOFF (set it to match the printer's DIP
     # switches or memory switch); "none": it does not.
     flow_control: Literal["none", "xonxoff"] = "none"
+    # "full" or "partial": the cut after each receipt (GS V 0 / GS V 1, after a 6-line feed).
+    cut: Literal["full", "partial"] = "full"
+    # Characters the printer's built-in font has: "gb2312", "gbk" or "gb18030" (the mandatory
+    # set: two-byte codes plus CJK Extension A).
+    font_charset: Literal["gb2312", "gbk", "gb18030"] = "gbk"
+    # A line with characters outside font_charset: "raster" draws it as an image (GS v 0) with
+    # raster_fonts; "placeholder" prints `placeholder` in place of each such character.
+    unprintable: Literal["raster", "placeholder"] = "raster"
+    placeholder: Annotated[str, msgspec.Meta(min_length=1, max_length=4)] = "□"
+    # Printable width in dots: 576 for 80 mm paper, 384 for 58 mm (203 dpi heads).
+    paper_width_dots: Annotated[int, msgspec.Meta(ge=8, le=4096, multiple_of=8)] = 576
+    # TrueType fonts for raster lines, tried in order per character; the first must exist.
+    raster_fonts: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+            "/usr/share/fonts/truetype/hanazono/HanaMinA.ttf",
+            "/usr/share/fonts/truetype/hanazono/HanaMinB.ttf",
+        ]
+    )
     # Simulator only: seconds the simulated printer takes per job.
     sim_print_time_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+
+    def __post_init__(self) -> None:
+        from drivers.printer.charset import printable
+
+        if not all(printable(c, self.font_charset) for c in self.placeholder):
+            raise ValueError(f"placeholder {self.placeholder!r} is not printable in {self.font_charset}")
+        if self.unprintable == "raster" and not self.raster_fonts:
+            raise ValueError("unprintable = 'raster' needs at least one of raster_fonts")
 
 
 class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
@@ -157,6 +184,14 @@ class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
 
 class V4l2Device(_Section, tag_field="driver", tag="v4l2"):
     device: str = "/dev/video0"
+    # "auto": ask the camera what it offers and take MJPEG, else raw YUYV (encoded to JPEG);
+    # or an ffmpeg input format name to force one ("mjpeg", "yuyv422", ...).
+    input_format: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")] = "auto"
+    # Wanted frame size; the camera's nearest offered size is used when it lacks this one.
+    width: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 640
+    height: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 480
+    # Frames dropped after the device opens, while auto-exposure settles (they come out dark).
+    skip_frames: Annotated[int, msgspec.Meta(ge=0, le=300)] = 5
     timeout_s: PositiveFloat = 5.0
     max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
@@ -167,7 +202,12 @@ class HttpCameraDevice(_Section, tag_field="driver", tag="http"):
     url: str
     username: str = ""
     password: str = ""
-    auth: Literal["basic", "digest"] = "digest"
+    # "digest": answer only Digest (any WWW-Authenticate header, strongest algorithm); "auto": the
+    # strongest scheme the camera offers, Basic included; "basic": send Basic at once.
+    auth: Literal["auto", "basic", "digest"] = "digest"
+    # An MJPEG stream URL (multipart/x-mixed-replace): "first_frame" takes one frame of it,
+    # "refuse" fails with an error saying the URL is a stream, not a snapshot.
+    stream: Literal["first_frame", "refuse"] = "first_frame"
     timeout_s: PositiveFloat = 5.0
     max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)

@@ -116,6 +116,8 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             simulator = PrinterSimulator(name=name, baudrate=cfg.baudrate, print_time=cfg.sim_print_time_s)
             port = await simulator.start()
             stack.push_async_callback(simulator.stop)
+        from drivers.printer.job import PrinterProfile
+
         printer = EscPosPrinter(
             name,
             port,
@@ -123,6 +125,14 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
             status_back=cfg.status_back,
             confirm_print=cfg.confirm_print,
             xonxoff=cfg.flow_control == "xonxoff",
+            profile=PrinterProfile(
+                cut=cfg.cut,
+                charset=cfg.font_charset,
+                unprintable=cfg.unprintable,
+                placeholder=cfg.placeholder,
+                width_dots=cfg.paper_width_dots,
+                raster_fonts=tuple(cfg.raster_fonts),
+            ),
         )
         return printer, simulator
     if isinstance(cfg, PcscDevice):
@@ -164,6 +174,7 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
                 username=cfg.username or None,
                 password=cfg.password or None,
                 auth=cfg.auth,
+                stream=cfg.stream,
                 timeout=cfg.timeout_s,
                 max_bytes=cfg.max_bytes,
             ),
@@ -172,7 +183,17 @@ async def _build(name: str, cfg: DeviceConfig, stack: AsyncExitStack) -> tuple[D
     if isinstance(cfg, V4l2Device):
         from drivers.camera.v4l2 import V4l2Camera
 
-        return V4l2Camera(name, cfg.device, timeout=cfg.timeout_s, max_bytes=cfg.max_bytes), None
+        camera = V4l2Camera(
+            name,
+            cfg.device,
+            input_format=cfg.input_format,
+            width=cfg.width,
+            height=cfg.height,
+            skip_frames=cfg.skip_frames,
+            timeout=cfg.timeout_s,
+            max_bytes=cfg.max_bytes,
+        )
+        return camera, None
     raise GatewayError(f"devices.{name}: unsupported driver")
 
 

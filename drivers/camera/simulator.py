@@ -1,5 +1,10 @@
 """A simulated IP camera: real JPEG snapshots over HTTP on 127.0.0.1, Digest or Basic auth, faults.
 
+`auth="basic+digest"` challenges as cameras that offer both do: a Basic WWW-Authenticate header
+first, a Digest one second, and accepts either answer. `stream_path` serves an MJPEG stream
+(`multipart/x-mixed-replace`, each part with Content-Type and Content-Length) until the client
+goes away.
+
 Frames come from the pure-Python tile encoder in `jpeg.py` (colour bars, a moving block and the
 frame counter in binary), so no ffmpeg or data file is needed at run time; each response also
 carries a COM segment with the frame number and time, as real cameras stamp them.
@@ -96,18 +101,25 @@ class CameraSimulator:
         width: int = 320,
         height: int = 240,
         path: str = "/snapshot.jpg",
+        stream_path: str = "/video.mjpg",
+        stream_fps: float = 10.0,
         host: str = "127.0.0.1",
         port: int = 0,
         slow_delay: float = 30.0,
     ) -> None:
-        if auth not in ("digest", "basic"):
-            raise ValueError("auth is 'digest' or 'basic'")
+        if auth not in ("digest", "basic", "basic+digest"):
+            raise ValueError("auth is 'digest', 'basic' or 'basic+digest'")
         self.username = username
         self.password = password
         self.auth = auth
         self.width = width
         self.height = height
         self.path = path
+        self.stream_path = stream_path
+        self.stream_fps = stream_fps
+        self.stream_url = ""
+        self.streams_open = 0
+        self.authorized_with: list[str] = []
         self.host = host
         self.port = port
         self.slow_delay = slow_delay
@@ -125,6 +137,7 @@ class CameraSimulator:
         """Listen on host:port (0 = a free port) and return the snapshot URL."""
         app = web.Application()
         app.router.add_get(self.path, self._snapshot)
+        app.router.add_get(self.stream_path, self._stream)
         self._stopping = asyncio.Event()
         # Handlers end promptly on stop (a slow fault waits on _stopping), so keep this short.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -133,6 +146,7 @@ class CameraSimulator:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self.url = f"http://{self.host}:{self.port}{self.path}"
+        self.stream_url = f"http://{self.host}:{self.port}{self.stream_path}"
         return self.url
 
     async def stop(self) -> None:
@@ -177,16 +191,18 @@ class CameraSimulator:
 
     def _challenge(self) -> web.Response:
         self.unauthorized += 1
-        if self.auth == "basic":
-            header = f'Basic realm="{self.realm}"'
-        else:
+        response = web.Response(status=401, text="401")
+        if self.auth in ("basic", "basic+digest"):
+            response.headers.add("WWW-Authenticate", f'Basic realm="{self.realm}"')
+        if self.auth in ("digest", "basic+digest"):
             nonce = secrets.token_hex(16)
             self._nonces.append(nonce)
-            header = (
+            response.headers.add(
+                "WWW-Authenticate",
                 f'Digest realm="{self.realm}", qop="auth", algorithm=MD5, '
-                f'nonce="{nonce}", opaque="{secrets.token_hex(8)}"'
+                f'nonce="{nonce}", opaque="{secrets.token_hex(8)}"',
             )
-        return web.Response(status=401, headers={"WWW-Authenticate": header}, text="401")
+        return response
 
     def _authorized(self, request: web.Request) -> bool:
         if self.username is None:
@@ -195,15 +211,21 @@ class CameraSimulator:
             return False
         header = request.headers.get("Authorization", "")
         scheme, _, rest = header.partition(" ")
-        if self.auth == "basic":
-            if scheme.lower() != "basic":
+        ok = self._check(request, scheme.lower(), rest)
+        if ok:
+            self.authorized_with.append(scheme.lower())
+        return ok
+
+    def _check(self, request: web.Request, scheme: str, rest: str) -> bool:
+        if scheme == "basic":
+            if self.auth not in ("basic", "basic+digest"):
                 return False
             try:
                 user, _, password = base64.b64decode(rest.strip()).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 return False
             return hmac.compare_digest(f"{user}:{password}", f"{self.username}:{self.password}")
-        if scheme.lower() != "digest":
+        if scheme != "digest" or self.auth not in ("digest", "basic+digest"):
             return False
         p = _parse_auth_params(rest)
         required = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
@@ -236,6 +258,34 @@ class CameraSimulator:
         if fault is CameraFault.OVERSIZE:
             return await self._endless(request, jpeg)
         return web.Response(body=jpeg, content_type="image/jpeg")
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return self._challenge()
+        boundary = "edgegatewayframe"
+        response = web.StreamResponse(
+            headers={"Content-Type": f"multipart/x-mixed-replace; boundary={boundary}"}
+        )
+        await response.prepare(request)
+        self.streams_open += 1
+        # Ends when the client has its frame and closes; a bounded loop all the same.
+        deadline = time.monotonic() + 60.0
+        try:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                jpeg = self.frame(self.frames_served)
+                self.frames_served += 1
+                head = (
+                    f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+                ).encode()
+                await response.write(head + jpeg + b"\r\n")
+                self.bytes_streamed += len(head) + len(jpeg) + 2
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1 / self.stream_fps)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.streams_open -= 1
+        return response
 
     async def _endless(self, request: web.Request, jpeg: bytes) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -22,6 +23,7 @@ from drivers.printer.errors import (
     PrinterNeedsUser,
     PrinterOffline,
     PrinterTimeout,
+    RasterFontMissing,
 )
 from drivers.printer.frames import (
     ASB_MASK,
@@ -30,7 +32,7 @@ from drivers.printer.frames import (
     realtime_status,
     status_back,
 )
-from drivers.printer.job import PrintJob, encode_job
+from drivers.printer.job import PrinterProfile, PrintJob, encode
 from drivers.printer.protocol import EscPosProtocol
 from drivers.serialio.device import SerialDevice
 
@@ -79,6 +81,7 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         status_timeout: float = 0.5,
         confirm_print: bool = True,
         xonxoff: bool = False,
+        profile: PrinterProfile | None = None,
         job_timeout: float = 60.0,
         job_poll: float = 0.25,
         poll_interval: float = 5.0,
@@ -97,6 +100,15 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         self._status_timeout = status_timeout
         self._confirm = confirm_print
         self._xonxoff = xonxoff
+        self.profile = profile or PrinterProfile()
+        if self.profile.unprintable == "raster" and not Path(self.profile.raster_fonts[0]).is_file():
+            # Jobs with characters the printer font lacks will be refused: say so at start-up.
+            log.warning(
+                "raster_font_missing",
+                device=name,
+                path=self.profile.raster_fonts[0],
+                hint="apt-get install -y fonts-wqy-microhei",
+            )
         self._job_timeout = job_timeout
         self._job_poll = job_poll
         self._poll_interval = poll_interval
@@ -130,7 +142,7 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
 
     async def print_job(self, job: PrintJob, *, timeout: float | None = None) -> PrintResult:
         """Print one job; returns once the printer confirms it printed (or raises why not)."""
-        data = encode_job(job)
+        data = self._encode(job)
         self._link.require()
         limit = self._job_timeout if timeout is None else timeout
         queued_at = time.monotonic()
@@ -149,6 +161,25 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
             ) from None
 
     # --- internals -------------------------------------------------------------------------
+
+    def _encode(self, job: PrintJob) -> bytes:
+        """The job's bytes for this printer's profile; lines its font lacks go as raster images."""
+        try:
+            encoded = encode(job, self.profile)
+        except RasterFontMissing as err:
+            err.device = self.name
+            self._tracker.record_error(str(err))
+            raise
+        if encoded.raster_lines or encoded.replaced_chars:
+            # Counts only: the characters themselves may be part of a name.
+            log.info(
+                "job_unprintable_text",
+                device=self.name,
+                raster_lines=encoded.raster_lines,
+                replaced_chars=encoded.replaced_chars,
+                charset=self.profile.charset,
+            )
+        return encoded.data
 
     async def _run_job(self, data: bytes, waited: float, queued_at: float) -> PrintResult:
         before = await self._query(self._status_timeout)

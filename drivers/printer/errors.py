@@ -49,3 +49,10 @@ class PrinterOffline(DeviceUnavailable):
 
 class PrinterTimeout(DeviceTimeout):
     """No answer to real-time status, or the job did not finish within its timeout."""
+
+
+class RasterFontMissing(DeviceRejected):
+    """The CJK font for lines the printer font cannot print is not installed (nothing was sent)."""
+
+    def __init__(self, message: str, *, device: str | None = None) -> None:
+        super().__init__(message, device=device, code="raster_font_missing")

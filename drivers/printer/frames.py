@@ -16,9 +16,15 @@ XOFF = 0x13
 INIT = b"\x1b\x40"
 CHINESE_ON = b"\x1c\x26"
 CHINESE_OFF = b"\x1c\x2e"
+# GS V m: m = 0 full cut, 1 partial cut (Epson function A); 65 / 66 + n feed to the cutter and
+# then cut full / partial (function B), so `1D 56 42 n` is a partial cut, not a full one.
+# Sources: python-escpos constants.PAPER_FULL_CUT / PAPER_PART_CUT and Escpos.cut(feed=False)
+# (`GS V 66 0`); escpos-php Printer::CUT_FULL = 65, CUT_PARTIAL = 66; totalcross escpos Cut enum.
 CUT_FULL = b"\x1d\x56\x00"
 CUT_PARTIAL = b"\x1d\x56\x01"
-FEED_AND_CUT = b"\x1d\x56\x42\x00"
+FEED_AND_FULL_CUT = b"\x1d\x56\x41\x00"
+FEED_AND_PARTIAL_CUT = b"\x1d\x56\x42\x00"
+RASTER_IMAGE = b"\x1d\x76\x30"
 LF = b"\n"
 
 PROCESS_ID_HEADER = 0x37
@@ -73,6 +79,57 @@ def qr_code(data: bytes, *, module_size: int = 6, ec: QrErrorCorrection = QrErro
             b"\x1d\x28\x6b\x03\x00\x31\x51\x30",
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RasterImage:
+    """GS v 0 m xL xH yL yH d1..dk: `width_bytes` bytes per row, `height` rows, MSB first, 1 = dot.
+
+    Sources: Epson ESC/POS reference "GS v 0" (`1D 76 30 m xL xH yL yH d1...dk`, k = width
+    bytes x height); python-escpos `Escpos.image(impl="bitImageRaster")`; react-thermal-printer
+    packages/printer/src/commands/image.ts.
+    """
+
+    width_bytes: int
+    height: int
+    data: bytes
+    mode: int = 0  # 0 normal, 1 double width, 2 double height, 3 quadruple
+
+    def __post_init__(self) -> None:
+        if not 0 < self.width_bytes <= 0xFFFF or not 0 < self.height <= 0xFFFF:
+            raise ValueError("raster size out of range")
+        if len(self.data) != self.width_bytes * self.height:
+            raise ValueError("raster data does not match its size")
+
+    def command(self) -> bytes:
+        """The GS v 0 command that prints this image."""
+        return (
+            RASTER_IMAGE
+            + bytes([self.mode])
+            + self.width_bytes.to_bytes(2, "little")
+            + self.height.to_bytes(2, "little")
+            + self.data
+        )
+
+    def dot(self, x: int, y: int) -> bool:
+        """True where the printer puts a dot."""
+        return bool(self.data[y * self.width_bytes + x // 8] & (0x80 >> (x % 8)))
+
+
+def raster_size(header: bytes) -> int:
+    """Total bytes of the GS v 0 command whose first 8 bytes are `header`."""
+    if len(header) < 8 or header[:3] != RASTER_IMAGE:
+        raise ValueError("not a GS v 0 header")
+    return 8 + int.from_bytes(header[4:6], "little") * int.from_bytes(header[6:8], "little")
+
+
+def decode_raster(command: bytes) -> RasterImage:
+    """The image in one whole GS v 0 command."""
+    size = raster_size(command)
+    if len(command) != size:
+        raise ValueError(f"GS v 0 of {len(command)} bytes, header says {size}")
+    width, height = int.from_bytes(command[4:6], "little"), int.from_bytes(command[6:8], "little")
+    return RasterImage(width, height, bytes(command[8:]), command[3] & 0x03)
 
 
 def is_realtime_answer(byte: int) -> bool:

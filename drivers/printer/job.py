@@ -1,21 +1,33 @@
-"""A receipt job and its ESC/POS encoding (GB18030 text, Chinese mode, bold/double, QR, cut). Pure."""
+"""A receipt job and its ESC/POS encoding (GB18030 text, Chinese mode, bold/double, QR, cut). Pure.
+
+Each printer has a profile: its cut (full or partial), the character set of its built-in font
+and what to do with a line holding characters that font cannot print: draw the line as a GS v 0
+raster image, or print a visible placeholder in place of each such character. Bytes the printer
+would misprint are never sent.
+"""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
+from drivers.printer.charset import RASTER_FONTS, FontCharset, printable, unprintable
 from drivers.printer.errors import InvalidJob
 from drivers.printer.frames import (
     CHINESE_OFF,
     CHINESE_ON,
-    FEED_AND_CUT,
+    CUT_FULL,
+    CUT_PARTIAL,
     INIT,
     LF,
     QrErrorCorrection,
     qr_code,
 )
+
+if TYPE_CHECKING:
+    from drivers.printer.raster import LineRenderer
 
 MAX_LINE_CHARS = 256
 MAX_LINES = 200
@@ -49,7 +61,8 @@ class PrintJob:
     qr: str | None = None
     qr_module_size: int = 6
     qr_ec: QrErrorCorrection = QrErrorCorrection.M
-    feed_lines: int = 3
+    # Lines fed before the cut so the last printed line clears the cutter (python-escpos feeds 6).
+    feed_lines: int = 6
     cut: bool = True
 
     @classmethod
@@ -61,6 +74,43 @@ class PrintJob:
         return f"PrintJob(lines={len(self.lines)}, qr={self.qr is not None}, cut={self.cut})"
 
 
+CutMode = Literal["full", "partial"]
+UnprintablePolicy = Literal["raster", "placeholder"]
+
+
+@dataclass(frozen=True, slots=True)
+class PrinterProfile:
+    """What one printer model does: its cut, its font's character set, how to print the rest."""
+
+    cut: CutMode = "full"
+    charset: FontCharset = "gbk"
+    unprintable: UnprintablePolicy = "raster"
+    placeholder: str = "□"
+    width_dots: int = 576
+    raster_fonts: tuple[str, ...] = RASTER_FONTS
+
+    def __post_init__(self) -> None:
+        if self.cut not in ("full", "partial"):
+            raise ValueError("cut is 'full' or 'partial'")
+        if self.unprintable not in ("raster", "placeholder"):
+            raise ValueError("unprintable is 'raster' or 'placeholder'")
+        if not self.placeholder or len(self.placeholder) > 4:
+            raise ValueError("placeholder is 1 to 4 characters")
+        if not all(printable(c, self.charset) for c in self.placeholder):
+            raise ValueError(f"placeholder {self.placeholder!r} is not printable in {self.charset}")
+        if self.width_dots <= 0 or self.width_dots % 8 or self.width_dots > 4096:
+            raise ValueError("width_dots is a multiple of 8 up to 4096")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedJob:
+    """A job's bytes and how its text was printed: counts only, never the text."""
+
+    data: bytes
+    raster_lines: int = 0
+    replaced_chars: int = 0
+
+
 def _check_text(text: str) -> None:
     if len(text) > MAX_LINE_CHARS:
         raise InvalidJob(f"a line is longer than {MAX_LINE_CHARS} characters")
@@ -69,8 +119,16 @@ def _check_text(text: str) -> None:
         raise InvalidJob("a line contains control characters")
 
 
-def encode_job(job: PrintJob) -> bytes:
-    """The job's ESC/POS bytes, starting with ESC @ and ending with feed-and-cut when asked."""
+def encode_job(job: PrintJob, profile: PrinterProfile | None = None) -> bytes:
+    """The job's ESC/POS bytes, starting with ESC @ and ending with the printer's cut when asked."""
+    return encode(job, profile).data
+
+
+def encode(
+    job: PrintJob, profile: PrinterProfile | None = None, *, renderer: LineRenderer | None = None
+) -> EncodedJob:
+    """The job's bytes for this printer profile, with counts of raster lines and replaced characters."""
+    profile = profile or PrinterProfile()
     if len(job.lines) > MAX_LINES:
         raise InvalidJob(f"more than {MAX_LINES} lines")
     out = bytearray(INIT)
@@ -78,8 +136,38 @@ def encode_job(job: PrintJob) -> bytes:
     bold = False
     double = False
     align = Align.LEFT
+    raster_lines = 0
+    replaced = 0
     for line in job.lines:
         _check_text(line.text)
+        text = line.text
+        missing = unprintable(text, profile.charset)
+        if missing and profile.unprintable == "raster":
+            if renderer is None:
+                from drivers.printer.raster import LineRenderer
+
+                renderer = LineRenderer(profile.raster_fonts, width_dots=profile.width_dots)
+            if align != Align.LEFT:
+                # The row carries its own position; ESC a would move a narrow image (Telpar
+                # MTP-1500 manual: "ESC a is effective on raster bit images").
+                out += b"\x1b\x61\x00"
+                align = Align.LEFT
+            rows = renderer.render(
+                text,
+                double=line.double,
+                bold=line.bold,
+                align=int(line.align),
+                placeholder=profile.placeholder,
+            )
+            for row in rows:
+                out += row.image.command()
+                replaced += row.missing
+            raster_lines += 1
+            continue
+        if missing:
+            replaced += sum(text.count(c) for c in missing)
+            for char in missing:
+                text = text.replace(char, profile.placeholder)
         if line.align != align:
             out += bytes([0x1B, 0x61, line.align])
             align = line.align
@@ -89,14 +177,11 @@ def encode_job(job: PrintJob) -> bytes:
         if line.double != double:
             out += bytes([0x1D, 0x21, 0x11 if line.double else 0x00])
             double = line.double
-        wide = not line.text.isascii()
+        wide = not text.isascii()
         if wide != chinese:
             out += CHINESE_ON if wide else CHINESE_OFF
             chinese = wide
-        try:
-            out += line.text.encode("gb18030")
-        except UnicodeEncodeError as err:
-            raise InvalidJob("a line has characters GB18030 cannot encode") from err
+        out += text.encode("gb18030")
         out += LF
     if chinese:
         out += CHINESE_OFF
@@ -117,5 +202,6 @@ def encode_job(job: PrintJob) -> bytes:
     if job.feed_lines:
         out += bytes([0x1B, 0x64, min(job.feed_lines, 255)])
     if job.cut:
-        out += FEED_AND_CUT
-    return bytes(out)
+        # Function A after the feed: the same bytes python-escpos's cut() sends.
+        out += CUT_FULL if profile.cut == "full" else CUT_PARTIAL
+    return EncodedJob(bytes(out), raster_lines, replaced)

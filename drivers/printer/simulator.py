@@ -14,7 +14,20 @@ from typing import Any, Literal
 
 import structlog
 
-from drivers.printer.frames import DLE, EOT, ESC, GS, XOFF, XON, PrinterStatus, process_id_response
+from drivers.printer.frames import (
+    DLE,
+    EOT,
+    ESC,
+    GS,
+    RASTER_IMAGE,
+    XOFF,
+    XON,
+    PrinterStatus,
+    RasterImage,
+    decode_raster,
+    process_id_response,
+    raster_size,
+)
 from drivers.serialio.simport import PtyEndpoint, SimEndpoint, TcpEndpoint
 
 log = structlog.get_logger(__name__)
@@ -62,6 +75,9 @@ class PrinterSimulator:
         self.jobs: list[bytes] = []
         self.printed: list[bytes] = []
         self.realtime_queries = 0
+        # Every GS v 0 image received, decoded, and the cuts (GS V m) in order.
+        self.rasters: list[RasterImage] = []
+        self.cuts: list[bytes] = []
         self._inbuf = bytearray()
         self._job = bytearray()
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -191,10 +207,27 @@ class PrinterSimulator:
                         self._job += command
                     i += size
                     continue
+                if op == 0x76 and buf[i + 2] == RASTER_IMAGE[2]:  # GS v 0 m xL xH yL yH data
+                    if n - i < 8:
+                        break
+                    size = raster_size(bytes(buf[i : i + 8]))
+                    if size > _MAX_INPUT:
+                        log.warning("printer_sim_raster_too_large", nbytes=size)
+                        i += 8
+                        continue
+                    if n - i < size:
+                        break
+                    # The image data is dots, not commands: take it whole, never parse inside.
+                    command = bytes(buf[i : i + size])
+                    self.rasters.append(decode_raster(command))
+                    self._job += command
+                    i += size
+                    continue
                 if op == 0x56:  # GS V m [n]: cut ends a job
                     size = 4 if buf[i + 2] in (0x41, 0x42) else 3
                     if n - i < size:
                         break
+                    self.cuts.append(bytes(buf[i : i + size]))
                     self._job += buf[i : i + size]
                     i += size
                     self._end_job()

@@ -66,8 +66,8 @@ def test_job_with_chinese_text_and_qr() -> None:
         + b"\x1b\x61\x01"
         + qr_code(b"q1")
         + b"\n\x1b\x61\x00"
-        + b"\x1b\x64\x03"
-        + b"\x1d\x56\x42\x00"
+        + b"\x1b\x64\x06"
+        + b"\x1d\x56\x00"  # full cut by default (protocols.md, corrected: 1D 56 42 is partial)
     )
     assert encode_job(job) == expected
 

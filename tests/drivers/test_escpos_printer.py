@@ -37,7 +37,7 @@ RECEIPT_BYTES = (
     + bytes.fromhex("1D 28 6B 04 00 31 41 32 00 1D 28 6B 03 00 31 43 06 1D 28 6B 03 00 31 45 31")
     + b"\x1d\x28\x6b\x21\x00\x31\x50\x30https://example.invalid/r/0042"
     + bytes.fromhex("1D 28 6B 03 00 31 51 30")
-    + b"\n\x1b\x61\x00\x1b\x64\x03\x1d\x56\x42\x00"
+    + b"\n\x1b\x61\x00\x1b\x64\x06\x1d\x56\x00"
 )
 
 
