@@ -92,6 +92,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_outbox_ack(args: argparse.Namespace) -> int:
+    from gateway.uplink import incidents
+
+    config = _load_or_exit(args.config)
+    db = config.state_dir / config.outbox.file
+    path = incidents.journal_path(db)
+    try:
+        acknowledged = incidents.acknowledge(path)
+    except OSError as err:
+        print(f"edge-gateway: cannot update {path}: {err.strerror}", file=sys.stderr)
+        return 1
+    if not acknowledged:
+        print(f"no open storage incident in {path}")
+    for incident in acknowledged:
+        print(f"acknowledged {incident.id}: {incident.kind}, {incident.possibly_lost} possibly lost")
+    return 0
+
+
 def _cmd_diag(args: argparse.Namespace) -> int:
     from gateway.ops.diag import run_diag
 
@@ -167,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_diag_arguments(diag)
     diag.set_defaults(func=_cmd_diag)
+
+    ack = with_config(
+        sub.add_parser(
+            "outbox-ack",
+            help="acknowledge the outbox's storage incidents (lost WAL tail, corrupt or lost file): "
+            "diag stops reporting them",
+        )
+    )
+    ack.set_defaults(func=_cmd_outbox_ack)
 
     bundle = with_config(
         sub.add_parser(

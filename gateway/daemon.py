@@ -39,6 +39,7 @@ from gateway.ops.alerts import (
     Alert,
     AlertEngine,
     AlertRules,
+    OrderedSender,
 )
 from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
@@ -159,6 +160,8 @@ class Daemon:
         self.exit_code = 0
         self.route_tables: list[web.RouteTableDef] = []
         self.cloud: CloudSink = MemorySink()
+        # The outbox's own alerts (full, corrupt, seq gap): kept in order until stored.
+        self.outbox_alerts = OrderedSender(lambda: self.cloud)
         self._background: set[asyncio.Task[Any]] = set()
         self.link: MqttLink | None = None
         self.watchdog: Watchdog | None = None
@@ -331,6 +334,7 @@ class Daemon:
         )
         self.sessions = sessions
         sessions.on_end(lambda session, reason: self._release(session.id, reason))
+        sessions.add_busy_probe(self._has_device_work)
         sessions.on_end(self._assist_when_idle)
         sessions.start()
         stack.push_async_callback(sessions.close)
@@ -372,6 +376,8 @@ class Daemon:
             log.error("outbox_recovered", moved_to=[str(p) for p in recovery.moved_to], error=recovery.error)
         self.cloud = OutboxSink(self.outbox)
         self.ctx.cloud = self.cloud
+        self.outbox_alerts.start()
+        stack.push_async_callback(self.outbox_alerts.close)
         stack.push_async_callback(self._drain_background)
         await self._announce_pending_rotation()
         self.key_pruner = RetiredKeyPruner(config.key_path, node, config.state_dir)
@@ -442,17 +448,10 @@ class Daemon:
         if alert.kind == "outbox_full" and alert.stream == "alert":
             return  # an alert about the alert stream being full could never be stored
 
-        async def send() -> None:
-            try:
-                await self.cloud.send(
-                    "alert",
-                    alert.kind,
-                    {"severity": "blue", "stream": alert.stream, "message": alert.message, **alert.fields},
-                )
-            except Exception as err:
-                log.warning("alert_not_queued", kind=alert.kind, error=str(err))
-
-        self._spawn(send(), f"alert-{alert.kind}")
+        self.outbox_alerts.submit(
+            alert.kind,
+            {"severity": alert.severity, "stream": alert.stream, "message": alert.message, **alert.fields},
+        )
 
     async def _announce_pending_rotation(self, *, reload_key: bool = False) -> None:
         """A `keys rotate` from the CLI is announced here (at start or SIGHUP), sealed by the old key."""
@@ -750,6 +749,9 @@ class Daemon:
         """A growing backlog: send telemetry ten times less often until the next reload."""
         self.telemetry.interval_s = max(self.telemetry.interval_s * 10, 600.0)
         log.warning("remedy_shed_telemetry", interval_s=self.telemetry.interval_s, backlog=alert.value)
+
+    def _has_device_work(self, session: Session) -> bool:
+        return any(m.queue.pending(session.id) for m in self.devices.devices.values())
 
     def _release(self, session_id: str, reason: str) -> None:
         self.devices.cancel_session(session_id, f"the session ended ({reason})")

@@ -233,6 +233,12 @@ class DeviceQueue:
             self._withdraw(request)
             raise
 
+    def pending(self, session: str) -> int:
+        """Requests of `session` waiting here or in flight (the idle rule counts them as activity)."""
+        waiting = sum(1 for lane in (self._priority, self._waiting) for r in lane if r.session == session)
+        current = self._current
+        return waiting + (1 if current is not None and current.session == session else 0)
+
     def cancel_session(self, session: str, reason: str = "the session ended") -> int:
         """Fail every request of `session` (queued or in flight); returns how many."""
         count = 0

@@ -1,4 +1,9 @@
-"""Kiosk sessions: creation with a bearer token, lookup in constant time, idle warning and timeout."""
+"""Kiosk sessions: creation with a bearer token, lookup in constant time, idle warning and timeout.
+
+A session waiting on a device (its ID card read, its print job, queued or in flight) is not idle:
+busy probes (the daemon asks the device queues) keep it alive, and its idle time starts again
+when the request ends.
+"""
 
 from __future__ import annotations
 
@@ -143,12 +148,26 @@ class SessionRegistry:
         self._recently_ended: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
         self._create_hooks: list[Callable[[Session], None]] = []
+        self._busy_probes: list[Callable[[Session], bool]] = []
         self._reaper: asyncio.Task[None] | None = None
         self.created_total = 0
         self.ended_total: dict[str, int] = {}
 
     def on_end(self, hook: EndHook) -> None:
         self._end_hooks.append(hook)
+
+    def add_busy_probe(self, probe: Callable[[Session], bool]) -> None:
+        """`probe(session)` is True while the session has device work pending: not idle then."""
+        self._busy_probes.append(probe)
+
+    def busy(self, session: Session) -> bool:
+        for probe in self._busy_probes:
+            try:
+                if probe(session):
+                    return True
+            except Exception:
+                log.exception("session_busy_probe_failed", session=session.id)
+        return False
 
     def on_create(self, hook: Callable[[Session], None]) -> None:
         """Run for every new session before it is handed out (e.g. to give it auth state)."""
@@ -271,6 +290,9 @@ class SessionRegistry:
     async def check_idle(self) -> None:
         warn_at = self.idle_timeout_s - self.idle_warning_s
         for session in list(self._sessions.values()):
+            if session.ended is None and self.busy(session):
+                session.touch()  # a pending device request is activity
+                continue
             idle = session.idle_for()
             if idle >= self.idle_timeout_s:
                 await self.end(session, "idle")

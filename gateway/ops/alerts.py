@@ -6,6 +6,10 @@ sessions in a window, or sessions that saw a user-visible error reach their shar
 anomalies (loop lag, disk nearly full, watchdog close to missing, outbox backlog growing). Each
 alert has a raise and a lower clear threshold (hysteresis), so a value hovering at the line does not
 flap; raise and clear go to the `alert` stream as `alert_raised` / `alert_cleared`.
+
+Delivery never drops an alert: each is retried until the outbox stores it (a full disk refuses
+it with 507 until space returns), one at a time and in order, so the cloud always gets a raise
+before its clear.
 """
 
 from __future__ import annotations
@@ -114,6 +118,75 @@ class Alert:
 
 Remedy = Callable[[Alert], Awaitable[None] | None]
 
+RETRY_MIN_S: Final = 0.2
+RETRY_MAX_S: Final = 10.0
+
+
+async def _try_send(sink: CloudSink, type: str, body: Mapping[str, Any]) -> bool:
+    """One attempt; True when stored, or when the message can never be stored (a bug: logged)."""
+    try:
+        await sink.send(ALERT_STREAM, type, body)
+    except (ValueError, TypeError) as err:
+        log.error("alert_unsendable", type=type, error=str(err))
+        return True
+    except Exception as err:
+        log.warning("alert_send_failed_will_retry", type=type, error=str(err))
+        return False
+    return True
+
+
+async def _retry_until_stored(
+    sink: CloudSink, type: str, body: Mapping[str, Any], *, first: float, limit: float
+) -> None:
+    delay = first
+    while not await _try_send(sink, type, body):
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, limit)
+
+
+class OrderedSender:
+    """Alert-stream messages from elsewhere (the outbox's own alerts): in order, each retried until stored."""
+
+    def __init__(
+        self,
+        sink: Callable[[], CloudSink],
+        *,
+        retry_min_s: float = RETRY_MIN_S,
+        retry_max_s: float = RETRY_MAX_S,
+    ) -> None:
+        self._sink = sink
+        self._retry = (retry_min_s, retry_max_s)
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, type: str, body: Mapping[str, Any]) -> None:
+        self._queue.put_nowait((type, dict(body)))
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="alert-ordered-sender")
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        if self._queue.qsize():
+            log.error("alerts_not_stored_at_exit", count=self._queue.qsize())
+
+    async def _run(self) -> None:
+        while True:
+            type, body = await self._queue.get()
+            try:
+                first, limit = self._retry
+                await _retry_until_stored(self._sink(), type, body, first=first, limit=limit)
+            finally:
+                self._queue.task_done()
+
 
 @dataclass
 class _Window:
@@ -175,8 +248,11 @@ class AlertEngine:
         *,
         rules: AlertRules | None = None,
         remedy_timeout_s: float = 30.0,
+        retry_min_s: float = RETRY_MIN_S,
+        retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self.sink = sink
+        self._retry = (retry_min_s, retry_max_s)
         self.remedy_timeout_s = remedy_timeout_s
         self.rules = rules or AlertRules()
         self._clock = clock
@@ -210,6 +286,12 @@ class AlertEngine:
     async def close(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        if self._queue.qsize():
+            log.error("alerts_not_stored_at_exit", count=self._queue.qsize())
+
+    def pending(self) -> int:
+        """Raises and clears not stored yet (e.g. while the disk is full)."""
+        return self._queue.qsize()
 
     # ---------------------------------------------------------------- inputs
 
@@ -460,12 +542,17 @@ class AlertEngine:
                 self._queue.task_done()
 
     async def _deliver(self, kind: str, alert: Alert) -> None:
-        try:
-            await self.sink.send(ALERT_STREAM, kind, alert.body())
-        except Exception as err:
-            log.error("alert_send_failed", kind=kind, rule=alert.rule, error=str(err))
-        if kind != RAISED:
-            return
+        # Kept until stored, and nothing after it goes first: a clear never overtakes its raise.
+        stored = await _try_send(self.sink, kind, alert.body())
+        if kind == RAISED:
+            await self._remedy(alert)
+        if not stored:
+            first, limit = self._retry
+            await asyncio.sleep(first)
+            await _retry_until_stored(self.sink, kind, alert.body(), first=first * 2, limit=limit)
+            log.info("alert_stored_after_retry", kind=kind, rule=alert.rule, subject=alert.subject)
+
+    async def _remedy(self, alert: Alert) -> None:
         for remedy in self._remedies.get(alert.rule, ()):
             try:
                 result = remedy(alert)

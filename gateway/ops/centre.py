@@ -73,11 +73,14 @@ class StationUsage:
         self,
         clock: Callable[[], float] = time.time,
         *,
+        day: Callable[[], dt.date] | None = None,
         tz: dt.tzinfo | None = None,
         stations: Iterable[str] = (),
     ) -> None:
         self._clock = clock
         self._tz = tz
+        # Which day a count goes to (the usage tracker's rule for clock steps); else today.
+        self._day = day or (lambda: self._now().date())
         self.stations: list[str] = list(stations)
         self._days: dict[dt.date, dict[str, _StationDay]] = {}
 
@@ -85,7 +88,7 @@ class StationUsage:
         return dt.datetime.fromtimestamp(self._clock(), self._tz)
 
     def _today(self, station: str) -> _StationDay:
-        return self._days.setdefault(self._now().date(), {}).setdefault(station, _StationDay())
+        return self._days.setdefault(self._day(), {}).setdefault(station, _StationDay())
 
     def session_started(self, station: str) -> None:
         figures = self._today(station)
@@ -116,7 +119,7 @@ class StationUsage:
         return {name: figures.get(name, _StationDay()).summary() for name in names}
 
     def today(self) -> dict[str, Any]:
-        return self.rollup(self._now().date())
+        return self.rollup(self._day())
 
     def forget(self, through: dt.date) -> None:
         for day in [d for d in self._days if d <= through]:
@@ -128,9 +131,16 @@ class StationUsage:
             for day, figures in self._days.items()
         }
 
-    def restore(self, data: dict[str, Any]) -> None:
-        """Merge counts saved by an earlier run (they add up)."""
+    def take_live(self) -> dict[str, Any]:
+        """The figures counted so far as `dump` data, cleared (merged back with `restore`)."""
+        live = self.dump()
+        self._days = {}
+        return live
+
+    def restore(self, data: dict[str, Any], *, floor: dt.date | None = None) -> None:
+        """Merge counts saved by an earlier run (they add up); a day before `floor` counts on it."""
         for day_text, figures in data.items():
-            day = self._days.setdefault(dt.date.fromisoformat(day_text), {})
+            when = dt.date.fromisoformat(day_text)
+            day = self._days.setdefault(max(when, floor) if floor is not None else when, {})
             for name, raw in figures.items():
                 day.setdefault(name, _StationDay()).merge(raw)

@@ -928,9 +928,52 @@ async def check_outbox(config: GatewayConfig, status: Mapping[str, Any] | None, 
                 f"`systemctl restart {UNIT}`",
             )
     verdict, detail, fix = outbox_verdict(stats, max_bytes)
+    reported_incidents = stats.get("incidents")
+    if not isinstance(reported_incidents, list):
+        # The daemon is down (or older): the journal file says the same.
+        from gateway.uplink import incidents as journal
+
+        reported_incidents = [i.as_dict() for i in journal.open_incidents(journal.journal_path(path))]
+        stats = {**stats, "incidents": reported_incidents}
+    if reported_incidents:
+        verdict, detail, fix = incident_verdict(reported_incidents, verdict, detail, fix)
     return CheckResult(
         "outbox", verdict, f"{detail} (from the {source})", fix=fix, data={"source": source, **stats}
     )
+
+
+def _incident_text(incident: Mapping[str, Any]) -> str:
+    """One incident in a line: what happened, when, what may be lost, per stream."""
+    at = incident.get("at")
+    when = dt.datetime.fromtimestamp(float(at), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "?"
+    parts = []
+    for stream, span in sorted((incident.get("unaccounted") or {}).items()):
+        first, last = span
+        parts.append(f"{stream} seq {first}" if first == last else f"{stream} seqs {first}-{last}")
+    unreadable = incident.get("unreadable") or {}
+    parts += [f"{stream} {count} unreadable row(s)" for stream, count in sorted(unreadable.items())]
+    lost = int(incident.get("possibly_lost") or 0)
+    what = "; ".join(parts) if parts else "nothing lost"
+    salvaged = int(incident.get("salvaged") or 0)
+    kept = f", {salvaged} message(s) salvaged" if incident.get("kind") == "corrupt" else ""
+    return f"{incident.get('kind')} at {when}: {lost} possibly lost ({what}){kept}"
+
+
+def incident_verdict(
+    incidents: list[Mapping[str, Any]], verdict: Verdict, detail: str, fix: str | None
+) -> tuple[Verdict, str, str | None]:
+    """Storage incidents not acknowledged yet: FAIL when messages may be lost, else WARN."""
+    red = any(int(i.get("possibly_lost") or 0) for i in incidents)
+    texts = "; ".join(_incident_text(i) for i in incidents)
+    detail = f"{detail}; storage incident(s) not acknowledged: {texts}"
+    advice = (
+        "the outbox came back from a storage fault (docs/ops.md, 'Storage faults'): compare the "
+        "seqs named here with the cloud's gap report, then acknowledge with "
+        "`edge-gateway outbox-ack -c CONFIG`"
+    )
+    if red or verdict is Verdict.FAIL:
+        return Verdict.FAIL, detail, advice
+    return Verdict.WARN, detail, advice
 
 
 # ------------------------------------------------------------------------------------ systemd

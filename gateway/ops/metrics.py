@@ -220,6 +220,21 @@ class _StatusCollector(Collector):
             value = _num(outbox.get(key))
             if value is not None:
                 yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
+        incidents = outbox.get("incidents")
+        if isinstance(incidents, list):
+            lost = sum(_num(_dict(i).get("possibly_lost")) or 0.0 for i in incidents)
+            yield GaugeMetricFamily(
+                f"{PREFIX}_outbox_possibly_lost_messages",
+                "Messages storage incidents not yet acknowledged may have lost (edge-gateway outbox-ack)",
+                value=lost,
+            )
+        awaiting = _num(outbox.get("awaiting_delete"))
+        if awaiting is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_outbox_awaiting_delete_messages",
+                "Delivered messages whose delete waits for disk space",
+                value=awaiting,
+            )
         recoveries = _num(outbox.get("recoveries"))
         if recoveries is not None:
             yield CounterMetricFamily(

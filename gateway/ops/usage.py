@@ -1,4 +1,10 @@
-"""Device usage per device per day (operations, failures, service times) and the daily roll-up report."""
+"""Device usage per device per day (operations, failures, service times) and the daily roll-up report.
+
+Clock steps: a day is reported once, and no count is lost. Once a day is reported its figures are
+closed; an operation that the wall clock places on a reported day (the clock stepped back after a
+step forward let the day be reported early) or before the first day counted is counted on the
+first day still open.
+"""
 
 from __future__ import annotations
 
@@ -76,14 +82,17 @@ class UsageTracker:
         max_samples: int = MAX_SAMPLES,
     ) -> None:
         self._clock = clock
-        # Per station figures (sessions, uses, ratings, heat map) ride in the same daily roll-up.
-        self.stations = StationUsage(clock, tz=tz, stations=stations)
         self._tz = tz
         self._max_samples = max_samples
         self._rng = random.Random(0x5EED)
         self.devices: set[str] = set(devices)
         self._days: dict[dt.date, dict[str, _DayFigures]] = {}
         self.since: dt.date = self.today()
+        # The first day not reported yet (set by the reporter): no count goes to an earlier day.
+        self.floor: dt.date | None = None
+        # Per station figures (sessions, uses, ratings, heat map) ride in the same daily roll-up,
+        # counted on the same day as the devices' (the clock-step rules above apply to both).
+        self.stations = StationUsage(clock, day=self.counting_day, tz=tz, stations=stations)
 
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), self._tz).date()
@@ -92,10 +101,21 @@ class UsageTracker:
         """A device that appears in every roll-up, with zeros on a day it was not used."""
         self.devices.add(device)
 
+    def counting_day(self) -> dt.date:
+        """The day a count made now goes to: today, but never before the first open day."""
+        today = self.today()
+        # A reported day is closed, and a clock stepped back (to 1970, say) must not make the
+        # reporter send every day since.
+        floor = self.floor if self.floor is not None else self.since
+        if today < floor:
+            log.warning("usage_clock_behind_open_day", today=str(today), counted_on=str(floor))
+            return floor
+        return today
+
     def record(self, device: str, ok: bool, seconds: float) -> None:
         """One completed operation (hooked to DeviceQueue completions)."""
         self.devices.add(device)
-        day = self._days.setdefault(self.today(), {})
+        day = self._days.setdefault(self.counting_day(), {})
         day.setdefault(device, _DayFigures()).add(ok, max(0.0, seconds), self._rng, self._max_samples)
 
     def rollup(self, day: dt.date) -> dict[str, Any]:
@@ -114,6 +134,26 @@ class UsageTracker:
 
     def days(self) -> list[dt.date]:
         return sorted(self._days)
+
+    def take_live(self) -> tuple[dict[dt.date, dict[str, _DayFigures]], dict[str, Any]]:
+        """Hand over (and clear) the figures counted so far, to merge them back with `put_back`."""
+        live, self._days = self._days, {}
+        return live, self.stations.take_live()
+
+    def put_back(self, taken: tuple[dict[dt.date, dict[str, _DayFigures]], dict[str, Any]]) -> None:
+        """Merge figures counted in this run; a day before `floor` (reported) counts on `floor`."""
+        live, stations = taken
+        floor = self.floor if self.floor is not None else self.since
+        self.stations.restore(stations, floor=floor)
+        for day, figures in live.items():
+            target = max(day, floor)
+            merged = self._days.setdefault(target, {})
+            for name, f in figures.items():
+                into = merged.setdefault(name, _DayFigures())
+                into.operations += f.operations
+                into.failures += f.failures
+                into.total_s += f.total_s
+                into.samples.extend(f.samples[: self._max_samples - len(into.samples)])
 
     def forget(self, through: dt.date) -> None:
         """Drop the figures of `through` and every earlier day (once reported)."""
@@ -202,6 +242,8 @@ class UsageReporter:
         if self._loaded:
             return
         self._loaded = True
+        # Counted before the load (this run): never dropped with the reported days below.
+        live = self.tracker.take_live()
         with contextlib.suppress(FileNotFoundError):
             text = self.marker.read_text(encoding="utf-8").strip()
             try:
@@ -215,6 +257,8 @@ class UsageReporter:
                 log.warning("usage_counts_unreadable", path=str(self.counts_file), error=str(err))
         if self.last_reported is not None:
             self.tracker.forget(self.last_reported)
+            self.tracker.floor = self.last_reported + dt.timedelta(days=1)
+        self.tracker.put_back(live)
 
     def due(self) -> list[dt.date]:
         """Finished days not reported yet, oldest first."""
@@ -239,6 +283,7 @@ class UsageReporter:
             # (at least once), never skips it.
             self.last_reported = day
             self.tracker.forget(day)
+            self.tracker.floor = day + dt.timedelta(days=1)
             sent.append(day)
             await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
             log.info("usage_reported", day=day.isoformat(), devices=len(body["devices"]))

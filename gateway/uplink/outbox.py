@@ -5,12 +5,14 @@ batch window share one transaction and one fsync (group commit); seq allocation,
 lookup, sealing and the insert happen inside that transaction, so a committed seq is never reused
 and an acknowledged message is never lost. The event loop never waits on fsync.
 
-Seq continuity across a corrupt database: seqs are reserved in blocks in a small side file
-(`<db>.seq`, written atomically and fsynced before the commit that first uses a block). After a
-corruption the fresh database continues above the larger of that reservation and whatever the
-corrupt file's `streams` table still yields when opened read-only, so seq never goes backwards
-(the cloud sees the gap, and the chain restarts from the genesis prev unless the old digest was
-recoverable).
+Seq continuity across a lost WAL tail, a lost or a corrupt database: before each commit that uses
+a new seq, the highest seq of every stream and its envelope digest are made durable in a side
+file (`<db>.seq`, see gateway.uplink.seqmark). On every open the database is compared with it: a
+database behind the mark lost committed transactions (a disk that lied about fsync), so seq
+continues above the mark, the hash chain from the mark's digest, and the unaccounted seqs are
+reported (log, red alert, `/v1/status`, diag) as possibly lost until ops acknowledge them
+(gateway.uplink.incidents). A corrupt file is moved aside and every row that still reads back
+(row by row around damaged pages) is queued again; the rows that do not are counted per stream.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import os
 import queue
 import sqlite3
@@ -35,7 +36,11 @@ import structlog
 
 from gateway.errors import GatewayError
 from gateway.tasks import cancel_and_wait
+from gateway.uplink import incidents as incidents_journal
 from gateway.uplink.envelope import GENESIS_PREV, EnvelopeError, envelope_digest, peek_envelope
+from gateway.uplink.incidents import Incident
+from gateway.uplink.salvage import salvage_messages
+from gateway.uplink.seqmark import Mark, SeqMark, SeqMarkFull
 
 log = structlog.get_logger(__name__)
 
@@ -100,8 +105,6 @@ class OutboxConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, fro
     enqueue_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     page_size: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
     sweep_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    # Seqs reserved per side-file write (see the module docstring).
-    seq_block: Annotated[int, msgspec.Meta(ge=1)] = 1000
     # Minimum spacing of repeated alerts of one kind for one stream.
     alert_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     tx: ClassConfig = msgspec.field(default_factory=_tx)
@@ -215,10 +218,12 @@ class Pending:
 class OutboxAlert:
     """Something ops must see: a refusal, a full disk, a corrupt file, a broker rejection."""
 
-    kind: Literal["outbox_full", "disk_full", "corrupt_db", "rejected", "storage_error"]
+    kind: Literal["outbox_full", "disk_full", "corrupt_db", "seq_gap", "rejected", "storage_error"]
     stream: str | None
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    # Red when acknowledged messages may be lost (a recovery or a lost WAL tail), else blue.
+    severity: Literal["red", "blue"] = "blue"
 
 
 @dataclass(frozen=True)
@@ -233,20 +238,6 @@ class Recovery:
     # rows that read back but whose envelope did not match its row (left behind in the moved file).
     salvaged: int = 0
     unusable: int = 0
-
-    def alert(self) -> OutboxAlert:
-        return OutboxAlert(
-            "corrupt_db",
-            None,
-            f"outbox database was corrupt ({self.error}); moved aside, started fresh with the"
-            f" {self.salvaged} message(s) that read back whole",
-            {
-                "moved_to": [str(p) for p in self.moved_to],
-                "seq_from": self.seq_from,
-                "salvaged": self.salvaged,
-                "unusable": self.unusable,
-            },
-        )
 
 
 # ------------------------------------------------------------------------------------ writer jobs
@@ -279,6 +270,11 @@ class _RejectJob(_Job):
 @dataclass(eq=False)
 class _SweepJob(_Job):
     pass
+
+
+@dataclass(eq=False)
+class _ExpireJob(_Job):
+    item: Pending
 
 
 @dataclass(eq=False)
@@ -393,6 +389,7 @@ class Outbox:
         on_alert: Callable[[OutboxAlert], None] | None = None,
         max_page_count: int | None = None,
         commit_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.config = config or OutboxConfig()
@@ -403,16 +400,26 @@ class Outbox:
         # Tests simulate a full disk with it; benchmarks simulate slow storage with the delay.
         self._max_page_count = max_page_count
         self._commit_delay_s = commit_delay_s
+        # The wall clock of message lifetimes (created, expires); tests step it.
+        self.clock = clock
         self._classes = self.config.classes()
         self.priority_order = self.config.by_priority()
-        self._side_path = self.path.with_name(self.path.name + ".seq")
+        self._mark = SeqMark(self.path.with_name(self.path.name + ".seq"))
+        # Per stream, the highest seq made durable in the mark: readers never see rows above it.
+        self._marked: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        self._mark_ready = False
+        self._journal_path = incidents_journal.journal_path(self.path)
+        self._journal: list[Incident] = []
+        self._journal_stamp = -2
+        self.incidents: list[Incident] = []
+        # Delivered rows whose delete could not be committed (a full disk): retried later.
+        self._undeleted: list[Pending] = []
 
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
         self._state: dict[str, _StreamState] = {s: _StreamState() for s in STREAMS}
-        self._reserved: dict[str, int] = dict.fromkeys(STREAMS, 0)
         self._snapshot: dict[str, _StreamState] = {s: _StreamState() for s in STREAMS}
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         # Per stream, how often rows went back behind a publisher's cursor (requeue): the
@@ -449,8 +456,8 @@ class Outbox:
         self._thread = threading.Thread(target=self._writer, name="outbox-writer", daemon=True)
         self._thread.start()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="outbox-sweep")
-        for recovery in self.recoveries:
-            self._alert(recovery.alert())
+        for incident in self.incidents:
+            self._alert(self._incident_alert(incident), every=True)
         return self
 
     async def close(self) -> None:
@@ -496,7 +503,7 @@ class Outbox:
         """Seal and store one message; returns only after its transaction committed."""
         if stream not in self._classes:
             raise UnknownStream(stream)
-        future = self._submit(_EnqueueJob(None, stream, type, body, time.time()))
+        future = self._submit(_EnqueueJob(None, stream, type, body, self.clock()))
         limit = self.config.enqueue_timeout_s if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
@@ -536,6 +543,14 @@ class Outbox:
             job.future.exception()
             return
         self._jobs.put(job)
+
+    def mark_expired(self, item: Pending) -> asyncio.Future[None]:
+        """The publisher passed it over as expired: delete it now and count it, so it can never
+        go out later (after a clock step back) behind a higher seq of its stream."""
+        future = self._submit(_ExpireJob(None, item))
+        # Nobody waits on it: a failure is logged by the writer, not left unretrieved.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
 
     def mark_rejected(self, item: Pending, reason: int) -> asyncio.Future[None]:
         """The broker refused it (PUBACK reason >= 0x80): park the row, count it, alert."""
@@ -613,6 +628,9 @@ class Outbox:
             "commits": self.commits,
             "generation": self.generation,
             "recoveries": len(self.recoveries),
+            # Storage incidents (lost WAL tail, corrupt or lost file) ops have not acknowledged.
+            "incidents": self.open_incidents(),
+            "awaiting_delete": len(self._undeleted),
         }
 
     # ---------------------------------------------------------------- loop side helpers
@@ -679,8 +697,8 @@ class Outbox:
     def _post(self, results: list[tuple[_Job, Any, BaseException | None]]) -> None:
         self._on_loop(self._deliver_results, results)
 
-    def _post_alert(self, alert: OutboxAlert) -> None:
-        self._on_loop(self._alert, alert)
+    def _post_alert(self, alert: OutboxAlert, *, every: bool = False) -> None:
+        self._on_loop(lambda: self._alert(alert, every=every))
 
     def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         """From the writer thread: run `callback(*args)` on the event loop (if it still runs)."""
@@ -702,10 +720,12 @@ class Outbox:
                 self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 self._reader_generation = generation
             try:
+                # Never a row above the durable seq mark: after a lost WAL tail such a seq is
+                # handed out again, so it must not have been sent.
                 rows = self._reader.execute(
                     "SELECT id, seq, envelope, expires FROM messages"
-                    " WHERE stream = ? AND seq > ? AND state = 0 ORDER BY seq LIMIT ?",
-                    (stream, after_seq, limit),
+                    " WHERE stream = ? AND seq > ? AND seq <= ? AND state = 0 ORDER BY seq LIMIT ?",
+                    (stream, after_seq, self._marked.get(stream, 0), limit),
                 ).fetchall()
             except sqlite3.Error as err:
                 self._reader.close()
@@ -722,7 +742,9 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            # Set only when it differs: even an unchanged setting writes, which fails on a full disk.
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # 2 = incremental
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StorageError(f"cannot switch {self.path} to WAL (got {mode})", path=self.path)
@@ -742,28 +764,105 @@ class Outbox:
 
     def _open(self) -> None:
         """Runs in a worker thread before the writer starts."""
-        self._reserved = self._read_side_file()
+        mark = self._mark.read()
         try:
             self._conn = self._connect()
-            self._continue_after_lost_db(self._conn)
             self._load_state(self._conn)
+            self._continue_above_mark(self._conn, mark)
         except sqlite3.DatabaseError as err:
             if not _is_corrupt(err) and "malformed" not in str(err):
                 raise StorageError(f"cannot open the outbox {self.path}: {err}", path=self.path) from err
-            self._recover(str(err))
+            self._recover(str(err), mark)
+        try:
+            self._write_mark(self._state)
+        except OSError as err:  # a full disk: enqueues answer 507 until the mark can be written
+            log.error("outbox_seq_mark_unwritable", path=str(self._mark.path), error=str(err))
+            # The backlog already stored still goes out (delivering it is what frees space).
+            self._marked = {s: self._state[s].last_seq for s in STREAMS}
         self._publish_snapshot()
 
-    def _continue_after_lost_db(self, conn: sqlite3.Connection) -> None:
-        """A fresh database beside a used side file was deleted or lost: keep seq going up."""
-        if not any(self._reserved.values()) or conn.execute("SELECT 1 FROM streams LIMIT 1").fetchone():
+    def _continue_above_mark(self, conn: sqlite3.Connection, mark: Mark | None) -> None:
+        """The database is behind the seq mark (lost WAL tail, lost file): continue above it, report."""
+        if mark is None:
             return
-        log.error("outbox_database_missing", path=str(self.path), continue_above=self._reserved)
+        state = self._state
+        behind = {s: mark.seqs[s] for s in STREAMS if mark.seqs.get(s, 0) > state[s].last_seq}
+        if not behind:
+            return
+        empty = conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None and not any(
+            st.last_seq for st in state.values()
+        )
+        unaccounted = {s: [state[s].last_seq + 1, seq] for s, seq in behind.items()}
+        for stream, seq in behind.items():
+            state[stream].last_seq = seq
+            state[stream].last_digest = mark.digests.get(stream) or self._genesis
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
-            "INSERT INTO streams (stream, last_seq, last_digest) VALUES (?, ?, ?)",
-            [(s, self._reserved.get(s, 0), self._genesis) for s in STREAMS],
+            "INSERT OR REPLACE INTO streams (stream, last_seq, last_digest) VALUES (?, ?, ?)",
+            [(s, state[s].last_seq, state[s].last_digest) for s in behind],
         )
         conn.execute("COMMIT")
+        what = "missing (deleted or lost)" if empty else "behind its seq mark (a lost WAL tail)"
+        if mark.legacy:
+            what += "; the mark is an older release's reservation, an upper bound of what was used"
+        incident = Incident(
+            "database_missing" if empty else "lost_tail",
+            f"the outbox database was {what}: seq continues above the mark",
+            unaccounted=unaccounted,
+        )
+        log.error(
+            "outbox_behind_seq_mark",
+            path=str(self.path),
+            kind=incident.kind,
+            unaccounted=unaccounted,
+            possibly_lost=incident.possibly_lost,
+        )
+        self._record_incident(incident)
+
+    def _record_incident(self, incident: Incident) -> None:
+        """Keep it for /v1/status and diag (journal file) and alert ops (now or once started)."""
+        self.incidents.append(incident)
+        try:
+            self._journal = [*incidents_journal.load(self._journal_path), incident]
+            incidents_journal.save(self._journal_path, self._journal)
+        except OSError as err:
+            log.error("outbox_incident_not_saved", path=str(self._journal_path), error=str(err))
+        if not self._closed:
+            self._post_alert(self._incident_alert(incident), every=True)
+
+    @staticmethod
+    def _incident_alert(incident: Incident) -> OutboxAlert:
+        kind: Literal["corrupt_db", "seq_gap"] = "corrupt_db" if incident.kind == "corrupt" else "seq_gap"
+        return OutboxAlert(
+            kind,
+            None,
+            f"{incident.detail}; {incident.possibly_lost} message(s) possibly lost",
+            {
+                "incident": incident.id,
+                "unaccounted": incident.unaccounted,
+                "unreadable": incident.unreadable,
+                "unusable": incident.unusable,
+                "salvaged": incident.salvaged,
+                "possibly_lost": incident.possibly_lost,
+                "moved_to": incident.moved_to,
+            },
+            severity=incident.severity,
+        )
+
+    def open_incidents(self) -> list[dict[str, Any]]:
+        """Storage incidents ops have not acknowledged yet (`edge-gateway outbox-ack`)."""
+        try:
+            stamp = self._journal_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            stamp = -1
+        if stamp != self._journal_stamp:
+            self._journal_stamp = stamp
+            self._journal = incidents_journal.load(self._journal_path)
+        ids = {i.id for i in self._journal}
+        # An incident the journal could not store (a full disk) is still reported.
+        pending = [i for i in self._journal if i.acknowledged_at is None]
+        pending += [i for i in self.incidents if i.id not in ids]
+        return [i.as_dict() for i in pending]
 
     def _load_state(self, conn: sqlite3.Connection) -> None:
         state = {s: _StreamState() for s in STREAMS}
@@ -789,12 +888,8 @@ class Outbox:
             st = state[stream]
             if not st.last_digest:
                 st.last_digest = self._genesis
-            # A lost or stale side file must not let a later recovery go below the database.
-            if self._reserved.get(stream, 0) < st.last_seq:
-                self._reserved[stream] = st.last_seq
             st.oldest = self._oldest(conn, stream)
         self._state = state
-        self._write_side_file(self._reserved)
 
     @staticmethod
     def _oldest(conn: sqlite3.Connection, stream: str) -> float | None:
@@ -803,26 +898,16 @@ class Outbox:
         ).fetchone()
         return None if row is None else float(row[0])
 
-    def _read_side_file(self) -> dict[str, int]:
-        try:
-            data = json.loads(self._side_path.read_text())
-        except FileNotFoundError:
-            return dict.fromkeys(STREAMS, 0)
-        except (OSError, ValueError) as err:
-            log.error("outbox_side_file_unreadable", path=str(self._side_path), error=str(err))
-            return dict.fromkeys(STREAMS, 0)
-        return {s: int(data.get(s, 0)) for s in STREAMS}
+    def _write_mark(self, state: dict[str, _StreamState]) -> None:
+        """Make the streams' highest seqs durable in the seq mark (after their commit, before use)."""
+        seqs = {s: state[s].last_seq for s in STREAMS}
+        if seqs == self._marked and self._mark_ready:
+            return
+        self._mark.write(seqs, {s: state[s].last_digest for s in STREAMS})
+        self._mark_ready = True
+        self._marked = seqs
 
-    def _write_side_file(self, reserved: dict[str, int]) -> None:
-        tmp = self._side_path.with_name(self._side_path.name + ".tmp")
-        with tmp.open("w") as fh:
-            json.dump(reserved, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self._side_path)
-        _fsync_dir(self._side_path.parent)
-
-    def _recover(self, error: str) -> None:
+    def _recover(self, error: str, mark: Mark | None) -> None:
         """Move a corrupt database aside (never delete it), start fresh, keep seq going up."""
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -839,23 +924,33 @@ class Outbox:
                 moved.append(dst)
         _fsync_dir(self.path.parent)
         salvaged = self._salvage_streams(aside)
-        rows, unusable = self._salvage_messages(aside)
-        side = self._read_side_file()
+        found = salvage_messages(aside, self._envelope_fits)
+        rows = found.rows
+        marked = mark.seqs if mark is not None else {}
         last_seq: dict[str, int] = {}
         digests: dict[str, str] = {}
+        unaccounted: dict[str, list[int]] = {}
         for stream in STREAMS:
             old_seq, old_digest = salvaged.get(stream, (0, ""))
-            reserved = side.get(stream, 0)
+            reserved = marked.get(stream, 0)
             kept = max((row[1] for row in rows if row[0] == stream), default=0)
             last_seq[stream] = max(old_seq, reserved, kept)
-            # The chain continues only when the corrupt file told us the exact last envelope.
-            digests[stream] = old_digest if old_digest and old_seq >= reserved else self._genesis
+            # The chain continues only where the exact last envelope's digest is known.
+            if old_seq >= reserved and old_digest:
+                digests[stream] = old_digest
+            elif mark is not None and reserved >= old_seq and mark.digests.get(stream):
+                digests[stream] = mark.digests[stream]
+            else:
+                digests[stream] = self._genesis
+            if reserved > max(old_seq, kept):
+                # Handed out but neither the damaged streams table nor any row knows them.
+                unaccounted[stream] = [max(old_seq, kept) + 1, reserved]
         source: Literal["corrupt_db", "side_file", "both", "none"]
-        if salvaged and any(side.values()):
+        if salvaged and any(marked.values()):
             source = "both"
         elif salvaged:
             source = "corrupt_db"
-        elif any(side.values()):
+        elif any(marked.values()):
             source = "side_file"
         else:
             source = "none"
@@ -873,9 +968,9 @@ class Outbox:
         )
         conn.execute("COMMIT")
         self.generation += 1
-        self._reserved = side
         self._load_state(conn)
-        recovery = Recovery(tuple(moved), error, source, dict(last_seq), len(rows), unusable)
+        unusable_total = sum(found.unusable.values())
+        recovery = Recovery(tuple(moved), error, source, dict(last_seq), len(rows), unusable_total)
         self.recoveries.append(recovery)
         log.error(
             "outbox_corrupt_recovered",
@@ -884,7 +979,20 @@ class Outbox:
             seq_from=source,
             last_seq=last_seq,
             salvaged=len(rows),
-            unusable=unusable,
+            unreadable=found.unreadable,
+            unusable=found.unusable,
+        )
+        self._record_incident(
+            Incident(
+                "corrupt",
+                f"outbox database was corrupt ({error}); moved aside, started fresh with the"
+                f" {len(rows)} message(s) that read back whole",
+                unaccounted=unaccounted,
+                unreadable=found.unreadable,
+                unusable=found.unusable,
+                salvaged=len(rows),
+                moved_to=[str(p) for p in moved],
+            )
         )
 
     @staticmethod
@@ -906,51 +1014,6 @@ class Outbox:
         return found
 
     @staticmethod
-    def _salvage_messages(aside: Path) -> tuple[list[tuple[Any, ...]], int]:
-        """Best effort: every message row of the moved corrupt file that still reads back whole.
-
-        Rows are read in id order, a page at a time; where the table's b-tree is damaged the read
-        narrows to one row, then skips ahead in growing steps until it reads again. A row is kept
-        only if its envelope parses and names the row's stream and seq: the bytes that go out
-        again are exactly the ones sealed. Returns the rows (stream, seq, created, expires, size,
-        state, reason, envelope) and how many rows read back but failed that check.
-        """
-        rows: list[tuple[Any, ...]] = []
-        unusable = 0
-        try:
-            conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
-        except sqlite3.Error:
-            return rows, unusable
-        after, limit, skip, failures = 0, 500, 1, 0
-        try:
-            while failures < 48:
-                try:
-                    batch = conn.execute(
-                        "SELECT id, stream, seq, created, expires, state, reason, envelope"
-                        " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                        (after, limit),
-                    ).fetchall()
-                except sqlite3.Error:
-                    failures += 1
-                    if limit > 1:
-                        limit = 1  # find the exact row where reading breaks
-                    else:
-                        after, skip = after + skip, skip * 2
-                    continue
-                if not batch:
-                    break
-                limit, skip, failures = 500, 1, 0
-                after = batch[-1][0]
-                for _id, stream, seq, created, expires, state, reason, envelope in batch:
-                    if Outbox._envelope_fits(stream, seq, envelope):
-                        rows.append((stream, seq, created, expires, len(envelope), state, reason, envelope))
-                    else:
-                        unusable += 1
-        finally:
-            conn.close()
-        return rows, unusable
-
-    @staticmethod
     def _envelope_fits(stream: Any, seq: Any, envelope: Any) -> bool:
         if stream not in STREAMS or not isinstance(seq, int) or not isinstance(envelope, bytes):
             return False
@@ -969,7 +1032,11 @@ class Outbox:
         gap = min(window, _BATCH_GAP_S)
         stop = False
         while not stop:
-            job = self._jobs.get()
+            try:
+                # Deletes deferred by a full disk are retried every second until they commit.
+                job = self._jobs.get(timeout=1.0) if self._undeleted else self._jobs.get()
+            except queue.Empty:
+                job = _DeliveredJob(None, [])
             batch = [job]
             deadline = time.monotonic() + window
             while len(batch) < self.config.max_batch and not isinstance(batch[-1], _StopJob):
@@ -998,8 +1065,17 @@ class Outbox:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
+        self._mark.close()
 
     def _process(self, batch: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        batch = self._with_undeleted(batch)
+        if not self._mark_ready and any(isinstance(j, _EnqueueJob) for j in batch):
+            try:
+                self._write_mark(self._state)
+            except OSError as err:
+                # No seq may be handed out before the mark can record it: refuse (507), keep going.
+                log.error("outbox_seq_mark_unwritable", path=str(self._mark.path), error=str(err))
+                return self._refuse_enqueues(batch, err)
         try:
             return self._transaction(batch)
         except _DiskFull:
@@ -1013,11 +1089,34 @@ class Outbox:
             try:
                 results += self._transaction(others)
             except (_DiskFull, _Corrupt) as err:
-                failure = StorageError(f"outbox storage failed: {err}", path=self.path)
-                results += [(j, None, failure) for j in others]
+                results += self._failed_bookkeeping(others, err)
         for job in batch:
             if isinstance(job, _EnqueueJob):
                 results.append(self._enqueue_alone(job))
+        return results
+
+    def _refuse_enqueues(
+        self, batch: list[_Job], err: OSError
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        others = [j for j in batch if not isinstance(j, _EnqueueJob)]
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        if others:
+            try:
+                results += self._transaction(others)
+            except (_DiskFull, _Corrupt) as failure:
+                results += self._failed_bookkeeping(others, failure)
+        used = sum(s.bytes + s.parked_bytes for s in self._state.values())
+        for job in batch:
+            if isinstance(job, _EnqueueJob):
+                st = self._state[job.stream]
+                st.counters["refused"] += 1
+                self._persist_counter_quietly(job.stream, "refused", st.counters["refused"])
+                refusal: OutboxError = (
+                    OutboxFull(job.stream, reason="disk", used=used, limit=self.config.max_bytes)
+                    if isinstance(err, SeqMarkFull)
+                    else StorageError(f"cannot record the seq mark: {err}", path=self.path)
+                )
+                results.append((job, None, refusal))
         return results
 
     def _enqueue_alone(self, job: _EnqueueJob) -> tuple[_Job, Any, BaseException | None]:
@@ -1035,6 +1134,28 @@ class Outbox:
         self._persist_counter_quietly(job.stream, "refused", st.counters["refused"])
         used = sum(s.bytes + s.parked_bytes for s in self._state.values())
         return job, None, OutboxFull(job.stream, reason="disk", used=used, limit=self.config.max_bytes)
+
+    def _with_undeleted(self, batch: list[_Job]) -> list[_Job]:
+        """Deletes that failed on a full disk ride along with the next transaction."""
+        if not self._undeleted:
+            return batch
+        items, self._undeleted = self._undeleted, []
+        return [_DeliveredJob(None, items), *batch]
+
+    def _failed_bookkeeping(
+        self, jobs: list[_Job], err: Exception
+    ) -> list[tuple[_Job, Any, BaseException | None]]:
+        """Deletes after PUBACK are kept and retried (the broker has them); the rest fail."""
+        failure = StorageError(f"outbox storage failed: {err}", path=self.path)
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        for job in jobs:
+            if isinstance(job, _DeliveredJob) and isinstance(err, _DiskFull):
+                self._undeleted.extend(job.items)
+                log.warning("outbox_delete_deferred", rows=len(job.items), error=str(err))
+                results.append((job, None, None))
+            else:
+                results.append((job, None, failure))
+        return results
 
     def _persist_counter_quietly(self, stream: str, name: str, value: int) -> None:
         conn = self._conn
@@ -1082,14 +1203,14 @@ class Outbox:
         self, batch: list[_Job], error: str
     ) -> list[tuple[_Job, Any, BaseException | None]]:
         try:
-            self._recover(error)
+            self._recover(error, self._mark.read())
         except Exception as err:
             log.exception("outbox_recovery_failed")
             failure = StorageError(f"outbox database corrupt and recovery failed: {err}", path=self.path)
             return [(j, None, failure) for j in batch]
-        recovery = self.recoveries[-1]
+        with contextlib.suppress(OSError):
+            self._write_mark(self._state)
         self._publish_snapshot()
-        self._post_alert(recovery.alert())
         # Salvaged rows are new rows of a new generation: the publisher starts over on them.
         self._on_loop(self._notify, frozenset(STREAMS))
         failure = StorageError(f"outbox database was corrupt and was replaced: {error}", path=self.path)
@@ -1113,6 +1234,9 @@ class Outbox:
                 elif isinstance(job, _RejectJob):
                     self._apply_reject(conn, work, job, touched)
                     results.append((job, None, None))
+                elif isinstance(job, _ExpireJob):
+                    self._apply_expire(conn, work, job.item, touched)
+                    results.append((job, None, None))
                 elif isinstance(job, _SweepJob):
                     results.append((job, self._apply_sweep(conn, work, touched), None))
                 elif isinstance(job, _RequeueJob):
@@ -1132,7 +1256,6 @@ class Outbox:
                     [(s, work[s].last_seq, work[s].last_digest) for s in touched],
                 )
                 self._write_counters(conn, work, touched)
-                self._reserve(work)
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as err:
             with contextlib.suppress(sqlite3.Error):
@@ -1147,19 +1270,20 @@ class Outbox:
         if self._commit_delay_s:
             time.sleep(self._commit_delay_s)
         self._state = work
+        try:
+            # Durable before anyone learns of the new seqs (callers, the publisher's reads).
+            self._write_mark(work)
+        except OSError as err:
+            log.error("outbox_seq_mark_failed", path=str(self._mark.path), error=str(err))
+            failure = StorageError(
+                f"committed, but its seq could not be made durable ({err}); it may still be sent",
+                path=self.path,
+            )
+            results = [
+                (j, v, failure if isinstance(j, _EnqueueJob) and e is None else e) for j, v, e in results
+            ]
         self._publish_snapshot()
         return results
-
-    def _reserve(self, work: dict[str, _StreamState]) -> None:
-        """Make the side file cover every seq this transaction uses, before it commits."""
-        if all(work[s].last_seq <= self._reserved.get(s, 0) for s in STREAMS):
-            return
-        reserved = dict(self._reserved)
-        for stream in STREAMS:
-            if work[stream].last_seq > reserved.get(stream, 0):
-                reserved[stream] = work[stream].last_seq + self.config.seq_block
-        self._write_side_file(reserved)
-        self._reserved = reserved
 
     @staticmethod
     def _write_counters(
@@ -1341,10 +1465,27 @@ class Outbox:
                 touched.add(stream)
         return requeued
 
+    def _apply_expire(
+        self, conn: sqlite3.Connection, work: dict[str, _StreamState], item: Pending, touched: set[str]
+    ) -> None:
+        if item.generation != self.generation:
+            return
+        row = conn.execute(
+            "DELETE FROM messages WHERE id = ? AND stream = ? AND seq = ? AND state = 0 RETURNING size",
+            (item.id, item.stream, item.seq),
+        ).fetchone()
+        if row is None:
+            return
+        st = work[item.stream]
+        st.count -= 1
+        st.bytes -= row[0]
+        st.counters["expired"] += 1
+        touched.add(item.stream)
+
     def _apply_sweep(
         self, conn: sqlite3.Connection, work: dict[str, _StreamState], touched: set[str]
     ) -> dict[str, int]:
-        now = time.time()
+        now = self.clock()
         expired: dict[str, int] = {}
         for stream in STREAMS:
             st = work[stream]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import time
 from typing import Any
@@ -155,7 +156,7 @@ class _Session:
 
     async def _take(self) -> Pending | None:
         p = self.p
-        now = time.time()
+        now = p._outbox.clock()
         for stream in p._outbox.priority_order:
             buffer = self.buffers[stream]
             rewinds = p._outbox.rewinds.get(stream, 0)
@@ -178,11 +179,13 @@ class _Session:
             while buffer:
                 item = buffer.popleft()
                 self.cursor[stream] = item.seq
-                if (
-                    item.id in p._acking
-                    or (item.generation, item.id) in p._sending
-                    or (item.expires is not None and item.expires <= now)
-                ):
+                if item.id in p._acking or (item.generation, item.id) in p._sending:
+                    continue
+                if item.expires is not None and item.expires <= now:
+                    # Dropped for good: after a clock step back it must not go out behind the
+                    # higher seqs sent meanwhile (within a stream, seq order only).
+                    with contextlib.suppress(OutboxError):
+                        p._outbox.mark_expired(item)
                     continue
                 return item
         return None

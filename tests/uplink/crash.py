@@ -11,8 +11,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.uplink import incidents
 from gateway.uplink.keys import KeyRing
 from gateway.uplink.verifier import VerifyReport, verify_lines
+from tests.support.walcut import cut_last_commits
 from tests.uplink.helpers import Collector, payload_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +33,20 @@ class KillReport:
     conflicts: list[tuple[str, int]] = field(default_factory=list)
     reused: list[tuple[str, int]] = field(default_factory=list)
     verify: VerifyReport | None = None
+    # WAL-tail cuts between rounds (a disk that lied about fsync): how many, how many commits
+    # they dropped, the seqs the outbox reported as possibly lost, and lost seqs it did not report.
+    cuts: int = 0
+    commits_cut: int = 0
+    reported: set[tuple[str, int]] = field(default_factory=set)
+    unreported_lost: list[tuple[str, int]] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"rounds={self.rounds} acknowledged={self.acknowledged} delivered={self.delivered} "
             f"lost={len(self.lost)} duplicated={self.duplicated} conflicts={len(self.conflicts)} "
-            f"seq_reused={len(self.reused)} killed_before_ready={self.killed_before_ready}"
+            f"seq_reused={len(self.reused)} killed_before_ready={self.killed_before_ready} "
+            f"cuts={self.cuts} commits_cut={self.commits_cut} reported_possibly_lost={len(self.reported)} "
+            f"lost_unreported={len(self.unreported_lost)}"
         )
 
 
@@ -67,8 +77,13 @@ async def run_kill_rounds(
     rounds: int,
     seed: int = 1,
     run_s: tuple[float, float] = (0.05, 0.6),
+    cut_commits: int = 0,
 ) -> KillReport:
-    """Start, SIGKILL at a random moment, repeat; then drain once and compare."""
+    """Start, SIGKILL at a random moment, repeat; then drain once and compare.
+
+    With `cut_commits`, each kill is followed by dropping the last 1..cut_commits commits from
+    the WAL (and the -shm), as a disk that lied about fsync would.
+    """
     rng = random.Random(seed)
     report = KillReport()
     # Per round, per stream: the seqs acknowledged on stdout.
@@ -98,15 +113,28 @@ async def run_kill_rounds(
             if text.startswith("ACK "):
                 _, stream, seq = text.split()
                 this_round[stream].append(int(seq))
+        if cut_commits and db.with_name(db.name + "-wal").exists():
+            drop = rng.randint(1, cut_commits)
+            try:
+                cut_last_commits(db, drop)
+            except AssertionError:
+                pass  # too few commits in the WAL this round
+            else:
+                report.cuts += 1
+                report.commits_cut += drop
     # One clean run to deliver whatever the last kill left in the outbox.
     proc = await _spawn([*base, "--drain"], log)
     async with asyncio.timeout(90):
         out, _ = await proc.communicate()
     assert proc.returncode == 0 and b"DRAINED" in out, f"drain failed ({proc.returncode}), see {log}"
 
-    want = {(s, q) for r in acked for s, seqs in r.items() for q in seqs}
+    for incident in incidents.load(incidents.journal_path(db)):
+        for stream, (first, last) in incident.unaccounted.items():
+            report.reported.update((stream, q) for q in range(first, last + 1))
+    want = {(s, q) for r in acked for s, seqs in r.items() for q in seqs} - report.reported
     await cloud.wait_for(lambda: want <= _received_keys(cloud), timeout=30)
     _compare(report, acked, cloud, ring)
+    report.unreported_lost = [key for key in report.lost if key not in report.reported]
     return report
 
 

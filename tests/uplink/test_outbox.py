@@ -357,3 +357,98 @@ async def test_requeue_puts_parked_rows_back_and_survives_a_restart(tmp_path: Pa
         assert await outbox.requeue_rejected() == {"audit": 2}
         assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [1, 2, 3]
         assert outbox.backlog() == 4
+
+
+def crash_copy(path: Path, dest: Path) -> Path:
+    """The files as a power cut would leave them while the outbox is open (db, -wal, .seq)."""
+    dest.mkdir()
+    for suffix in ("", "-wal", ".seq"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            (dest / (path.name + suffix)).write_bytes(src.read_bytes())
+    return dest / path.name
+
+
+@pytest.mark.parametrize("cut", [2, 5])
+async def test_lost_wal_tail_never_reuses_a_seq_and_is_reported(
+    tmp_path: Path, sealer: Sealer, ring: KeyRing, cut: int
+) -> None:
+    path = tmp_path / "o.db"
+    sent: list[bytes] = []
+    alerts: list[OutboxAlert] = []
+    async with Outbox(path, sealer) as outbox:
+        for i in range(12):  # one commit each
+            await outbox.enqueue("tx", "t", {"i": i})
+        sent += [item.envelope for item in await outbox.read_page("tx", 0, 100)]
+        copy = crash_copy(path, tmp_path / "crash")
+    from tests.support.walcut import cut_last_commits
+
+    cut_last_commits(copy, cut)
+    async with Outbox(copy, sealer, on_alert=alerts.append) as outbox:
+        [incident] = outbox.incidents
+        assert incident.kind == "lost_tail"
+        assert incident.unaccounted == {"tx": [13 - cut, 12]}
+        assert incident.possibly_lost == cut and incident.severity == "red"
+        assert [(a.kind, a.severity) for a in alerts] == [("seq_gap", "red")]
+        assert alerts[0].fields["unaccounted"] == {"tx": [13 - cut, 12]}
+        stats = outbox.stats()
+        assert [i["possibly_lost"] for i in stats["incidents"]] == [cut]
+        new = await outbox.enqueue("tx", "t", {"after": True})
+        assert new.seq == 13, "seq continues above the mark, never at 13 - cut"
+        sent += [item.envelope for item in await outbox.read_page("tx", 12, 100)]
+    # What the cloud sees: no seq twice with different bytes, and the chain unbroken (the mark
+    # carried the digest of seq 12).
+    report = verify_lines(sent, ring)
+    assert report.ok, report.format_report()
+    # A clean restart reports nothing new; the incident stays until acknowledged.
+    async with Outbox(copy, sealer) as outbox:
+        assert outbox.incidents == []
+        assert len(outbox.stats()["incidents"]) == 1
+    from gateway.uplink import incidents
+
+    assert [i.id for i in incidents.acknowledge(incidents.journal_path(copy))] == [incident.id]
+    async with Outbox(copy, sealer) as outbox:
+        assert outbox.stats()["incidents"] == []
+
+
+async def test_plain_crash_is_no_loss_and_no_gap(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(5):
+            await outbox.enqueue("audit", "a", {"i": i})
+        copy = crash_copy(path, tmp_path / "crash")
+    async with Outbox(copy, sealer) as outbox:
+        assert outbox.incidents == [] and outbox.stats()["incidents"] == []
+        assert (await outbox.enqueue("audit", "a", {})).seq == 6
+
+
+async def test_an_older_releases_reservation_file_is_honoured(tmp_path: Path, sealer: Sealer) -> None:
+    """The issue's case: the database says 234, the old JSON reservation file 1001."""
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(4):
+            await outbox.enqueue("tx", "t", {"i": i})
+    (tmp_path / "o.db.seq").write_text('{"tx": 1001, "audit": 0}')
+    async with Outbox(path, sealer) as outbox:
+        [incident] = outbox.incidents
+        assert incident.unaccounted == {"tx": [5, 1001]}
+        assert (await outbox.enqueue("tx", "t", {})).seq == 1002
+    async with Outbox(path, sealer) as outbox:  # converted: a normal restart reports nothing new
+        assert outbox.incidents == []
+        assert (await outbox.enqueue("tx", "t", {})).seq == 1003
+    assert (tmp_path / "o.db.seq").stat().st_size == 2048
+
+
+async def test_a_torn_mark_slot_falls_back_to_the_other(tmp_path: Path, sealer: Sealer) -> None:
+    path = tmp_path / "o.db"
+    async with Outbox(path, sealer) as outbox:
+        for i in range(6):
+            await outbox.enqueue("audit", "a", {"i": i})
+    mark = tmp_path / "o.db.seq"
+    raw = bytearray(mark.read_bytes())
+    newest = max((0, 1), key=lambda i: int(raw[i * 1024 + 9 :].split(b'"n":')[1].split(b",")[0]))
+    raw[newest * 1024 + 20 : newest * 1024 + 40] = os.urandom(20)  # a write torn mid-slot
+    mark.write_bytes(bytes(raw))
+    async with Outbox(path, sealer) as outbox:
+        assert outbox.incidents == [], "the older slot is behind the database: nothing lost"
+        assert (await outbox.enqueue("audit", "a", {})).seq == 7
