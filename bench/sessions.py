@@ -2,6 +2,8 @@
 
 Run: .venv/bin/python bench/sessions.py [--duration 20] [--clients 200] [--get-seconds 5]
                                         [--until-complete] [--default-queues] [--json]
+     .venv/bin/python bench/sessions.py --stations 20 [--per-station 10]: the centre mode
+     (N stations, each with its own reader, camera and printer; see bench/stations.py)
 
 The daemon runs as `python -m gateway run` with the embedded default's simulated peripherals at their
 realistic service times: ONE ID card reader (the simulator presents a card ~0.3 s into a read; a read
@@ -609,6 +611,11 @@ def report(args: argparse.Namespace, f: dict[str, Any], log_errors: Counter[str]
 
 
 def main() -> int:
+    if "--stations" in sys.argv:
+        # The centre mode: N stations with their own devices (bench/stations.py).
+        import stations
+
+        return stations.main(sys.argv[1:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of flows (default 20)")
     parser.add_argument("--clients", type=int, default=200, help="concurrent kiosk clients (default 200)")

@@ -222,10 +222,55 @@ def driver_name(cfg: DeviceConfig) -> str:
     return str(cfg.__struct_config__.tag)
 
 
+# The kind of peripheral each driver serves; stations and API routes name devices by kind.
+KIND_OF_DRIVER = {
+    "samv": "idcard",
+    "escpos": "printer",
+    "pcsc": "cardreader",
+    "v4l2": "camera",
+    "http": "camera",
+}
+DEVICE_KINDS = ("idcard", "cardreader", "printer", "camera")
+DEFAULT_STATION = "default"
+
+
+def device_kind(cfg: DeviceConfig) -> str:
+    """idcard, cardreader, printer or camera."""
+    return KIND_OF_DRIVER[driver_name(cfg)]
+
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class StationConfig(_Section):
+    """One kiosk (or staff counter): per kind, a device name under [devices] or a pool under [pools]."""
+
+    label: Annotated[str, msgspec.Meta(max_length=80)] = ""
+    idcard: str = ""
+    cardreader: str = ""
+    printer: str = ""
+    camera: str = ""
+    # Local uids allowed to open sessions at this station; empty: any uid the API lets in.
+    uids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+
+    def uses(self) -> dict[str, str]:
+        """kind -> device or pool name, for the kinds this station has."""
+        return {kind: name for kind in DEVICE_KINDS if (name := getattr(self, kind))}
+
+
+class PoolConfig(_Section):
+    """Devices of one kind shared by the stations that name the pool."""
+
+    devices: Annotated[list[str], msgspec.Meta(min_length=1, max_length=64)]
+
+
 class OpsConfig(_Section):
     telemetry_interval_s: PositiveFloat = 60.0
     # Event-loop lag that raises a blue alert (it clears at half of it).
     loop_lag_warn_s: PositiveFloat = 0.5
+    # How long a device stays failed (offline, no_device, hardware_error) before it counts toward
+    # the red device-failure-share alert (a replug or a restart should not page anyone).
+    device_failure_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
 class GatewayConfig(_Section):
@@ -236,9 +281,9 @@ class GatewayConfig(_Section):
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     outbox: OutboxConfig = msgspec.field(default_factory=OutboxConfig)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
-    devices: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,31}$")], DeviceConfig] = (
-        msgspec.field(default_factory=dict)
-    )
+    devices: dict[Name, DeviceConfig] = msgspec.field(default_factory=dict)
+    stations: dict[Name, StationConfig] = msgspec.field(default_factory=dict)
+    pools: dict[Name, PoolConfig] = msgspec.field(default_factory=dict)
 
     # Paths resolved against the environment (filled in by load_config).
     source: str = "<embedded default>"
@@ -308,7 +353,39 @@ def parse_config(text: str, *, source: str) -> GatewayConfig:
         config = msgspec.convert(raw, GatewayConfig)
     except msgspec.ValidationError as err:
         raise ConfigError(f"{source}: {_friendly(err)}") from err
-    return msgspec.structs.replace(config, source=source, devices=devices)
+    config = msgspec.structs.replace(config, source=source, devices=devices)
+    try:
+        check_stations(config)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from err
+    return config
+
+
+def check_stations(config: GatewayConfig) -> None:
+    """Stations and pools name devices that exist, of the right kind; ValueError names the key."""
+    kinds = {name: device_kind(cfg) for name, cfg in config.devices.items()}
+    pool_kind: dict[str, str] = {}
+    for pool, pool_table in config.pools.items():
+        if pool in kinds:
+            raise ValueError(f"pools.{pool}: a pool cannot share its name with a device")
+        if len(set(pool_table.devices)) != len(pool_table.devices):
+            raise ValueError(f"pools.{pool}.devices: a device is listed twice")
+        for device in pool_table.devices:
+            if device not in kinds:
+                raise ValueError(f"pools.{pool}.devices: no device named {device!r} under [devices]")
+        found = {kinds[d] for d in pool_table.devices}
+        if len(found) != 1:
+            raise ValueError(f"pools.{pool}.devices: a pool's devices are of one kind, got {sorted(found)}")
+        pool_kind[pool] = found.pop()
+    for station, table in config.stations.items():
+        for kind, target in table.uses().items():
+            got = kinds.get(target) or pool_kind.get(target)
+            if got is None:
+                raise ValueError(f"stations.{station}.{kind}: no device or pool named {target!r}")
+            if got != kind:
+                raise ValueError(f"stations.{station}.{kind}: {target!r} is a {got}, not a {kind}")
+    if config.pools and not config.stations:
+        raise ValueError("pools: a pool serves stations; add [stations.NAME] tables that use it")
 
 
 def embedded_default_text() -> str:

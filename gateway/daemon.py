@@ -34,6 +34,7 @@ from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
 from gateway.ops.alerts import (
     DEVICE_FAILURE_RATE,
+    FAILED_STATES,
     OUTBOX_BACKLOG,
     Alert,
     AlertEngine,
@@ -45,6 +46,7 @@ from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
+from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
@@ -164,6 +166,8 @@ class Daemon:
         self.link: MqttLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
+        # One pending re-judgement of the device-failure share (when a failed device's grace ends).
+        self._share_timer: asyncio.TimerHandle | None = None
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
             max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
@@ -314,8 +318,13 @@ class Daemon:
         self.devices = DeviceManager()
         await self.devices.start(dict(config.devices), stack)
         self.ctx.devices = self.devices
+        self.stations = StationMap(config, self.devices)
+        self.ctx.stations = self.stations
+        self.usage = UsageTracker(devices=self.devices.devices.keys(), stations=self.stations.names)
+        self.ctx.station_overview = self._station_overview
+        self.add_status("devices", self.stations.describe_devices)
+        self.add_status("stations", self._station_overview)
         self.add_health_check("devices", self.devices.health)
-        self.add_status("devices", self.devices.describe)
 
         sessions = SessionRegistry(
             max_sessions=config.api.max_sessions,
@@ -630,13 +639,17 @@ class Daemon:
             return metrics.render(await self.status())
 
         self.ctx.metrics = render_metrics
-        self.usage = UsageTracker(devices=self.devices.devices.keys())
         reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
         reporter.start()
         stack.push_async_callback(reporter.close)
         lag = config.ops.loop_lag_warn_s
         self.alerts = AlertEngine(
-            self.cloud, rules=AlertRules(loop_lag_raise_s=lag, loop_lag_clear_s=lag / 2)
+            self.cloud,
+            rules=AlertRules(
+                loop_lag_raise_s=lag,
+                loop_lag_clear_s=lag / 2,
+                share_grace_s=config.ops.device_failure_grace_s,
+            ),
         )
         self.alerts.start()
         stack.push_async_callback(self.alerts.close)
@@ -645,6 +658,12 @@ class Daemon:
         for managed in self.devices.devices.values():
             managed.queue.on_complete.append(self._device_op_done)
         self.sessions.on_end(lambda session, _reason: self.alerts.record_session(session.errors == 0))
+        self.sessions.on_create(lambda session: self.usage.stations.session_started(session.station))
+        self.sessions.on_end(self._station_session_ended)
+        self.ctx.record_feedback = self._record_feedback
+        self.devices.subscribe(self._device_share_event)
+        self._judge_device_share()
+        stack.callback(self._cancel_share_timer)
         collector = TelemetryCollector(config.state_dir, lambda: self.monitor.lag, self.ctx.started_at)
         self.telemetry = TelemetryLoop(
             collector, self.cloud, config.ops.telemetry_interval_s, on_sample=self._judge_system
@@ -660,6 +679,56 @@ class Daemon:
         ok = error is None or isinstance(error, UserActionNeeded)
         self.usage.record(device, ok, seconds)
         self.alerts.record_device_op(device, ok)
+
+    def _station_session_ended(self, session: Session, _reason: str) -> None:
+        seconds = time.time() - session.created_at
+        self.usage.stations.session_ended(session.station, seconds, used=session.used)
+        for _ in range(session.transactions):
+            self.usage.stations.transaction(session.station)
+
+    def _record_feedback(self, station: str, rating: int, complaint: bool) -> None:
+        self.usage.stations.feedback(station, rating, complaint)
+        self.alerts.record_feedback(complaint)
+
+    def _device_share_event(self, event: DeviceEvent) -> None:
+        if event.kind == "state":
+            self._judge_device_share()
+
+    def _judge_device_share(self) -> None:
+        """RED share rule now, and again once a newly failed device's grace period has passed."""
+        now = time.time()
+        states = {
+            name: (m.device.status.state.value, now - m.device.status.since)
+            for name, m in self.devices.devices.items()
+        }
+        where = {name: ", ".join(self.stations.stations_using(name)) for name in states}
+        self.alerts.evaluate_device_share(states, where)
+        grace = self.alerts.rules.share_grace_s
+        pending = [grace - age for state, age in states.values() if state in FAILED_STATES and age < grace]
+        self._cancel_share_timer()
+        if pending:
+            loop = asyncio.get_running_loop()
+            self._share_timer = loop.call_later(min(pending) + 0.05, self._judge_device_share)
+
+    def _cancel_share_timer(self) -> None:
+        if self._share_timer is not None:
+            self._share_timer.cancel()
+            self._share_timer = None
+
+    def _station_overview(self) -> list[dict[str, Any]]:
+        """GET /v1/stations: each station's devices and their states, open sessions, today's figures."""
+        open_at: dict[str, int] = {}
+        for session in self.sessions:
+            open_at[session.station] = open_at.get(session.station, 0) + 1
+        usage = self.usage.stations.today()
+        return [
+            {
+                **self.stations.describe_station(name),
+                "sessions": open_at.get(name, 0),
+                "usage": usage.get(name, {}),
+            }
+            for name in self.stations.names
+        ]
 
     def _judge_system(self, sample: dict[str, Any]) -> None:
         snapshot: dict[str, Any] = {
@@ -697,8 +766,11 @@ class Daemon:
             )
 
     def _broadcast_device_event(self, event: DeviceEvent) -> None:
+        """A device's events (card present, state) reach only the sessions of stations it serves."""
+        stations = set(self.stations.stations_using(event.device))
         for session in self.sessions:
-            session.hub.publish(event.kind, device=event.device, **dict(event.data))
+            if session.station in stations:
+                session.hub.publish(event.kind, device=event.device, **dict(event.data))
 
     def _sessions_status(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ from gateway.config import (
     PcscDevice,
     SamvDevice,
     V4l2Device,
+    device_kind,
     driver_name,
 )
 from gateway.errors import GatewayError
@@ -29,15 +30,6 @@ from gateway.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 SIM_PREFIX = "sim://"
-
-# The kind of peripheral each driver serves; API routes look devices up by kind.
-KIND_OF_DRIVER = {
-    "samv": "idcard",
-    "escpos": "printer",
-    "pcsc": "cardreader",
-    "v4l2": "camera",
-    "http": "camera",
-}
 
 
 class NoSuchDevice(GatewayError):
@@ -238,7 +230,7 @@ class DeviceManager:
         for name, cfg in configs.items():
             device, simulator = await _build(name, cfg, stack)
             queue = DeviceQueue(name, depth=cfg.queue.depth, deadline_s=cfg.queue.deadline_s)
-            managed = ManagedDevice(name, KIND_OF_DRIVER[driver_name(cfg)], device, queue, cfg, simulator)
+            managed = ManagedDevice(name, device_kind(cfg), device, queue, cfg, simulator)
             self.devices[name] = managed
             device.subscribe(self._relay)
             queue.start()

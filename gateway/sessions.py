@@ -25,6 +25,10 @@ from gateway.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 SessionKind = Literal["citizen", "technician"]
+# Feedback is accepted this long after a session ended ("scan to rate" on the way out).
+FEEDBACK_GRACE_S = 60.0
+# Bound on ended sessions remembered for feedback (a flood of short sessions cannot grow memory).
+RECENTLY_ENDED_MAX = 2000
 EndHook = Callable[["Session", str], Awaitable[None] | None]
 
 
@@ -95,6 +99,14 @@ class Session:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # Auth state (factors held) lives here; the auth layer owns its type.
     auth: Any = None
+    # The station (kiosk) this session belongs to: its device routes use that station's devices.
+    station: str = "default"
+    # Citizen feedback is taken once per session (also shortly after it ended).
+    feedback_given: bool = False
+    # For the centre's figures: whether a device did work for it, and transactions it sent.
+    used: bool = False
+    transactions: int = 0
+    ended_at: float | None = None
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -132,6 +144,8 @@ class SessionRegistry:
         self.idle_warning_s = idle_warning_s
         self.event_buffer = event_buffer
         self._sessions: dict[str, Session] = {}
+        # Ended sessions kept for FEEDBACK_GRACE_S, in end order (oldest first), for late feedback.
+        self._recently_ended: dict[str, Session] = {}
         self._end_hooks: list[EndHook] = []
         self._create_hooks: list[Callable[[Session], None]] = []
         self._busy_probes: list[Callable[[Session], bool]] = []
@@ -171,7 +185,7 @@ class SessionRegistry:
     def __iter__(self) -> Any:
         return iter(list(self._sessions.values()))
 
-    def create(self, kind: SessionKind = "citizen") -> tuple[Session, str]:
+    def create(self, kind: SessionKind = "citizen", station: str = "default") -> tuple[Session, str]:
         if len(self._sessions) >= self.max_sessions:
             oldest_idle = max((s.idle_for() for s in self._sessions.values()), default=0.0)
             raise SessionsFull(self.max_sessions, max(1.0, self.idle_timeout_s - oldest_idle))
@@ -181,26 +195,44 @@ class SessionRegistry:
             token_digest=_digest(token),
             kind=kind,
             hub=EventHub(self.event_buffer),
+            station=station,
         )
         for hook in self._create_hooks:
             hook(session)
         self._sessions[session.id] = session
         self.created_total += 1
-        log.info("session_created", session=session.id, kind=kind, open=len(self._sessions))
+        log.info("session_created", session=session.id, kind=kind, station=station, open=len(self._sessions))
         return session, token
 
     def authenticate(self, session_id: str, authorization: str | None) -> Session:
         """The session named by the path, if the bearer token is its own; touches it."""
+        session = self._check_token(self._sessions.get(session_id), authorization)
+        session.touch()
+        return session
+
+    def authenticate_recent(self, session_id: str, authorization: str | None) -> Session:
+        """Like `authenticate`, but also a session that ended within `FEEDBACK_GRACE_S` (feedback)."""
+        self._forget_old_ended()
+        session = self._sessions.get(session_id) or self._recently_ended.get(session_id)
+        return self._check_token(session, authorization)
+
+    def _check_token(self, session: Session | None, authorization: str | None) -> Session:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("send Authorization: Bearer <token> from POST /v1/sessions")
         digest = _digest(authorization[7:].strip())
-        session = self._sessions.get(session_id)
         # Compare even when the id is unknown, so timing does not tell ids from tokens.
         expected = session.token_digest if session is not None else b"\0" * 32
         if not hmac.compare_digest(expected, digest) or session is None:
             raise SessionNotFound("no such session for this token")
-        session.touch()
         return session
+
+    def _forget_old_ended(self) -> None:
+        cutoff = time.monotonic() - FEEDBACK_GRACE_S
+        while self._recently_ended:
+            oldest = next(iter(self._recently_ended.values()))
+            if oldest.ended_at is not None and oldest.ended_at > cutoff:
+                break
+            del self._recently_ended[oldest.id]
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -210,7 +242,11 @@ class SessionRegistry:
         if session.ended is not None:
             return
         session.ended = reason
+        session.ended_at = time.monotonic()
         self._sessions.pop(session.id, None)
+        self._forget_old_ended()
+        if len(self._recently_ended) < RECENTLY_ENDED_MAX:
+            self._recently_ended[session.id] = session
         self.ended_total[reason] = self.ended_total.get(reason, 0) + 1
         for hook in self._end_hooks:
             try:

@@ -15,6 +15,7 @@ have systemd-socket-activate || need+=(systemd)
 have systemd-analyze || need+=(systemd)
 have ffmpeg || need+=(ffmpeg)
 have curl || need+=(curl)
+have ser2net || [ -x /usr/sbin/ser2net ] || need+=(ser2net)
 have gcc || need+=(gcc)
 # CJK fonts for receipt lines the printer's own font cannot print (drawn as raster images).
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)

@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from drivers.base import DeviceState, DeviceUnavailable, DriverError, StatusTracker
+from drivers.serialio.threaded import open_threaded
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +99,9 @@ class LinkProtocol(asyncio.Protocol):
 P = TypeVar("P", bound=LinkProtocol)
 
 
+RFC2217 = "rfc2217://"
+
+
 def _is_url(port: str) -> bool:
     return "://" in port
 
@@ -107,7 +111,8 @@ def _open_error(device: str, port: str, err: BaseException) -> DeviceUnavailable
         isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ENODEV, errno.ENXIO)
     )
     text = str(err)
-    if isinstance(err, serial.SerialException) and "No such file" in text:
+    # pyserial wraps these in SerialException text (a path gone; a device server not listening).
+    if isinstance(err, serial.SerialException) and ("No such file" in text or "Connection refused" in text):
         missing = True
     state = DeviceState.NO_DEVICE if missing else DeviceState.OFFLINE
     return DeviceUnavailable(f"cannot open {port}: {text}", device=device, state=state)
@@ -121,23 +126,30 @@ async def open_port(
     baudrate: int,
     timeout: float = 2.0,
 ) -> tuple[asyncio.Transport, P]:
-    """Open a path (`/dev/ttyUSB0`, `/dev/serial/by-id/...`) or pyserial URL (`socket://h:p`)."""
+    """Open a path (`/dev/ttyUSB0`, `/dev/serial/by-id/...`) or a serial device server's URL:
+    `socket://host:port` (raw TCP) or `rfc2217://host:port` (telnet with RFC 2217 port control)."""
     # A stat on a device node does not block; it tells "unplugged" from other open errors.
     if not _is_url(port) and not os.path.exists(port):  # noqa: ASYNC240
         raise DeviceUnavailable(f"{port} does not exist", device=device, state=DeviceState.NO_DEVICE)
     loop = asyncio.get_running_loop()
+    transport: asyncio.BaseTransport
+    protocol: asyncio.BaseProtocol
     try:
         async with asyncio.timeout(timeout):
-            transport, protocol = await serial_asyncio_fast.create_serial_connection(
-                loop, protocol_factory, port, baudrate=baudrate
-            )
+            if port.startswith(RFC2217):
+                protocol = protocol_factory()
+                transport = await open_threaded(loop, protocol, port, baudrate=baudrate)
+            else:
+                transport, protocol = await serial_asyncio_fast.create_serial_connection(
+                    loop, protocol_factory, port, baudrate=baudrate
+                )
     except TimeoutError as err:
         raise DeviceUnavailable(
             f"opening {port} timed out", device=device, state=DeviceState.NO_DEVICE
         ) from err
     except (serial.SerialException, OSError, ValueError) as err:
         raise _open_error(device, port, err) from err
-    assert isinstance(protocol, LinkProtocol)
+    assert isinstance(protocol, LinkProtocol) and isinstance(transport, asyncio.Transport)
     return transport, protocol  # type: ignore[return-value]
 
 

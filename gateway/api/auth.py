@@ -183,6 +183,7 @@ async def transaction(request: web.Request) -> web.Response:
             **({"id_number": holder.id_number} if holder is not None else {}),
         },
     )
+    session.transactions += 1
     session.hub.publish("transaction_queued", id=tx_id, seq=queued.seq)
     return json_response({"id": tx_id, "seq": queued.seq, "state": queued.state}, status=202)
 

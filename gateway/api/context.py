@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.devices import DeviceManager
     from gateway.events import Subscription
     from gateway.sessions import SessionRegistry
+    from gateway.stations import StationMap
 
 RequestObserver = Callable[[str, str, int, float], None]
 
@@ -31,6 +32,9 @@ class ApiContext:
     request_observer: RequestObserver | None = None
     sessions: SessionRegistry | None = None
     devices: DeviceManager | None = None
+    stations: StationMap | None = None
+    station_overview: Callable[[], list[dict[str, Any]]] | None = None
+    record_feedback: Callable[[str, int, bool], None] | None = None
     cloud: CloudSink | None = None
     auth: Authenticator | None = None
     is_online: Callable[[], bool] = lambda: False

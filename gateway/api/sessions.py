@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.api.app import CONTEXT, json_response, read_json
+from gateway.api.app import CONTEXT, json_response, peer_uid, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.devices import DeviceManager, ManagedDevice
 from gateway.queueing import Position, RequestCancelled
 from gateway.sessions import Job, Session, SessionRegistry
+from gateway.stations import StationForbidden, StationMap, StationRequired, UnknownStation
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,15 @@ routes = web.RouteTableDef()
 
 class CreateSession(msgspec.Struct, forbid_unknown_fields=True):
     kind: Literal["citizen", "technician"] = "citizen"
+    station: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True):
+    """No free text: feedback may not carry personal data."""
+
+    rating: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    complaint: bool = False
+    category: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_.-]{1,32}$")] | None = None
 
 
 class PrintRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,6 +56,19 @@ def devices(ctx: ApiContext) -> DeviceManager:
     if ctx.devices is None:
         raise Problem(503, "not-ready", "Devices unavailable", "the gateway is starting or stopping")
     return ctx.devices
+
+
+def stations(ctx: ApiContext) -> StationMap:
+    if ctx.stations is None:
+        raise Problem(503, "not-ready", "Stations unavailable", "the gateway is starting or stopping")
+    return ctx.stations
+
+
+def station_device(ctx: ApiContext, session: Session, kind: str) -> ManagedDevice:
+    """The device of `kind` that serves this session's station (a pool picks a usable member)."""
+    managed = stations(ctx).device_for(session.station, kind)
+    session.used = True
+    return managed
 
 
 def session_of(request: web.Request) -> Session:
@@ -89,6 +112,7 @@ def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
         "idle_timeout_s": reg.idle_timeout_s,
         "idle_remaining_s": round(max(0.0, reg.idle_timeout_s - session.idle_for()), 1),
         "jobs": len(session.jobs),
+        "station": session.station,
     }
     if ctx.auth is not None and session.auth is not None:
         assurance = ctx.auth.assurance(session.auth).as_dict()
@@ -102,12 +126,21 @@ def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
 async def create_session(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     body = await read_json(request, CreateSession, optional=True)
-    session, token = registry(ctx).create(body.kind)
+    try:
+        station = stations(ctx).for_new_session(body.station, peer_uid(request))
+    except StationRequired as err:
+        raise Problem(422, "station-required", "Station required", str(err)) from err
+    except UnknownStation as err:
+        raise Problem(422, "unknown-station", "Unknown station", str(err), station=err.name) from err
+    except StationForbidden as err:
+        raise Problem(403, "station-not-allowed", "Station not allowed", str(err), station=err.name) from err
+    session, token = registry(ctx).create(body.kind, station.name)
     return json_response(
         {
             "id": session.id,
             "token": token,
             "kind": session.kind,
+            "station": session.station,
             "idle_timeout_s": registry(ctx).idle_timeout_s,
         },
         status=201,
@@ -130,7 +163,43 @@ async def delete_session(request: web.Request) -> web.Response:
 
 @routes.get("/v1/devices")
 async def list_devices(request: web.Request) -> web.Response:
-    return json_response({"devices": devices(request.app[CONTEXT]).describe()})
+    return json_response({"devices": stations(request.app[CONTEXT]).describe_devices()})
+
+
+@routes.get("/v1/stations")
+async def list_stations(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if ctx.station_overview is None:
+        raise Problem(503, "not-ready", "Stations unavailable", "the gateway is starting or stopping")
+    return json_response({"stations": ctx.station_overview()})
+
+
+@routes.post("/v1/sessions/{session_id}/feedback")
+async def feedback(request: web.Request) -> web.Response:
+    """Citizen feedback once per session, also within a minute after it ended; no free text."""
+    ctx = request.app[CONTEXT]
+    session = registry(ctx).authenticate_recent(
+        request.match_info["session_id"], request.headers.get("Authorization")
+    )
+    body = await read_json(request, FeedbackBody)
+    if session.feedback_given:
+        raise Problem(409, "feedback-given", "Feedback already given", "one rating per session")
+    if ctx.cloud is None or ctx.record_feedback is None:
+        raise Problem(503, "not-ready", "Uplink unavailable", "the gateway is starting or stopping")
+    queued = await ctx.cloud.send(
+        "event",
+        "feedback",
+        {
+            "session": session.id,
+            "station": session.station,
+            "rating": body.rating,
+            "complaint": body.complaint,
+            **({"category": body.category} if body.category else {}),
+        },
+    )
+    session.feedback_given = True
+    ctx.record_feedback(session.station, body.rating, body.complaint)
+    return json_response({"accepted": True, "seq": queued.seq}, status=202)
 
 
 # Printing -----------------------------------------------------------------------------------
@@ -209,7 +278,7 @@ async def print_receipt(request: web.Request) -> web.Response:
                 503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping"
             )
         await ctx.auth.authorize("certificate_print", session.auth, online=ctx.is_online())
-    managed = devices(ctx).by_kind("printer")
+    managed = station_device(ctx, session, "printer")
     managed.require_usable()
     deadline = deadline_of(request, managed)
     queue = managed.queue
@@ -247,7 +316,7 @@ async def queued_device_call(
 ) -> Any:
     """Run `call(device, timeout)` on the device of `kind` through its queue, as this request."""
     ctx = request.app[CONTEXT]
-    managed = devices(ctx).by_kind(kind)
+    managed = station_device(ctx, session, kind)
     managed.require_usable()
     deadline = deadline_of(request, managed)
     request_id = secrets.token_hex(4)

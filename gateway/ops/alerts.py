@@ -1,10 +1,11 @@
 """Red / yellow / blue alerts as the service centres use them, raised once and cleared once.
 
-RED: a device's failure rate over a sliding window reaches its threshold. YELLOW: sessions that
-saw a user-visible error reach their share of sessions in a window. BLUE: system anomalies (loop
-lag, disk nearly full, watchdog close to missing, outbox backlog growing). Each alert has a raise
-and a lower clear threshold (hysteresis), so a value hovering at the line does not flap; raise and
-clear go to the `alert` stream as `alert_raised` / `alert_cleared`.
+RED: a device's failure rate over a sliding window reaches its threshold, or the share of the node's
+devices in a failure state (past a grace period) reaches 15%. YELLOW: complaints reach 5% of rated
+sessions in a window, or sessions that saw a user-visible error reach their share. BLUE: system
+anomalies (loop lag, disk nearly full, watchdog close to missing, outbox backlog growing). Each
+alert has a raise and a lower clear threshold (hysteresis), so a value hovering at the line does not
+flap; raise and clear go to the `alert` stream as `alert_raised` / `alert_cleared`.
 
 Delivery never drops an alert: each is retried until the outbox stores it (a full disk refuses
 it with 507 until space returns), one at a time and in order, so the cloud always gets a raise
@@ -40,6 +41,11 @@ LOOP_LAG: Final = "loop_lag"
 DISK_NEARLY_FULL: Final = "disk_nearly_full"
 WATCHDOG_SLACK: Final = "watchdog_slack"
 OUTBOX_BACKLOG: Final = "outbox_backlog_growing"
+DEVICE_FAILURE_SHARE: Final = "device_failure_share"
+COMPLAINT_RATE: Final = "complaint_rate"
+
+# Device states that count as failed for the share rule (a user's mistake, busy: not failures).
+FAILED_STATES: Final = frozenset({"offline", "no_device", "hardware_error"})
 
 
 class Severity(enum.StrEnum):
@@ -72,6 +78,15 @@ class AlertRules:
     # Consecutive evaluations with a larger backlog than the one before.
     backlog_growth_checks: int = 5
     backlog_clear_shrinks: int = 2
+    # Share of the node's devices in a failure state (longer than the grace) that raises RED.
+    share_raise: float = 0.15
+    share_clear: float = 0.10
+    share_grace_s: float = 60.0
+    # Complaints among rated sessions (the plan's complaint rate).
+    complaint_window_s: float = 3600.0
+    complaint_min_samples: int = 20
+    complaint_raise_rate: float = 0.05
+    complaint_clear_rate: float = 0.03
     # Bound on the samples one window keeps, whatever the traffic.
     max_window_samples: int = 10_000
 
@@ -243,6 +258,7 @@ class AlertEngine:
         self._clock = clock
         self._devices: dict[str, _Window] = {}
         self._sessions = _Window(self.rules.session_window_s, self.rules.max_window_samples)
+        self._complaints = _Window(self.rules.complaint_window_s, self.rules.max_window_samples)
         self._active: dict[tuple[str, str], Alert] = {}
         self._remedies: dict[str, list[Remedy]] = {}
         self._outbox_last: float | None = None
@@ -295,6 +311,38 @@ class AlertEngine:
         self._sessions.add(self._clock(), ok)
         self._judge_sessions()
 
+    def record_feedback(self, complaint: bool) -> None:
+        """One rated session; `complaint=True` when the citizen complained."""
+        self._complaints.add(self._clock(), not complaint)
+        self._judge_complaints()
+
+    def evaluate_device_share(
+        self, devices: Mapping[str, tuple[str, float]], where: Mapping[str, str]
+    ) -> None:
+        """RED when the share of devices failed for longer than the grace reaches its threshold.
+
+        `devices` maps a device to (state, seconds in that state); `where` names each device's
+        stations for the alert's detail."""
+        r = self.rules
+        if not devices:
+            return
+        failed = sorted(
+            d for d, (state, age) in devices.items() if state in FAILED_STATES and age >= r.share_grace_s
+        )
+        share = len(failed) / len(devices)
+        places = "; ".join(f"{d} ({where.get(d) or 'no station'})" for d in failed)
+        self._judge(
+            Severity.RED,
+            DEVICE_FAILURE_SHARE,
+            "devices",
+            round(share, 4),
+            r.share_raise,
+            raise_when=share >= r.share_raise,
+            clear_when=share < r.share_clear,
+            detail=f"{len(failed)} of {len(devices)} devices failed ({share:.0%})"
+            + (f": {places}" if places else ""),
+        )
+
     def evaluate(self) -> None:
         """Re-judge the sliding windows as time passes (old outcomes leave them)."""
         now = self._clock()
@@ -303,6 +351,8 @@ class AlertEngine:
             self._judge_device(device, window)
         self._sessions.prune(now)
         self._judge_sessions()
+        self._complaints.prune(now)
+        self._judge_complaints()
 
     def evaluate_system(self, snapshot: Mapping[str, Any]) -> None:
         """BLUE rules from a snapshot: `loop_lag_s`, `disk_free_fraction`, `watchdog_slack_s`,
@@ -394,6 +444,24 @@ class AlertEngine:
             clear_when=rate < r.session_clear_rate,
             detail=f"{window.failures} of {window.count} sessions saw an error in the last "
             f"{_minutes(r.session_window_s)} ({rate:.0%})",
+        )
+
+    def _judge_complaints(self) -> None:
+        r = self.rules
+        window = self._complaints
+        if window.count < r.complaint_min_samples:
+            return
+        rate = window.rate
+        self._judge(
+            Severity.YELLOW,
+            COMPLAINT_RATE,
+            "feedback",
+            round(rate, 4),
+            r.complaint_raise_rate,
+            raise_when=rate >= r.complaint_raise_rate,
+            clear_when=rate < r.complaint_clear_rate,
+            detail=f"{window.failures} of {window.count} rated sessions complained in the last "
+            f"{_minutes(r.complaint_window_s)} ({rate:.0%})",
         )
 
     def _judge_backlog(self, backlog: float) -> None:

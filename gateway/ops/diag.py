@@ -57,7 +57,18 @@ OUTBOX_FAIL_FILL: Final = 0.95
 OUTBOX_WARN_AGE_S: Final = 3600.0
 DEFAULT_TIMEOUT: Final = 3.0
 
-CHECK_NAMES: Final = ("config", "key", "clock", "disk", "daemon", "device", "broker", "outbox", "systemd")
+CHECK_NAMES: Final = (
+    "config",
+    "key",
+    "clock",
+    "disk",
+    "daemon",
+    "device",
+    "station",
+    "broker",
+    "outbox",
+    "systemd",
+)
 START_FIX: Final = f"start it: `systemctl start {UNIT}` (or `edge-gateway run -c CONFIG` by hand)"
 
 
@@ -608,6 +619,32 @@ async def check_devices(
     )
 
 
+def check_stations(config: GatewayConfig, devices: Sequence[CheckResult]) -> list[CheckResult]:
+    """Each configured station: can it serve a citizen? Every kind it uses needs a working device
+    (a pool, at least one working member). Judged from the device checks."""
+    verdicts = {r.name.removeprefix("device:"): r.status for r in devices}
+    results = []
+    for name, station in config.stations.items():
+        worst = Verdict.PASS
+        parts: list[str] = []
+        broken: list[str] = []
+        for kind, target in station.uses().items():
+            members = config.pools[target].devices if target in config.pools else [target]
+            ok = [m for m in members if verdicts.get(m) in (Verdict.PASS, Verdict.SKIP)]
+            broken.extend(m for m in members if m not in ok)
+            if not ok:
+                worst = Verdict.FAIL
+            elif len(ok) < len(members) and worst is Verdict.PASS:
+                worst = Verdict.WARN
+            label = f"pool {target} {len(ok)}/{len(members)}" if target in config.pools else target
+            parts.append(f"{kind} {label}{'' if ok else ' DOWN'}")
+        title = f"{station.label}: " if station.label else ""
+        fix = f"see {', '.join(f'device:{d}' for d in broken)}" if broken else None
+        data = {"label": station.label, "uses": station.uses()}
+        results.append(CheckResult(f"station:{name}", worst, title + "; ".join(parts), fix=fix, data=data))
+    return results
+
+
 # ------------------------------------------------------------------------------------ broker
 
 
@@ -1079,7 +1116,7 @@ async def diagnose(
         raise DiagUsageError(f"no device named {unknown} in {config.source}")
 
     now = time.time()
-    needs_status = bool(selection.names & {"daemon", "device", "outbox"})
+    needs_status = bool(selection.names & {"daemon", "device", "station", "outbox"})
 
     async def status_or_error() -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
         if not needs_status:
@@ -1104,9 +1141,14 @@ async def diagnose(
         maybe("systemd", lambda: check_systemd(timeout=timeout)),
     )
     devices: list[CheckResult] = []
+    stations: list[CheckResult] = []
     if selection.wants("device"):
         names = None if selection.all_devices else sorted(selection.devices)
         devices = await check_devices(config, status, names=names, now=now, timeout=timeout)
+    if selection.wants("station") and config.stations:
+        every = devices if selection.all_devices else None
+        every = every or await check_devices(config, status, now=now, timeout=timeout)
+        stations = check_stations(config, every)
     outbox = await check_outbox(config, status, now=now) if selection.wants("outbox") else None
     daemon = check_daemon(config.socket_path, status, error, now=now) if selection.wants("daemon") else None
 
@@ -1117,6 +1159,7 @@ async def diagnose(
         disk,
         daemon,
         *devices,
+        *stations,
         broker,
         outbox,
         systemd,

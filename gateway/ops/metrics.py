@@ -35,6 +35,18 @@ def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+# (usage key, metric suffix, help) of the per-station gauges.
+STATION_GAUGES = (
+    ("sessions_open", "sessions_open", "Open sessions at the station"),
+    ("sessions", "sessions_today", "Sessions opened at the station today"),
+    ("uses", "uses_today", "Sessions today in which a device was used or a transaction sent"),
+    ("transactions", "transactions_today", "Transactions sent from the station today"),
+    ("mean_session_s", "mean_session_seconds", "Mean session time today"),
+    ("rated", "rated_today", "Sessions rated by the citizen today"),
+    ("complaint_rate", "complaint_rate", "Complaints among rated sessions today"),
+)
+
+
 class _StatusCollector(Collector):
     """Turns the latest /v1/status document into metric families at scrape time."""
 
@@ -53,6 +65,25 @@ class _StatusCollector(Collector):
         )
         alerts = status.get("alerts")
         yield from self._alerts(alerts if isinstance(alerts, list) else [])
+        stations = status.get("stations")
+        yield from self._stations(stations if isinstance(stations, list) else [])
+
+    @staticmethod
+    def _stations(stations: list[Any]) -> Iterable[Metric]:
+        """The centre's figures per station, today so far (the daily roll-up has whole days)."""
+        families = {
+            key: GaugeMetricFamily(f"{PREFIX}_station_{name}", text, labels=["station"])
+            for key, name, text in STATION_GAUGES
+        }
+        for item in stations:
+            if not isinstance(item, Mapping) or not item.get("name"):
+                continue
+            figures = {**_dict(item.get("usage")), "sessions_open": item.get("sessions")}
+            for key, family in families.items():
+                value = _num(figures.get(key))
+                if value is not None:
+                    family.add_metric([str(item["name"])], value)
+        yield from families.values()
 
     @staticmethod
     def _general(status: Mapping[str, Any]) -> Iterable[Metric]:

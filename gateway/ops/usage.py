@@ -25,6 +25,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.ops.centre import StationUsage
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -77,6 +78,7 @@ class UsageTracker:
         *,
         tz: dt.tzinfo | None = None,
         devices: Iterable[str] = (),
+        stations: Iterable[str] = (),
         max_samples: int = MAX_SAMPLES,
     ) -> None:
         self._clock = clock
@@ -88,6 +90,9 @@ class UsageTracker:
         self.since: dt.date = self.today()
         # The first day not reported yet (set by the reporter): no count goes to an earlier day.
         self.floor: dt.date | None = None
+        # Per station figures (sessions, uses, ratings, heat map) ride in the same daily roll-up,
+        # counted on the same day as the devices' (the clock-step rules above apply to both).
+        self.stations = StationUsage(clock, day=self.counting_day, tz=tz, stations=stations)
 
     def today(self) -> dt.date:
         return dt.datetime.fromtimestamp(self._clock(), self._tz).date()
@@ -96,17 +101,21 @@ class UsageTracker:
         """A device that appears in every roll-up, with zeros on a day it was not used."""
         self.devices.add(device)
 
-    def record(self, device: str, ok: bool, seconds: float) -> None:
-        """One completed operation (hooked to DeviceQueue completions)."""
-        self.devices.add(device)
+    def counting_day(self) -> dt.date:
+        """The day a count made now goes to: today, but never before the first open day."""
         today = self.today()
-        # Never before the first open day: a reported day is closed, and a clock stepped back
-        # (to 1970, say) must not make the reporter send every day since.
+        # A reported day is closed, and a clock stepped back (to 1970, say) must not make the
+        # reporter send every day since.
         floor = self.floor if self.floor is not None else self.since
         if today < floor:
             log.warning("usage_clock_behind_open_day", today=str(today), counted_on=str(floor))
-            today = floor
-        day = self._days.setdefault(today, {})
+            return floor
+        return today
+
+    def record(self, device: str, ok: bool, seconds: float) -> None:
+        """One completed operation (hooked to DeviceQueue completions)."""
+        self.devices.add(device)
+        day = self._days.setdefault(self.counting_day(), {})
         day.setdefault(device, _DayFigures()).add(ok, max(0.0, seconds), self._rng, self._max_samples)
 
     def rollup(self, day: dt.date) -> dict[str, Any]:
@@ -116,6 +125,7 @@ class UsageTracker:
         return {
             "day": day.isoformat(),
             "devices": {name: figures.get(name, _DayFigures()).summary() for name in names},
+            "stations": self.stations.rollup(day),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -125,15 +135,17 @@ class UsageTracker:
     def days(self) -> list[dt.date]:
         return sorted(self._days)
 
-    def take_live(self) -> dict[dt.date, dict[str, _DayFigures]]:
+    def take_live(self) -> tuple[dict[dt.date, dict[str, _DayFigures]], dict[str, Any]]:
         """Hand over (and clear) the figures counted so far, to merge them back with `put_back`."""
         live, self._days = self._days, {}
-        return live
+        return live, self.stations.take_live()
 
-    def put_back(self, live: dict[dt.date, dict[str, _DayFigures]]) -> None:
+    def put_back(self, taken: tuple[dict[dt.date, dict[str, _DayFigures]], dict[str, Any]]) -> None:
         """Merge figures counted in this run; a day before `floor` (reported) counts on `floor`."""
+        live, stations = taken
+        floor = self.floor if self.floor is not None else self.since
+        self.stations.restore(stations, floor=floor)
         for day, figures in live.items():
-            floor = self.floor if self.floor is not None else self.since
             target = max(day, floor)
             merged = self._days.setdefault(target, {})
             for name, f in figures.items():
@@ -147,6 +159,7 @@ class UsageTracker:
         """Drop the figures of `through` and every earlier day (once reported)."""
         for day in [d for d in self._days if d <= through]:
             del self._days[day]
+        self.stations.forget(through)
 
     def dump(self) -> dict[str, Any]:
         """Plain data for the state file, so a restart keeps the day's counts."""
@@ -165,6 +178,7 @@ class UsageTracker:
                 }
                 for day, figures in self._days.items()
             },
+            "stations": self.stations.dump(),
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -179,6 +193,7 @@ class UsageTracker:
                 f.failures += int(raw["failures"])
                 f.total_s += float(raw["total_s"])
                 f.samples.extend(float(s) for s in raw["samples"][: self._max_samples - len(f.samples)])
+        self.stations.restore(data.get("stations", {}))
 
 
 def _write_atomic(path: Path, text: str) -> None:

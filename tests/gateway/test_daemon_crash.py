@@ -54,6 +54,15 @@ class SmsService:
         return None
 
 
+async def wait_device_online(http: aiohttp.ClientSession, name: str) -> None:
+    for _ in range(200):
+        devices = (await (await http.get("/v1/devices")).json())["devices"]
+        if any(d["name"] == name and d["state"] == "online" for d in devices):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} did not come online: {devices}")
+
+
 async def test_kill_9_loses_no_acknowledged_transaction(state_dir: Path) -> None:
     rng = random.Random(467)
     sms = SmsService()
@@ -76,6 +85,8 @@ backoff_max_s = 0.5
                 sms.code = f"{100000 + round_no:06d}"
                 dp = await spawn_daemon(config)
                 async with unix_session(dp.socket_path) as http:
+                    # "listening" comes before the reader has answered its first status check.
+                    await wait_device_online(http, "idcard")
                     body = await (await http.post("/v1/sessions", json={})).json()
                     base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
                     assert (await http.post(f"{base}/factors/idcard", headers=auth)).status == 200

@@ -117,12 +117,19 @@ async def test_socket_path_printed_for_embedded_default(tmp_path: Path) -> None:
                 if all(d["state"] == "online" for d in devices):
                     break
                 await asyncio.sleep(0.1)
+            # Two kiosks with their own reader and camera, sharing a pool of two printers.
             assert {d["name"]: d["state"] for d in devices} == {
-                "idcard": "online",
-                "printer": "online",
-                "camera": "online",
+                "idcard_k1": "online",
+                "idcard_k2": "online",
+                "camera_k1": "online",
+                "camera_k2": "online",
+                "printer_a": "online",
+                "printer_b": "online",
             }
             assert all(d["simulated"] for d in devices)
+            stations = (await (await http.get("/v1/stations")).json())["stations"]
+            assert [s["name"] for s in stations] == ["k1", "k2"]
+            assert stations[0]["devices"]["printer"]["pool"] == "hall_printers"
     finally:
         assert await dp.stop() == 0
 
