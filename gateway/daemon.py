@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -22,6 +23,7 @@ from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
 from gateway.api.context import ApiContext
+from gateway.api.limits import HostileInputCollector, api_limits
 from gateway.api.server import ApiServer
 from gateway.api.sessions import routes as session_routes
 from gateway.api.system import routes as system_routes
@@ -281,6 +283,9 @@ class Daemon:
             inherited=listen_sockets(),
             debug_tcp=config.api.debug_tcp,
             max_sessions=config.api.max_sessions,
+            limits=api_limits(config.api),
+            idle_timeout_s=config.api.idle_timeout_s,
+            allowed_uids=lambda: self.config.api.allowed_uids,
         )
         await self.server.start()
         stack.push_async_callback(self.server.stop)
@@ -552,9 +557,18 @@ class Daemon:
             "reply": reply,
         }.items():
             dispatcher.register(name, handler)
-        self.add_status(
-            "commands", lambda: {"accepted": dispatcher.accepted, "rejected": dispatcher.rejected}
-        )
+        dispatcher.start()
+        stack.push_async_callback(dispatcher.close)
+        self.add_status("commands", self._downlink_status)
+        self.add_status("api", lambda: self.server.stats() if self.server is not None else {})
+
+    def _downlink_status(self) -> dict[str, Any]:
+        """The dispatcher's counts, with what the MQTT link dropped before it (retained, backlog)."""
+        stats = self.dispatcher.stats()
+        if self.link is not None:
+            for kind, count in self.link.downlink_dropped.items():
+                stats["rejected"][kind] = stats["rejected"].get(kind, 0) + count
+        return stats
 
     async def requeue_rejected(self, body: Any) -> dict[str, Any]:
         """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
@@ -625,6 +639,11 @@ class Daemon:
             return metrics.render(await self.status())
 
         self.ctx.metrics = render_metrics
+        metrics.registry.register(
+            HostileInputCollector(
+                lambda: self.server.stats() if self.server is not None else {}, self._downlink_status
+            )
+        )
         self.usage = UsageTracker(devices=self.devices.devices.keys())
         reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
         reporter.start()
@@ -708,6 +727,9 @@ def run_daemon(config_path: str | None) -> int:
     except ConfigError as err:
         print(f"edge-gateway: invalid configuration: {err}", file=sys.stderr)
         return 2
+    # Whatever starts us (systemd sets UMask=0077 too, a shell usually 0022): the state directory,
+    # the outbox and its WAL hold personal data, so nothing is created readable by others.
+    os.umask(0o077)
     log_file = Path(config.log.file) if config.log.file else config.state_dir / "log" / "gateway.jsonl"
     configure_logging(config.log.level, config.log.format, file=log_file)
     daemon = Daemon(config, config_path=config_path)

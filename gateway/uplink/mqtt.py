@@ -25,6 +25,7 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from gateway.errors import GatewayError
@@ -35,6 +36,11 @@ log = structlog.get_logger(__name__)
 DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 # PUBACK reason codes below this are successes (0x10 "no matching subscribers" included).
 PUBACK_FAILURE: Final = 0x80
+# Downlink messages aiomqtt holds before the receive loop takes them; more are dropped, counted.
+DOWNLINK_BACKLOG: Final = 256
+# Retained downlinks are never delivered at subscribe (MQTT v5 Retain Handling 2, OASIS MQTT 5.0
+# §3.8.3.1): a command is not retained by the cloud, and retained junk would repeat at each connect.
+DOWN_SUBSCRIPTION: Final = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
 
@@ -160,6 +166,17 @@ class _Client(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[int]] = {}
+        # Downlink messages dropped before the receive loop, by reason (shared with the link).
+        self.dropped: dict[str, int] = {}
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Dropped here without aiomqtt's log line per message: a flood must not become a log flood.
+        if message.retain:
+            self.dropped["retained"] = self.dropped.get("retained", 0) + 1
+        elif self._queue.full():
+            self.dropped["backlog_full"] = self.dropped.get("backlog_full", 0) + 1
+        else:
+            super()._on_message(client, userdata, message)
 
     def _on_publish(
         self,
@@ -285,6 +302,7 @@ class MqttLink:
         self._disconnected.set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.downlink_dropped: dict[str, int] = {}
 
     # ---------------------------------------------------------------- topics
 
@@ -421,10 +439,12 @@ class MqttLink:
             timeout=self._connect_timeout_s,
             tls_context=self._tls,
             max_inflight_messages=self._inflight + 4,
+            max_queued_incoming_messages=DOWNLINK_BACKLOG,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # paho's own TCP/TLS connect timeout, used in the executor thread.
         client._client.connect_timeout = self._connect_timeout_s
+        client.dropped = self.downlink_dropped
         return client
 
     async def _session(self, connected_at: list[float]) -> None:
@@ -437,7 +457,9 @@ class MqttLink:
             log.info("mqtt_link_up", broker=self._broker_text(), node=self.node_id)
             # Subscribed before saying `online`: a cloud that reacts to presence reaches us.
             if self._on_command is not None:
-                await client.subscribe(self.down_topic, qos=1, timeout=self._connect_timeout_s)
+                await client.subscribe(
+                    self.down_topic, options=DOWN_SUBSCRIPTION, timeout=self._connect_timeout_s
+                )
             await client.publish_acked(
                 self.status_topic, b"online", retain=True, timeout=self._connect_timeout_s
             )
