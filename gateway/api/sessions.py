@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from typing import Any, Literal
@@ -12,12 +13,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.api.app import CONTEXT, json_response, read_json
+from gateway.api.app import AUTHENTICATED, CONTEXT, json_response, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.devices import DeviceManager, ManagedDevice
 from gateway.queueing import Position, RequestCancelled
-from gateway.sessions import Job, Session, SessionRegistry
+from gateway.sessions import Job, Session, SessionRegistry, Unauthenticated
 
 log = structlog.get_logger(__name__)
 
@@ -48,9 +49,29 @@ def devices(ctx: ApiContext) -> DeviceManager:
     return ctx.devices
 
 
+# RFC 6750 §2.1 b64token: what a bearer token may be made of.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("send Authorization: Bearer <token> from POST /v1/sessions")
+    if not _B64TOKEN.fullmatch(token):
+        # Also bytes that are not UTF-8 (aiohttp hands them over as surrogates): never a token of ours.
+        raise Unauthenticated("the bearer token has characters no token of ours has")
+    return token
+
+
 def session_of(request: web.Request) -> Session:
+    """The session named by the path, authenticated by its bearer token (remembered on the request)."""
     ctx = request.app[CONTEXT]
-    return registry(ctx).authenticate(request.match_info["session_id"], request.headers.get("Authorization"))
+    token = bearer_token(request.headers.get("Authorization"))
+    session = registry(ctx).authenticate(request.match_info["session_id"], f"Bearer {token}")
+    request[AUTHENTICATED] = session
+    return session
 
 
 def deadline_of(request: web.Request, managed: ManagedDevice) -> float:
