@@ -69,18 +69,18 @@ def flood(
                 made_all = True
         stats["max_held"] = max(stats["max_held"], len(held))
         for key, _events in sel.select(timeout=0.05):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
             try:
-                data = sock.recv(65536)
+                data = ready.recv(65536)
             except OSError:
                 data = b""
             if data:
                 stats["answered"] += 1
                 continue
-            sel.unregister(sock)
-            sock.close()
-            held.discard(sock)
+            sel.unregister(ready)
+            ready.close()
+            held.discard(ready)
             stats["closed_by_server"] += 1
     stats["held_at_end"] = len(held)
     for sock in held:
