@@ -558,17 +558,15 @@ class Daemon:
         }.items():
             dispatcher.register(name, handler)
         dispatcher.start()
+        if self.link is not None:
+            self.link.on_drop = dispatcher.count_dropped
         stack.push_async_callback(dispatcher.close)
         self.add_status("commands", self._downlink_status)
         self.add_status("api", lambda: self.server.stats() if self.server is not None else {})
 
     def _downlink_status(self) -> dict[str, Any]:
-        """The dispatcher's counts, with what the MQTT link dropped before it (retained, backlog)."""
-        stats = self.dispatcher.stats()
-        if self.link is not None:
-            for kind, count in self.link.downlink_dropped.items():
-                stats["rejected"][kind] = stats["rejected"].get(kind, 0) + count
-        return stats
+        """The dispatcher's counts (what the MQTT link dropped before it included)."""
+        return self.dispatcher.stats()
 
     async def requeue_rejected(self, body: Any) -> dict[str, Any]:
         """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
