@@ -8,6 +8,13 @@ connections stays below the file limit, with room kept for allowed clients; a co
 finish its first request head within `api.header_timeout_s`; and an accept() that fails for lack
 of descriptors (EMFILE/ENFILE, see accept(2)) pauses accepting for a moment and is counted, not
 logged once per attempt.
+
+Sources: SO_PEERCRED returns a `struct ucred {pid, uid, gid}` of three ints holding the
+credentials in effect at connect(2) (unix(7) and socket(7); Rust's std `os/unix/net/ucred.rs`
+reads the same three fields on Linux). A failed accept() for lack of descriptors leaves the
+connection queued, so the listener stays readable and a loop that just retries spins (libuv
+issue joyent/libuv#690, vibe-d/eventcore#49); asyncio's own accept loop keeps going after such an
+error and logs each attempt (python/cpython#151615).
 """
 
 from __future__ import annotations

@@ -40,11 +40,16 @@ DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 PUBACK_FAILURE: Final = 0x80
 # Downlink messages aiomqtt holds before the receive loop takes them; more are dropped, counted.
 DOWNLINK_BACKLOG: Final = 128
-# MQTT v5 Maximum Packet Size (OASIS MQTT 5.0 §3.1.2.11.4): the broker discards larger messages
-# instead of sending them. Room for the largest command, the longest topic and the headers.
+# MQTT v5 Maximum Packet Size in CONNECT (OASIS MQTT 5.0 §3.1.2.11.4): the broker discards a
+# message larger than this instead of sending it (mosquitto's own test
+# test/broker/12-prop-maximum-packet-size-publish.py checks exactly that). Room for the largest
+# command, the longest topic and the headers.
 MAX_PACKET_BYTES: Final = MAX_DOWNLINK_BYTES + 65_535 + 1024
-# Retained downlinks are never delivered at subscribe (MQTT v5 Retain Handling 2, OASIS MQTT 5.0
-# §3.8.3.1): a command is not retained by the cloud, and retained junk would repeat at each connect.
+# Retained downlinks are never delivered at subscribe: subscription option Retain Handling 2,
+# "do not send retained messages at the time of the subscribe" (OASIS MQTT 5.0 §3.8.3.1; the same
+# value 2 in Eclipse Paho C's MQTTSubscribe_options.retainHandling and AWS IoT SDK's
+# RetainHandlingType.DontSend). A command is not retained by the cloud, and retained junk would
+# otherwise come back at every connect.
 DOWN_SUBSCRIPTION: Final = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
