@@ -30,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from gateway.errors import GatewayError
+from gateway.ratelimit import echo
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.commands import MAX_DOWNLINK_BYTES
 
@@ -526,7 +527,7 @@ class MqttLink:
                 async with asyncio.timeout(self._command_timeout_s):
                     await self._on_command(str(message.topic), data)
             except Exception:
-                log.exception("downlink_handler_failed", topic=str(message.topic))
+                log.exception("downlink_handler_failed", topic=echo(message.topic))
         raise LinkDown("message stream ended")
 
 
