@@ -38,6 +38,7 @@ from gateway.ops.alerts import DEVICE_FAILURE_RATE, OUTBOX_BACKLOG, Alert, Alert
 from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
+from gateway.private import make_private
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
@@ -267,6 +268,10 @@ class Daemon:
         config = self.config
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        socket_inside = config.socket_path.parent == state_dir and bool(config.api.mode & 0o077)
+        await asyncio.to_thread(
+            make_private, state_dir, keep_root_searchable=socket_inside, leave=(config.key_path.parent,)
+        )
         self.monitor.start()
         stack.push_async_callback(self.monitor.close)
 

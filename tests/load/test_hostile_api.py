@@ -155,6 +155,21 @@ async def test_state_is_private_whatever_umask_starts_the_daemon(root: Path) -> 
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
 
 
+async def test_a_state_dir_left_loose_by_an_old_run_is_made_private(root: Path) -> None:
+    config = hostile_config(root)
+    state = root / "state"
+    (state / "usage").mkdir(parents=True)
+    state.chmod(0o755)
+    (state / "usage").chmod(0o755)
+    old = state / "usage" / "2026-01-01.json"  # a file the daemon does not rewrite
+    old.write_text("{}")
+    old.chmod(0o644)
+    async with running_daemon(config) as daemon:
+        assert _loose(state) == [], daemon.output[-2000:]
+        assert any("state_made_private" in line for line in daemon.output.splitlines())
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+
+
 async def _gateway_cli(*args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
