@@ -32,6 +32,8 @@ Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 DOWNLINK_QUEUE_DEPTH: Final = 64
 ALERT_INTERVAL_S: Final = 60.0
 REASON_MAX_CHARS: Final = 160
+# A command still running after this is abandoned, so the ones behind it are not held up for good.
+COMMAND_TIMEOUT_S: Final = 30.0
 
 
 class CommandFailed(Exception):
@@ -49,11 +51,13 @@ class CommandDispatcher:
         queue_depth: int = DOWNLINK_QUEUE_DEPTH,
         max_bytes: int = MAX_DOWNLINK_BYTES,
         alert_interval_s: float = ALERT_INTERVAL_S,
+        command_timeout_s: float = COMMAND_TIMEOUT_S,
     ) -> None:
         self._verifier = verifier
         self._sink = sink
         self._handlers: dict[str, Handler] = {}
         self.max_bytes = max_bytes
+        self.command_timeout_s = command_timeout_s
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self.alerts_sent = 0
@@ -124,10 +128,14 @@ class CommandDispatcher:
         self._reject(kind, topic, reason, None)
 
     async def _work(self) -> None:
+        # One at a time: the replay check and the effect of a command are ordered.
         while True:
             topic, payload = await self._queue.get()
             try:
-                await self._handle(topic, payload)
+                async with asyncio.timeout(self.command_timeout_s):
+                    await self._handle(topic, payload)
+            except TimeoutError:
+                log.error("downlink_command_timed_out", topic=echo(topic), timeout_s=self.command_timeout_s)
             except Exception:
                 log.exception("downlink_handler_failed", topic=echo(topic))
 
