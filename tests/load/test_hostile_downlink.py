@@ -121,6 +121,9 @@ async def test_junk_downlinks_cost_bounded_memory_log_and_alerts(root: Path) -> 
                 await asyncio.sleep(1.0)
                 assert sum(rejected(await metrics(sock)).values()) == 0, "retained junk was delivered"
                 rss_before, log_before = rss_bytes(daemon.proc.pid), output_bytes(daemon)
+                # Over the Maximum Packet Size the gateway asked for: the broker never sends it,
+                # so it is not even counted (the total below is exactly the flood).
+                await publish_all(broker.port, [("config.set", bytes(1_000_000))])
                 await publish_all(broker.port, messages)
                 counts = await settle(sock, JUNK)
                 rss_after, log_after = rss_bytes(daemon.proc.pid), output_bytes(daemon)
