@@ -7,12 +7,16 @@ another process that drops to uid 65534 (nobody) and holds 1,100 idle connection
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.load.conftest import gateway
 from tests.load.hostile import (
     flood_result,
     hostile_config,
@@ -117,3 +121,32 @@ async def test_a_silent_connection_is_closed_after_the_header_timeout(root: Path
         writer.close()
         figures = await metrics(sock)
     assert figures["edge_gateway_api_header_timeouts_total"] >= 20
+
+
+async def test_out_of_descriptors_pauses_accepting_instead_of_spinning(state_dir: Path) -> None:
+    async with gateway(state_dir) as gw:
+        assert gw.daemon.server is not None and gw.daemon.server.guard is not None
+        guard = gw.daemon.server.guard
+        # The clients' sockets exist before the limit drops; only the gateway's accept() needs a new fd.
+        clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir("/proc/self/fd"))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (in_use, hard))
+            for client in clients:
+                client.setblocking(False)
+                client.connect(str(gw.socket_path))  # lands in the listen backlog
+            await asyncio.sleep(1.2)
+            errors_while_out = guard.accept_errors
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        # Paused and retried every 0.5 s: a handful of attempts, not a tight loop.
+        assert 1 <= errors_while_out <= 6, errors_while_out
+        # With descriptors back, the waiting connections are served.
+        for client in clients:
+            reader, writer = await asyncio.open_unix_connection(sock=client)
+            writer.write(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(10):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.close()
+        assert guard.stats()["accept_errors"] == errors_while_out
