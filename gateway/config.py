@@ -50,11 +50,29 @@ class ApiConfig(_Section):
     event_buffer: Annotated[int, msgspec.Meta(ge=8, le=10_000)] = 256
     sse_heartbeat_s: PositiveFloat = 15.0
     # "127.0.0.1:PORT" for HTTP tools that cannot speak Unix sockets; loopback only, off when empty.
+    # TCP peers have no uid, so it cannot be combined with allowed_uids (refused at check and start).
     debug_tcp: str = ""
+    # Open connections at most; 0 = the open-file limit (RLIMIT_NOFILE) less 256 for the daemon's
+    # own files. A larger value is lowered to that.
+    max_connections: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Of those, this many are kept for allowed_uids, root and the daemon's own user: other peers
+    # are refused once only this many places are left.
+    reserved_connections: Annotated[int, msgspec.Meta(ge=0)] = 32
+    # A new connection must send its first request head within this time, or it is closed.
+    header_timeout_s: PositiveFloat = 10.0
+    # An idle keep-alive connection (no request under way) is closed after this time.
+    idle_timeout_s: PositiveFloat = 60.0
 
     def __post_init__(self) -> None:
         if self.debug_tcp:
             debug_tcp_address(self.debug_tcp)
+            if self.allowed_uids:
+                raise ValueError(
+                    "debug_tcp cannot be combined with allowed_uids: TCP peers have no uid to check; "
+                    "leave debug_tcp empty on a box that restricts uids"
+                )
+        if self.max_connections and self.reserved_connections >= self.max_connections:
+            raise ValueError("reserved_connections must be smaller than max_connections")
         if self.idle_warning_s >= self.session_idle_timeout_s:
             raise ValueError("idle_warning_s must be shorter than session_idle_timeout_s")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import sys
@@ -22,6 +23,7 @@ from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
 from gateway.api.context import ApiContext
+from gateway.api.limits import HostileInputCollector, api_limits
 from gateway.api.server import ApiServer
 from gateway.api.sessions import routes as session_routes
 from gateway.api.system import routes as system_routes
@@ -44,6 +46,7 @@ from gateway.ops.alerts import (
 from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
+from gateway.private import make_private
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.stations import StationMap
@@ -278,6 +281,10 @@ class Daemon:
         config = self.config
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        socket_inside = config.socket_path.parent == state_dir and bool(config.api.mode & 0o077)
+        await asyncio.to_thread(
+            make_private, state_dir, keep_root_searchable=socket_inside, leave=(config.key_path.parent,)
+        )
         self.monitor.start()
         stack.push_async_callback(self.monitor.close)
 
@@ -294,6 +301,9 @@ class Daemon:
             inherited=listen_sockets(),
             debug_tcp=config.api.debug_tcp,
             max_sessions=config.api.max_sessions,
+            limits=api_limits(config.api),
+            idle_timeout_s=config.api.idle_timeout_s,
+            allowed_uids=lambda: self.config.api.allowed_uids,
         )
         await self.server.start()
         stack.push_async_callback(self.server.stop)
@@ -566,9 +576,16 @@ class Daemon:
             "reply": reply,
         }.items():
             dispatcher.register(name, handler)
-        self.add_status(
-            "commands", lambda: {"accepted": dispatcher.accepted, "rejected": dispatcher.rejected}
-        )
+        dispatcher.start()
+        if self.link is not None:
+            self.link.on_drop = dispatcher.count_dropped
+        stack.push_async_callback(dispatcher.close)
+        self.add_status("commands", self._downlink_status)
+        self.add_status("api", lambda: self.server.stats() if self.server is not None else {})
+
+    def _downlink_status(self) -> dict[str, Any]:
+        """The dispatcher's counts (what the MQTT link dropped before it included)."""
+        return self.dispatcher.stats()
 
     async def requeue_rejected(self, body: Any) -> dict[str, Any]:
         """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
@@ -639,6 +656,11 @@ class Daemon:
             return metrics.render(await self.status())
 
         self.ctx.metrics = render_metrics
+        metrics.registry.register(
+            HostileInputCollector(
+                lambda: self.server.stats() if self.server is not None else {}, self._downlink_status
+            )
+        )
         reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
         reporter.start()
         stack.push_async_callback(reporter.close)
@@ -788,6 +810,9 @@ def run_daemon(config_path: str | None) -> int:
     except ConfigError as err:
         print(f"edge-gateway: invalid configuration: {err}", file=sys.stderr)
         return 2
+    # Whatever starts us (systemd sets UMask=0077 too, a shell usually 0022): the state directory,
+    # the outbox and its WAL hold personal data, so nothing is created readable by others.
+    os.umask(0o077)
     log_file = Path(config.log.file) if config.log.file else config.state_dir / "log" / "gateway.jsonl"
     configure_logging(config.log.level, config.log.format, file=log_file)
     daemon = Daemon(config, config_path=config_path)

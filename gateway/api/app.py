@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import time
@@ -14,10 +15,14 @@ from aiohttp import web
 
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem, from_http_exception
+from gateway.ratelimit import echo
+from gateway.sessions import Session
 
 log = structlog.get_logger(__name__)
 
 CONTEXT = web.AppKey("context", ApiContext)
+# The session a request proved it holds (its bearer token checked); set by session_of.
+AUTHENTICATED = web.RequestKey("authenticated_session", Session)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
@@ -90,10 +95,11 @@ def make_metrics_middleware(ctx: ApiContext) -> Callable[..., Awaitable[web.Stre
             route = request.match_info.route.resource
             name = route.canonical if route is not None else "unmatched"
             ctx.observe_request(request.method, name, status, time.perf_counter() - start)
-            if status >= 500 and ctx.sessions is not None:
-                session = ctx.sessions.get(request.match_info.get("session_id", ""))
-                if session is not None:
-                    session.errors += 1
+            # Only a request that proved it holds the session counts against it: a stranger who
+            # knows a session id cannot raise that session's error rate.
+            session = request.get(AUTHENTICATED)
+            if status >= 500 and session is not None:
+                session.errors += 1
 
     return metrics_middleware
 
@@ -114,17 +120,39 @@ async def read_json(request: web.Request, model: type[T], *, optional: bool = Fa
             f"send application/json, not {ctype}",
         )
     try:
-        return msgspec.json.decode(raw, type=model)
+        decoded = msgspec.json.decode(raw, type=model)
     except msgspec.ValidationError as err:
         invalid = err
     except (msgspec.DecodeError, RecursionError) as err:
         raise _malformed(err) from err
+    else:
+        _refuse_duplicate_keys(raw)
+        return decoded
     # The typed decoder stops at the first wrong type; a body that is not JSON at all is still a 400.
     try:
         msgspec.json.decode(raw)
     except (msgspec.DecodeError, RecursionError) as err:
         raise _malformed(err) from err
     raise Problem(422, "invalid-body", "Invalid body", str(invalid)) from invalid
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise Problem(400, "malformed-body", "Malformed JSON", f"duplicate key {echo(key)!r}")
+        seen[key] = value
+    return seen
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """400 for an object with a key twice: parsers disagree on which one wins (RFC 8259 §4)."""
+    if b"{" not in raw:
+        return
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as err:
+        raise _malformed(err) from err
 
 
 def _malformed(err: Exception) -> Problem:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from typing import Annotated, Any, Literal
@@ -12,12 +13,12 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from gateway.api.app import CONTEXT, json_response, peer_uid, read_json
+from gateway.api.app import AUTHENTICATED, CONTEXT, json_response, peer_uid, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.devices import DeviceManager, ManagedDevice
 from gateway.queueing import Position, RequestCancelled
-from gateway.sessions import Job, Session, SessionRegistry
+from gateway.sessions import Job, Session, SessionRegistry, Unauthenticated
 from gateway.stations import StationForbidden, StationMap, StationRequired, UnknownStation
 
 log = structlog.get_logger(__name__)
@@ -71,9 +72,31 @@ def station_device(ctx: ApiContext, session: Session, kind: str) -> ManagedDevic
     return managed
 
 
-def session_of(request: web.Request) -> Session:
+# RFC 6750 §2.1 b64token: what a bearer token may be made of.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of `Authorization: Bearer <token>`; the scheme is case-insensitive (RFC 9110 §11.1)."""
+    scheme, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("send Authorization: Bearer <token> from POST /v1/sessions")
+    if not _B64TOKEN.fullmatch(token):
+        # Also bytes that are not UTF-8 (aiohttp hands them over as surrogates): never a token of ours.
+        raise Unauthenticated("the bearer token has characters no token of ours has")
+    return token
+
+
+def session_of(request: web.Request, *, recently_ended: bool = False) -> Session:
+    """The session named by the path, authenticated by its bearer token (remembered on the request).
+    `recently_ended` also finds a session that ended a moment ago (feedback on the way out)."""
     ctx = request.app[CONTEXT]
-    return registry(ctx).authenticate(request.match_info["session_id"], request.headers.get("Authorization"))
+    authorization = f"Bearer {bearer_token(request.headers.get('Authorization'))}"
+    find = registry(ctx).authenticate_recent if recently_ended else registry(ctx).authenticate
+    session = find(request.match_info["session_id"], authorization)
+    request[AUTHENTICATED] = session
+    return session
 
 
 def deadline_of(request: web.Request, managed: ManagedDevice) -> float:
@@ -178,9 +201,7 @@ async def list_stations(request: web.Request) -> web.Response:
 async def feedback(request: web.Request) -> web.Response:
     """Citizen feedback once per session, also within a minute after it ended; no free text."""
     ctx = request.app[CONTEXT]
-    session = registry(ctx).authenticate_recent(
-        request.match_info["session_id"], request.headers.get("Authorization")
-    )
+    session = session_of(request, recently_ended=True)
     body = await read_json(request, FeedbackBody)
     if session.feedback_given:
         raise Problem(409, "feedback-given", "Feedback already given", "one rating per session")

@@ -14,6 +14,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.ratelimit import echo
 from gateway.uplink.envelope import (
     BadSignature,
     EnvelopeError,
@@ -28,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 DOWN_STREAM: Final = "down"
 MAX_ID_LENGTH: Final = 128
+# A downlink message larger than this is refused before it is parsed. The largest real command
+# (outbox.requeue with 10,000 seqs) is about 110 KB once signed and encoded.
+MAX_DOWNLINK_BYTES: Final = 256 * 1024
 DEFAULT_MAX_LIFETIME: Final = timedelta(hours=24)
 # Ids are kept this long past their exp so a modest backwards clock step cannot reopen a replay.
 PURGE_GRACE: Final = timedelta(minutes=10)
@@ -155,12 +159,11 @@ class CommandVerifier:
         self.max_lifetime = max_lifetime
 
     def verify(self, raw: bytes) -> Command:
-        """Accept a command once: valid cloud signature, stream down, this node, unexpired, unseen."""
-        try:
-            command = self._verify(raw)
-        except CommandRejected as err:
-            log.warning("command_rejected", kind=err.kind, reason=err.reason, command_id=err.command_id)
-            raise
+        """Accept a command once: valid cloud signature, stream down, this node, unexpired, unseen.
+
+        A rejection is only raised: the caller reports it (aggregated, see gateway.remote).
+        """
+        command = self._verify(raw)
         log.info("command_accepted", command_id=command.id, type=command.type, kid=command.kid)
         return command
 
@@ -169,35 +172,35 @@ class CommandVerifier:
         try:
             env = open_envelope(raw, self.cloud_keys, at=now)
         except UnknownKey as err:
-            raise CommandRejected(str(err), None, "unknown_kid") from err
+            raise CommandRejected(echo(err, 160), None, "unknown_kid") from err
         except (BadSignature, WrongAlgorithm) as err:
-            raise CommandRejected(str(err), None, "forged") from err
+            raise CommandRejected(echo(err, 160), None, "forged") from err
         except MalformedEnvelope as err:
-            raise CommandRejected(str(err), None, "malformed") from err
+            raise CommandRejected(echo(err, 160), None, "malformed") from err
         except EnvelopeError as err:  # pragma: no cover - every subclass is handled above
-            raise CommandRejected(str(err), None, "malformed") from err
+            raise CommandRejected(echo(err, 160), None, "malformed") from err
 
         command_id = env.payload.get("id")
         if not isinstance(command_id, str) or not command_id or len(command_id) > MAX_ID_LENGTH:
             raise CommandRejected(f"id must be a string of 1..{MAX_ID_LENGTH} chars", None, "malformed")
         if env.stream != DOWN_STREAM:
-            raise CommandRejected(f"stream is {env.stream!r}, not 'down'", command_id, "malformed")
+            raise CommandRejected(f"stream is {echo(env.stream)!r}, not 'down'", command_id, "malformed")
         exp_text = env.payload.get("exp")
         try:
             if not isinstance(exp_text, str):
                 raise ValueError("exp is missing")
             exp = parse_rfc3339(exp_text)
         except ValueError as err:
-            raise CommandRejected(f"exp: {err}", command_id, "malformed") from err
+            raise CommandRejected(f"exp: {echo(err)}", command_id, "malformed") from err
         if env.node != self.node_id:
             raise CommandRejected(
-                f"addressed to node {env.node!r}, this is {self.node_id!r}", command_id, "wrong_node"
+                f"addressed to node {echo(env.node)!r}, this is {self.node_id!r}", command_id, "wrong_node"
             )
         if exp <= now:
-            raise CommandRejected(f"expired at {exp_text}", command_id, "expired")
+            raise CommandRejected(f"expired at {echo(exp_text)}", command_id, "expired")
         if exp - now > self.max_lifetime:
             raise CommandRejected(
-                f"exp {exp_text} is more than {self.max_lifetime} ahead", command_id, "malformed"
+                f"exp {echo(exp_text)} is more than {self.max_lifetime} ahead", command_id, "malformed"
             )
         if not self.replay.check_and_record(command_id, exp, now=now):
             raise CommandRejected("id was already accepted", command_id, "replayed")

@@ -23,20 +23,38 @@ from urllib.parse import urlsplit
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 from gateway.errors import GatewayError
+from gateway.ratelimit import echo
 from gateway.tasks import cancel_and_wait
+from gateway.uplink.commands import MAX_DOWNLINK_BYTES
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 # PUBACK reason codes below this are successes (0x10 "no matching subscribers" included).
 PUBACK_FAILURE: Final = 0x80
+# Downlink messages aiomqtt holds before the receive loop takes them; more are dropped, counted.
+DOWNLINK_BACKLOG: Final = 128
+# MQTT v5 Maximum Packet Size in CONNECT (OASIS MQTT 5.0 §3.1.2.11.4): the broker discards a
+# message larger than this instead of sending it (mosquitto's own test
+# test/broker/12-prop-maximum-packet-size-publish.py checks exactly that). Room for the largest
+# command, the longest topic and the headers.
+MAX_PACKET_BYTES: Final = MAX_DOWNLINK_BYTES + 65_535 + 1024
+# Retained downlinks are never delivered at subscribe: subscription option Retain Handling 2,
+# "do not send retained messages at the time of the subscribe" (OASIS MQTT 5.0 §3.8.3.1; the same
+# value 2 in Eclipse Paho C's MQTTSubscribe_options.retainHandling and AWS IoT SDK's
+# RetainHandlingType.DontSend). A command is not retained by the cloud, and retained junk would
+# otherwise come back at every connect.
+DOWN_SUBSCRIPTION: Final = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
+DropHandler = Callable[[str, str, str], None]
 
 
 class LinkError(GatewayError):
@@ -160,6 +178,26 @@ class _Client(aiomqtt.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: dict[int, asyncio.Future[int]] = {}
+        # Told of every downlink message dropped here: (kind, topic, reason).
+        self.on_drop: DropHandler = lambda _kind, _topic, _reason: None
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Refused before aiomqtt queues it, without aiomqtt's log line per dropped message.
+        size = len(message.payload)
+        if message.retain:
+            kind, reason = "retained", "a retained downlink message is never a command"
+        elif size > MAX_DOWNLINK_BYTES:
+            kind, reason = "oversize", f"{size} bytes, limit {MAX_DOWNLINK_BYTES}"
+        elif self._queue.full():
+            kind, reason = "backlog_full", f"{self._queue.maxsize} messages already wait"
+        else:
+            super()._on_message(client, userdata, message)
+            return
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "<topic not UTF-8>"
+        self.on_drop(kind, topic, reason)
 
     def _on_publish(
         self,
@@ -285,6 +323,9 @@ class MqttLink:
         self._disconnected.set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Downlink messages dropped before `on_command` (retained, oversize, backlog full), by kind.
+        self.downlink_dropped: dict[str, int] = {}
+        self.on_drop: DropHandler | None = None
 
     # ---------------------------------------------------------------- topics
 
@@ -421,11 +462,19 @@ class MqttLink:
             timeout=self._connect_timeout_s,
             tls_context=self._tls,
             max_inflight_messages=self._inflight + 4,
+            max_queued_incoming_messages=DOWNLINK_BACKLOG,
+            properties=_connect_properties(),
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         # paho's own TCP/TLS connect timeout, used in the executor thread.
         client._client.connect_timeout = self._connect_timeout_s
+        client.on_drop = self._dropped
         return client
+
+    def _dropped(self, kind: str, topic: str, reason: str) -> None:
+        self.downlink_dropped[kind] = self.downlink_dropped.get(kind, 0) + 1
+        if self.on_drop is not None:
+            self.on_drop(kind, topic, reason)
 
     async def _session(self, connected_at: list[float]) -> None:
         client = self._client()
@@ -437,7 +486,9 @@ class MqttLink:
             log.info("mqtt_link_up", broker=self._broker_text(), node=self.node_id)
             # Subscribed before saying `online`: a cloud that reacts to presence reaches us.
             if self._on_command is not None:
-                await client.subscribe(self.down_topic, qos=1, timeout=self._connect_timeout_s)
+                await client.subscribe(
+                    self.down_topic, options=DOWN_SUBSCRIPTION, timeout=self._connect_timeout_s
+                )
             await client.publish_acked(
                 self.status_topic, b"online", retain=True, timeout=self._connect_timeout_s
             )
@@ -476,8 +527,14 @@ class MqttLink:
                 async with asyncio.timeout(self._command_timeout_s):
                     await self._on_command(str(message.topic), data)
             except Exception:
-                log.exception("downlink_handler_failed", topic=str(message.topic))
+                log.exception("downlink_handler_failed", topic=echo(message.topic))
         raise LinkDown("message stream ended")
+
+
+def _connect_properties() -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = MAX_PACKET_BYTES
+    return props
 
 
 async def _as_none(awaitable: Awaitable[Any]) -> None:

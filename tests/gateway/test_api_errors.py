@@ -60,16 +60,27 @@ async def test_bad_requests_get_problems_and_service_continues(state_dir: Path) 
 
 async def test_peer_uid_allow_list(state_dir: Path) -> None:
     me = os.getuid()
-    async with (
-        inprocess_daemon(state_dir, api_extra=f"allowed_uids = [{me + 4242}]") as gw,
-        gw.client() as http,
-    ):
-        resp = await http.get("/v1/health")
-        assert resp.status == 403
-        assert (await resp.json())["type"].endswith("/peer-not-allowed")
+    async with inprocess_daemon(state_dir, api_extra=f"allowed_uids = [{me + 4242}]") as gw:
+        # A uid outside the list is disconnected at accept, before its request is read (issue 14).
+        reader, writer = await asyncio.open_unix_connection(str(gw.socket_path))
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+        assert (
+            gw.daemon.server is not None and gw.daemon.server.stats()["connections"]["refused"]["peer"] == 1
+        )
     shutil.rmtree(state_dir / "log", ignore_errors=True)
     async with inprocess_daemon(state_dir, api_extra=f"allowed_uids = [{me}]") as gw, gw.client() as http:
         assert (await http.get("/v1/health")).status == 200
+        # The list changes live: a connection admitted before the change is refused per request.
+        config = state_dir / "gateway.toml"
+        config.write_text(
+            config.read_text().replace(f"allowed_uids = [{me}]", f"allowed_uids = [{me + 4242}]")
+        )
+        gw.daemon.reload()
+        resp = await http.get("/v1/health")
+        assert resp.status == 403
+        assert (await resp.json())["type"].endswith("/peer-not-allowed")
 
 
 async def test_sessions_full_answers_503_with_retry_after(state_dir: Path) -> None:

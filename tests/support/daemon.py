@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +124,12 @@ async def spawn_daemon(
     env: Mapping[str, str] | None = None,
     wait_ready: bool = True,
     timeout: float = 20.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> DaemonProcess:
-    """Run `python -m gateway run -c CONFIG` and wait until it prints its listening line."""
+    """Run `python -m gateway run -c CONFIG` and wait until it prints its listening line.
+
+    `preexec_fn` runs in the child before the gateway starts (a file limit, a umask).
+    """
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     argv = args if args is not None else ["run", *(["-c", str(config_path)] if config_path else [])]
@@ -138,6 +142,7 @@ async def spawn_daemon(
         stderr=asyncio.subprocess.PIPE,
         env=full_env,
         cwd=REPO,
+        preexec_fn=preexec_fn,
     )
     state_dir = config_path.parent if config_path else Path()
     dp = DaemonProcess(proc, config_path or Path(), state_dir, state_dir / "api.sock")
