@@ -61,6 +61,10 @@ def build_face_verifier(
         if cloud_request is None:
             raise ValueError("[auth.face] verifier = 'cloud' needs the uplink's cloud_request")
         return CloudFaceVerifier(cloud_request, timeout=settings.timeout_s, is_online=is_online)
+    if settings.verifier == "sim":
+        from gateway.auth.simface import SimFaceVerifier
+
+        return SimFaceVerifier()
     return NoFaceVerifier()
 
 
