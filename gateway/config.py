@@ -14,6 +14,7 @@ import msgspec
 
 from gateway.auth.settings import AuthSettings
 from gateway.errors import ConfigError
+from gateway.simulation import SIM_BROKER, simulation_errors
 from gateway.uplink.outbox import OutboxConfig
 
 DEFAULT_LOCATIONS = (Path("/etc/edge-gateway/gateway.toml"),)
@@ -102,8 +103,12 @@ class UplinkConfig(_Section):
     connect_timeout_s: PositiveFloat = 10.0
 
     def __post_init__(self) -> None:
-        if self.broker and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker):
-            raise ValueError(f"broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {self.broker!r}")
+        # sim://cloud: the in-process development cloud (simulation configs only, see gateway.simulation).
+        mqtt = re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker)
+        if self.broker and self.broker != SIM_BROKER and not mqtt:
+            raise ValueError(
+                f"broker must be mqtt://HOST[:PORT], mqtts://HOST[:PORT] or {SIM_BROKER}, got {self.broker!r}"
+            )
         if self.broker.startswith("mqtts://") and not self.ca_file:
             raise ValueError("an mqtts:// broker needs ca_file")
         if bool(self.client_cert) != bool(self.client_key):
@@ -262,7 +267,11 @@ def parse_config(text: str, *, source: str) -> GatewayConfig:
         config = msgspec.convert(raw, GatewayConfig)
     except msgspec.ValidationError as err:
         raise ConfigError(f"{source}: {_friendly(err)}") from err
-    return msgspec.structs.replace(config, source=source, devices=devices)
+    config = msgspec.structs.replace(config, source=source, devices=devices)
+    problems = simulation_errors(config)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
+    return config
 
 
 def embedded_default_text() -> str:

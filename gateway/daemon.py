@@ -29,6 +29,7 @@ from gateway.auth.engine import Authenticator
 from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
 from gateway.config import GatewayConfig, as_dict, load_config
+from gateway.devcloud.simlink import SimCloudLink, sim_cloud_link
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
@@ -38,6 +39,7 @@ from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
+from gateway.simulation import SIM_BROKER
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
@@ -152,7 +154,7 @@ class Daemon:
         self.route_tables: list[web.RouteTableDef] = []
         self.cloud: CloudSink = MemorySink()
         self._background: set[asyncio.Task[Any]] = set()
-        self.link: MqttLink | None = None
+        self.link: MqttLink | SimCloudLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
         self.devices = DeviceManager()
@@ -364,7 +366,17 @@ class Daemon:
         stack.push_async_callback(self.key_pruner.close)
         self.publisher = Publisher(self.outbox, node)
         self.link = None
-        if config.uplink.broker:
+        if config.uplink.broker == SIM_BROKER:
+            self.link = sim_cloud_link(
+                config.state_dir,
+                node,
+                self.node_key,
+                config.key_path,
+                announce=self.announce,
+                on_command=self._on_command,
+                workers=[self.publisher.run],
+            )
+        elif config.uplink.broker:
             up = config.uplink
             self.link = MqttLink(
                 up.broker,
@@ -504,6 +516,8 @@ class Daemon:
         ring = (
             KeyRing.from_files(self.config.uplink.cloud_keys) if self.config.uplink.cloud_keys else KeyRing()
         )
+        if isinstance(self.link, SimCloudLink):
+            ring.add_jwk(self.link.cloud.public_jwk)  # the in-process development cloud
         verifier = CommandVerifier(self.config.node.id, ring, replay)
         dispatcher = CommandDispatcher(verifier, self.cloud)
         self.dispatcher = dispatcher

@@ -11,6 +11,8 @@ from gateway.logs import mask_value
 
 # Besides the personal keys the logs mask: images in face requests, and the answers' codes.
 _IMAGE_KEYS = frozenset({"probe", "reference", "photo", "image"})
+# One-time codes a kiosk submits: a real cloud never writes them down either.
+_SECRET_KEYS = frozenset({"code", "pin", "otp"})
 _MAX_VALUE = 60
 
 
@@ -20,6 +22,8 @@ def masked(body: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in body.items():
         if key in _IMAGE_KEYS and isinstance(value, str):
             out[key] = f"<image, {len(value)} base64 chars>"
+        elif key in _SECRET_KEYS and value not in (None, ""):
+            out[key] = "<masked>"
         elif isinstance(value, Mapping):
             out[key] = masked(value)
         else:
