@@ -52,10 +52,21 @@ class ApiConfig(_Section):
     sse_heartbeat_s: PositiveFloat = 15.0
     # "127.0.0.1:PORT" for HTTP tools that cannot speak Unix sockets; loopback only, off when empty.
     debug_tcp: str = ""
+    # "127.0.0.1:PORT": the listener for browser kiosk apps (docs/api.md); loopback only, off when empty.
+    http_listen: str = ""
+    # Origins (scheme://host[:port]) whose pages may call http_listen; its own origin always may.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.debug_tcp:
             debug_tcp_address(self.debug_tcp)
+        if self.http_listen:
+            loopback_address(self.http_listen, "http_listen")
+        for origin in self.allowed_origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"allowed_origins: {origin!r} is not an origin: scheme://host[:port], no path, no '*'"
+                )
         if self.idle_warning_s >= self.session_idle_timeout_s:
             raise ValueError("idle_warning_s must be shorter than session_idle_timeout_s")
 
@@ -64,18 +75,28 @@ class ApiConfig(_Section):
         return int(self.socket_mode, 8)
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
 def debug_tcp_address(value: str) -> tuple[str, int]:
     """Split and check `host:port`; only loopback addresses are allowed."""
+    return loopback_address(value, "debug_tcp")
+
+
+def loopback_address(value: str, key: str) -> tuple[str, int]:
+    """Split and check the `host:port` of config key `key`; only loopback addresses are allowed."""
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"debug_tcp must be HOST:PORT, got {value!r}")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{key} must be HOST:PORT, got {value!r}")
+    if key == "debug_tcp" and int(port_text) == 0:
+        raise ValueError(f"{key} must be HOST:PORT, got {value!r}")
     try:
         address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
     except ValueError as err:
-        raise ValueError(f"debug_tcp host must be a loopback IP address, got {host!r}") from err
+        raise ValueError(f"{key} host must be a loopback IP address, got {host!r}") from err
     if not address.is_loopback:
-        raise ValueError(f"debug_tcp is refused for non-loopback address {host}")
+        raise ValueError(f"{key} is refused for non-loopback address {host}")
     return str(address), int(port_text)
 
 

@@ -21,6 +21,7 @@ from drivers.base import DeviceEvent, UserActionNeeded
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
+from gateway.api.browser import BrowserListener, start_browser_listener, ticket_routes
 from gateway.api.context import ApiContext
 from gateway.api.server import ApiServer
 from gateway.api.sessions import routes as session_routes
@@ -146,6 +147,7 @@ class Daemon:
         self.ctx = ApiContext(config=config)
         self.monitor = LoopMonitor()
         self.server: ApiServer | None = None
+        self.browser: BrowserListener | None = None
         self._stopping = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
         self._health_checks: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -274,6 +276,7 @@ class Daemon:
 
         self.ctx.health = self.health
         self.ctx.status = self.status
+        self.route_tables.append(ticket_routes)
         app = build_app(self.ctx, [system_routes, *self.route_tables])
         self.server = ApiServer(
             app,
@@ -286,11 +289,18 @@ class Daemon:
         )
         await self.server.start()
         stack.push_async_callback(self.server.stop)
+        self.browser = await start_browser_listener(
+            self.ctx, [system_routes, *self.route_tables], config, announce=self.announce
+        )
+        if self.browser is not None:
+            stack.push_async_callback(self.browser.stop)
 
         where = ", ".join(self.server.listening)
         self.announce(f"edge-gateway {__version__} ({config.node.id}) listening on {where}")
         if not self.server.socket_activated:
             self.announce(f"try: curl --unix-socket {config.socket_path} http://localhost/v1/health")
+        if self.browser is not None:
+            self.announce(self.browser.banner)
         log.info("ready", listening=self.server.listening, config=config.source)
         self.notifier.ready(f"serving on {where}")
         interval = watchdog_interval()
