@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives for real (broker, PC/SC stack, systemd tools,
-# ffmpeg for the V4L2 capture path). Root installs them; anyone else is told the command.
+# ffmpeg for the V4L2 capture path, chromium for the kiosk page). Root installs them; anyone else is told the command.
 set -euo pipefail
 
 need=()
@@ -16,6 +16,9 @@ have systemd-analyze || need+=(systemd)
 have ffmpeg || need+=(ffmpeg)
 have curl || need+=(curl)
 have gcc || need+=(gcc)
+# The kiosk page's browser test drives Debian's chromium headless through chromedriver (selenium).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # The install-path tests build a venv from Debian's own python3.
 if [ -x /usr/bin/python3 ]; then /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv); else need+=(python3 python3-venv); fi
 

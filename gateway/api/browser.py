@@ -41,6 +41,7 @@ from multidict import CIMultiDict
 from gateway.api.app import CONTEXT, build_app, json_response
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
+from gateway.api.receipt_view import decode_receipt
 from gateway.api.sessions import session_of
 from gateway.api.tickets import StreamTickets
 from gateway.config import GatewayConfig, loopback_address
@@ -54,6 +55,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_CONNECTIONS = 64
 FIRST_BYTE_TIMEOUT_S = 10.0
 PREFLIGHT_MAX_AGE_S = 600
+RECEIPTS_SHOWN = 20
 ALLOWED_METHODS = ("GET", "POST", "DELETE")
 ALLOWED_HEADERS = frozenset({"authorization", "content-type", "last-event-id"})
 EXPOSED_HEADERS = "Retry-After, Location"
@@ -197,6 +199,21 @@ def _routes() -> web.RouteTableDef:
     @routes.get("/")
     async def root(_request: web.Request) -> web.Response:
         raise web.HTTPFound("/kiosk/")
+
+    @routes.get("/kiosk/sim/receipts")
+    async def sim_receipts(request: web.Request) -> web.Response:
+        """What the simulated printers printed, decoded (the page shows the citizen the receipt)."""
+        ctx = request.app[CONTEXT]
+        if ctx.devices is None or not is_simulation(ctx.config.devices):
+            raise Problem(404, "not-found", "Not found", "receipts are shown for simulated printers only")
+        receipts = []
+        for managed in ctx.devices.devices.values():
+            if managed.kind == "printer" and managed.simulator is not None:
+                printed = list(managed.simulator.printed)
+                for index in range(max(0, len(printed) - RECEIPTS_SHOWN), len(printed)):
+                    decoded = decode_receipt(printed[index]).as_dict()
+                    receipts.append({"device": managed.name, "index": index, **decoded})
+        return json_response({"simulated": True, "receipts": receipts})
 
     @routes.get("/kiosk")
     async def kiosk_slash(_request: web.Request) -> web.Response:
