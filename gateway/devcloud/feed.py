@@ -14,6 +14,7 @@ _IMAGE_KEYS = frozenset({"probe", "reference", "photo", "image"})
 # One-time codes a kiosk submits: a real cloud never writes them down either.
 _SECRET_KEYS = frozenset({"code", "pin", "otp"})
 _MAX_VALUE = 60
+_MAX_SUMMARY = 160
 
 
 def masked(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,8 +38,9 @@ def _short(value: Any) -> str:
 
 
 def summary(body: Mapping[str, Any]) -> str:
-    """`key=value` pairs of a masked body, each value cut short."""
-    return " ".join(f"{key}={_short(value)}" for key, value in masked(body).items())
+    """`key=value` pairs of a masked body, each value and the whole line cut short."""
+    text = " ".join(f"{key}={_short(value)}" for key, value in masked(body).items())
+    return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 3] + "..."
 
 
 class Feed:
