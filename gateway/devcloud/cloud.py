@@ -121,7 +121,8 @@ class DevCloud:
         self.outgoing: asyncio.Queue[Downlink] = asyncio.Queue()
         self.received: collections.deque[Received] = collections.deque(maxlen=RECENT)
         self.presence: dict[str, str] = {}
-        self.sms: list[tuple[str, str]] = []  # (node, code) as the SMS gateway would have sent
+        # (node, code) as the SMS gateway would have sent them, the latest few.
+        self.sms: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._sealers: dict[str, Sealer] = {}
         self._seq = int(clock() * 1000)
         self._challenges: dict[str, _Challenge] = {}
@@ -300,6 +301,9 @@ class DevCloud:
         digits = body.get("digits", 6)
         if isinstance(digits, bool) or not isinstance(digits, int) or not 6 <= digits <= 10:
             digits = 6
+        now = self._clock()
+        for stale in [k for k, c in self._challenges.items() if c.used or c.expires < now]:
+            del self._challenges[stale]
         code = f"{secrets.randbelow(10**digits):0{digits}d}"
         challenge = f"otp-{secrets.token_hex(8)}"
         self._challenges[challenge] = _Challenge(node, code, self._clock() + OTP_TTL_S)

@@ -242,3 +242,29 @@ async def test_forged_tampered_and_replayed_uplinks_are_flagged(
     assert kinds == [["unknown_key"], ["bad_signature"], ["topic_mismatch"]]
     # The forged transaction was not acted on, and the readable feed says REFUSED.
     assert not any(e["event"] == "sms" for e in feed_events(dev))
+
+
+async def test_an_unreachable_broker_is_reported_once_and_a_bad_url_is_refused(state_dir: Path) -> None:
+    from tests.support.mosquitto import free_port
+
+    closed = f"mqtt://127.0.0.1:{free_port()}"
+    dev = await spawn_daemon(
+        None,
+        args=["dev-cloud", "--broker", closed, "--state-dir", str(state_dir / "c"), "--json"],
+        wait_ready=False,
+    )
+    try:
+        event = await wait_event(dev, lambda e: e["event"] == "broker" and "error" in e)
+        assert "refused" in event["error"].lower()
+        await asyncio.sleep(2.5)  # two more failed attempts: still one report
+        assert len([e for e in feed_events(dev) if e["event"] == "broker"]) == 1
+    finally:
+        assert await dev.stop() == 0
+    # The header went to stderr in --json mode; stdout holds only JSON lines.
+    assert all(line.startswith("{") for line in dev.stdout_lines if line)
+    assert "cloud.jwk" in "\n".join(dev.stderr_lines)
+
+    code, out, err = await run_cli(
+        "dev-cloud", "--broker", "http://nope", "--state-dir", str(state_dir / "c")
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1 and "http://nope" in err

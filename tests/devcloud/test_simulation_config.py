@@ -61,3 +61,12 @@ def test_config_check_names_the_refused_key(tmp_path: object, capsys: pytest.Cap
     assert main(["config", "check", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert "uplink.broker: sim://cloud" in err and err.count("\n") == 1
+
+
+async def test_diag_skips_the_broker_check_for_the_in_process_cloud() -> None:
+    from gateway.ops.diag import Verdict, check_broker
+
+    config = parse_config(embedded_default_text(), source="<embedded default>")
+    result = await check_broker(config, timeout=1.0)
+    assert result.status is Verdict.SKIP
+    assert "sim://cloud" in result.detail
