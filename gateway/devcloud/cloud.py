@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hmac
 import json
 import secrets
@@ -187,7 +188,16 @@ class DevCloud:
     # ------------------------------------------------------------------ uplinks
 
     def on_message(self, topic: str, raw: bytes) -> None:
-        """Everything the transport receives: `edge/+/status` and `edge/+/up/#`."""
+        """Everything the transport receives: `edge/+/status` and `edge/+/up/#`; never raises."""
+        try:
+            self._on_message(topic, raw)
+        except Exception as err:
+            # A bug here must not cost the node its link: the broker accepted the message anyway.
+            log.exception("dev_cloud_message_failed", topic=topic)
+            with contextlib.suppress(Exception):
+                self.feed.emit("error", f"!! dev cloud failed on {topic}: {type(err).__name__}", topic=topic)
+
+    def _on_message(self, topic: str, raw: bytes) -> None:
         parts = topic.split("/")
         if len(parts) == 3 and parts[0] == "edge" and parts[2] == "status":
             state = raw.decode("utf-8", "replace")[:16]
@@ -292,7 +302,7 @@ class DevCloud:
             else:
                 verdict = "same person" if result["match"] else "DIFFERENT person"
                 text = f"   face.compare from {node}: {verdict}, score {result['score']} ({SIMULATION_LABEL})"
-            self.feed.emit("face", text, node=node, simulated=True, **result)
+            self.feed.emit("face", text, **{"node": node, "simulated": True, **result})
         else:
             result = {"error": f"unknown request {kind}"}
         self.command(node, "reply", {"id": request_id, "result": result})

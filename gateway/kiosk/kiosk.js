@@ -150,8 +150,12 @@ async function openEvents() {
     $("queue").textContent = e.ahead > 0 ? `You are number ${e.ahead + 1} in the queue${wait}.` : `You are next${wait}.`;
   });
   on("job_progress", (e) => {
-    if (e.state === "printing") $("queue").textContent = "Printing now...";
-    else if (e.ahead != null) $("queue").textContent = `Waiting for the printer: ${e.ahead} ahead of you.`;
+    if (e.state === "printing") {
+      $("queue").textContent = "Printing now...";
+    } else if (e.ahead != null) {
+      const wait = e.estimated_wait_s != null ? `, about ${Math.max(1, Math.round(e.estimated_wait_s))} s` : "";
+      $("queue").textContent = e.ahead > 0 ? `Waiting for the printer: ${e.ahead} ahead of you${wait}.` : `You are next${wait}.`;
+    }
   });
   on("job_done", () => receiptPrinted());
   on("job_failed", () => say("The receipt could not be printed. Please ask a member of staff.", "bad"));

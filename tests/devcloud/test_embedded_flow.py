@@ -93,15 +93,16 @@ async def test_make_run_completes_the_flow_with_the_in_process_cloud(embedded: D
     assert sample_card().id_number not in dp.output
 
 
-def embedded_config(state_dir: Path) -> GatewayConfig:
-    """The embedded default, unchanged but for where its state lives."""
-    config = parse_config(embedded_default_text(), source="<embedded default>")
+def embedded_config(state_dir: Path, *, face: str = "sim") -> GatewayConfig:
+    """The embedded default, unchanged but for where its state lives (and the face verifier)."""
+    text = embedded_default_text().replace('verifier = "sim"', f'verifier = "{face}"', 1)
+    config = parse_config(text, source="<embedded default>")
     node = msgspec.structs.replace(config.node, state_dir=str(state_dir))
     return msgspec.structs.replace(config, node=node)
 
 
 @pytest.fixture
-async def inprocess(state_dir: Path) -> AsyncIterator[Daemon]:
+async def inprocess(state_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
     lines: list[str] = []
     ready = asyncio.Event()
 
@@ -110,7 +111,8 @@ async def inprocess(state_dir: Path) -> AsyncIterator[Daemon]:
         if "listening on" in line:
             ready.set()
 
-    daemon = Daemon(embedded_config(state_dir), announce=announce, install_signals=False)
+    face = getattr(request, "param", "sim")
+    daemon = Daemon(embedded_config(state_dir, face=face), announce=announce, install_signals=False)
     task = asyncio.create_task(daemon.run())
     try:
         async with asyncio.timeout(20):
@@ -195,3 +197,23 @@ async def test_signed_commands_and_every_uplink_verify_in_process(inprocess: Dae
     first = KeyRing.from_jwks([link.cloud.verifier.ring.get(kid).jwk for kid in kids_before])  # type: ignore[union-attr]
     report = verify_lines(raws, first)
     assert report.ok, report.format_report()
+
+
+@pytest.mark.parametrize("inprocess", ["cloud"], indirect=True)
+async def test_face_compare_asked_of_the_in_process_cloud(inprocess: Daemon) -> None:
+    """`verifier = "cloud"`: the face goes up as a signed request and the dev cloud answers it."""
+    link = cloud_of(inprocess)
+    camera = inprocess.devices.named("camera").simulator
+    async with unix_session(inprocess.config.socket_path) as http:
+        await wait_devices_online(http)
+        base, auth = await start_session(http)
+        assert (await http.post(f"{base}/factors/idcard", headers=auth)).status == 200
+        camera.person = "C"
+        resp = await http.post(f"{base}/factors/face", headers=auth)
+        assert resp.status == 401, await resp.text()
+        assert (await resp.json())["reason"] == "face_mismatch"
+        camera.person = "A"
+        resp = await http.post(f"{base}/factors/face", headers=auth)
+        assert resp.status == 200, await resp.text()
+    asked = [r for r in link.cloud.received if r.type == "request.face.compare"]
+    assert len(asked) == 2 and all(r.verdict.verified for r in asked)

@@ -46,10 +46,12 @@ def screenshots() -> Path:
 
 
 @contextlib.asynccontextmanager
-async def embedded(state_dir: Path, api_extra: str = "") -> AsyncIterator[tuple[DaemonProcess, str]]:
+async def embedded(
+    state_dir: Path, api_extra: str = "", *, print_time_s: float = 0.5
+) -> AsyncIterator[tuple[DaemonProcess, str]]:
     """The embedded default with its own state dir and port (and `api_extra` in [api])."""
     port = free_port()
-    text = embedded_default_text()
+    text = embedded_default_text().replace("sim_print_time_s = 0.5", f"sim_print_time_s = {print_time_s}", 1)
     text = text.replace('state_dir = ""', f'state_dir = "{state_dir}"', 1)
     listen = f'http_listen = "127.0.0.1:{port}"'
     text = text.replace('http_listen = "127.0.0.1:8089"', f"{listen}\n{api_extra}", 1)
@@ -291,3 +293,44 @@ async def test_the_idle_warning_counts_down_and_hands_off_to_staff(
     assert 0 < int(later) < int(first) <= 4
     assert handoff.startswith("Your session ended because nothing happened for a while.")
     assert "member of staff" in handoff
+
+
+def queue_flow(driver: WebDriver, url: str) -> tuple[str, str]:
+    driver.get(f"{url}/kiosk/")
+    screen(driver, "welcome")
+    click(driver, "start")
+    screen(driver, "idcard")
+    click(driver, "read-card")
+    screen(driver, "factor")
+    click(driver, "choose-face")
+    screen(driver, "service")
+    driver.find_element(By.CSS_SELECTOR, '[data-service="residence-certificate"]').click()
+    screen(driver, "receipt")
+    waiting = wait(
+        driver,
+        "a queue position",
+        lambda d: (t := d.find_element(By.ID, "queue").text) and "ahead" in t and t,
+    )
+    driver.save_screenshot(str(screenshots() / "7-queue.png"))
+    wait(
+        driver,
+        "the receipt",
+        lambda d: "Residence certificate" in d.find_element(By.ID, "receipt").text,
+        timeout=40,
+    )
+    return str(waiting), str(driver.find_element(By.ID, "receipt-title").text)
+
+
+async def test_the_page_shows_its_place_in_the_printer_queue(state_dir: Path, browser: WebDriver) -> None:
+    async with embedded(state_dir, print_time_s=3.0) as (dp, url), unix_session(dp.socket_path) as http:
+        # Another kiosk app on the Unix socket keeps the printer busy first.
+        resp = await http.post("/v1/sessions", json={"kind": "citizen"})
+        other = await resp.json()
+        auth = {"Authorization": f"Bearer {other['token']}"}
+        for n in range(3):
+            body = {"lines": [f"other receipt {n}"]}
+            resp = await http.post(f"/v1/sessions/{other['id']}/print", headers=auth, json=body)
+            assert resp.status == 202
+        waiting, title = await asyncio.to_thread(queue_flow, browser, url)
+    assert re.fullmatch(r"Waiting for the printer: [1-3] ahead of you, about \d+ s\.", waiting), waiting
+    assert title == "Please take your receipt"

@@ -93,3 +93,19 @@ def test_a_rotation_announcement_teaches_the_new_key() -> None:
     verdict = live.check(announcement)
     assert verdict.verified and verdict.learned_kid == new.kid
     assert kinds(live, signed_by_new) == []
+
+
+async def test_the_cloud_never_raises_into_its_transport() -> None:
+    """A failure inside the dev cloud (here: its console) must not cost the node its link."""
+    from gateway.devcloud.cloud import DevCloud
+    from gateway.devcloud.feed import Feed
+
+    def broken_console(_line: str) -> None:
+        raise OSError("console gone")
+
+    key = NodeKey.generate(NODE)
+    cloud = DevCloud(NodeKey.generate("devcloud"), KeyRing.from_jwks([key.public_jwk]), Feed(broken_console))
+    raw = Sealer(key, NODE).seal(stream="event", seq=1, prev=GENESIS_PREV, type="t", body={})
+    cloud.on_message(f"edge/{NODE}/up/event", raw)
+    cloud.on_message(f"edge/{NODE}/status", b"online")
+    assert cloud.verifier.valid == 1
