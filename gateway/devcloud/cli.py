@@ -72,8 +72,13 @@ def add_parser(sub: Any) -> None:
     send.set_defaults(func=run_send)
 
 
+def state_dir(args: argparse.Namespace) -> Path:
+    """--state-dir, else the default."""
+    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+
+
 def _setup(args: argparse.Namespace, write: Any) -> tuple[DevCloud, BrokerCloud | None, str]:
-    state = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    state = state_dir(args)
     key = load_cloud_key(state)
     files = [Path(p) for p in (args.node_key or [])]
     nodes = state / NODES_DIR
@@ -153,8 +158,14 @@ def run_send(args: argparse.Namespace) -> int:
 
     result = asyncio.run(main())
     if result is None:
-        where = "no broker connection" if runner.last_error else "no command_result"
-        print(f"edge-gateway dev-cloud: {where} within {args.timeout:g}s", file=sys.stderr)
+        if not runner.connected.is_set() and runner.last_error:
+            why = f"no broker connection within {args.timeout:g}s ({runner.last_error})"
+        else:
+            why = (
+                f"no command_result within {args.timeout:g}s (is the node online, and is "
+                f"{state_dir(args) / JWK_FILE} in its uplink.cloud_keys?)"
+            )
+        print(f"edge-gateway dev-cloud: {why}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=None if args.json else 2, ensure_ascii=False))
     return 0 if result.get("ok") is True else 1
