@@ -60,7 +60,7 @@ ALLOWED_METHODS = ("GET", "POST", "DELETE")
 ALLOWED_HEADERS = frozenset({"authorization", "content-type", "last-event-id"})
 EXPOSED_HEADERS = "Retry-After, Location"
 _ROUTES = re.compile(
-    r"^/(?:kiosk(?:/.*)?|v1/health|v1/devices|v1/stations|v1/openapi\.json"
+    r"^/(?:|kiosk(?:/.*)?|v1/health|v1/devices|v1/stations|v1/openapi\.json"
     r"|v1/sessions(?:/[^/]+(?:/(?!maintenance(?:/|$)).*)?)?)$"
 )
 _EVENTS = re.compile(r"^/v1/sessions/(?P<session>[^/]+)/events$")

@@ -117,6 +117,8 @@ async def test_only_kiosk_routes_are_served(gw: InProcessDaemon) -> None:
             resp = await http.get(f"{url}{path}")
             assert resp.status == 404, path
         assert (await http.get(f"{url}/v1/openapi.json")).status == 200
+        resp = await http.get(f"{url}/", allow_redirects=False)
+        assert resp.status == 302 and resp.headers["Location"] == "/kiosk/"
         resp = await http.get(f"{url}/kiosk/")
         assert resp.status == 200 and resp.content_type == "text/html"
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
