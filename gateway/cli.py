@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle.add_argument("-o", "--output", required=True, help="the tar.gz to write")
     bundle.set_defaults(func=_cmd_support_bundle)
+
+    from gateway.devcloud.cli import add_parser as add_devcloud_parser
+
+    add_devcloud_parser(sub)
     return parser
 
 

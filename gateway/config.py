@@ -14,6 +14,7 @@ import msgspec
 
 from gateway.auth.settings import AuthSettings
 from gateway.errors import ConfigError
+from gateway.simulation import SIM_BROKER, simulation_errors
 from gateway.uplink.outbox import OutboxConfig
 
 DEFAULT_LOCATIONS = (Path("/etc/edge-gateway/gateway.toml"),)
@@ -62,6 +63,10 @@ class ApiConfig(_Section):
     header_timeout_s: PositiveFloat = 10.0
     # An idle keep-alive connection (no request under way) is closed after this time.
     idle_timeout_s: PositiveFloat = 60.0
+    # "127.0.0.1:PORT": the listener for browser kiosk apps (docs/api.md); loopback only, off when empty.
+    http_listen: str = ""
+    # Origins (scheme://host[:port]) whose pages may call http_listen; its own origin always may.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.debug_tcp:
@@ -73,6 +78,13 @@ class ApiConfig(_Section):
                 )
         if self.max_connections and self.reserved_connections >= self.max_connections:
             raise ValueError("reserved_connections must be smaller than max_connections")
+        if self.http_listen:
+            loopback_address(self.http_listen, "http_listen")
+        for origin in self.allowed_origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"allowed_origins: {origin!r} is not an origin: scheme://host[:port], no path, no '*'"
+                )
         if self.idle_warning_s >= self.session_idle_timeout_s:
             raise ValueError("idle_warning_s must be shorter than session_idle_timeout_s")
 
@@ -81,18 +93,28 @@ class ApiConfig(_Section):
         return int(self.socket_mode, 8)
 
 
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
 def debug_tcp_address(value: str) -> tuple[str, int]:
     """Split and check `host:port`; only loopback addresses are allowed."""
+    return loopback_address(value, "debug_tcp")
+
+
+def loopback_address(value: str, key: str) -> tuple[str, int]:
+    """Split and check the `host:port` of config key `key`; only loopback addresses are allowed."""
     host, sep, port_text = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"debug_tcp must be HOST:PORT, got {value!r}")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ValueError(f"{key} must be HOST:PORT, got {value!r}")
+    if key == "debug_tcp" and int(port_text) == 0:
+        raise ValueError(f"{key} must be HOST:PORT, got {value!r}")
     try:
         address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
     except ValueError as err:
-        raise ValueError(f"debug_tcp host must be a loopback IP address, got {host!r}") from err
+        raise ValueError(f"{key} host must be a loopback IP address, got {host!r}") from err
     if not address.is_loopback:
-        raise ValueError(f"debug_tcp is refused for non-loopback address {host}")
+        raise ValueError(f"{key} is refused for non-loopback address {host}")
     return str(address), int(port_text)
 
 
@@ -120,8 +142,12 @@ class UplinkConfig(_Section):
     connect_timeout_s: PositiveFloat = 10.0
 
     def __post_init__(self) -> None:
-        if self.broker and not re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker):
-            raise ValueError(f"broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {self.broker!r}")
+        # sim://cloud: the in-process development cloud (simulation configs only, see gateway.simulation).
+        mqtt = re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker)
+        if self.broker and self.broker != SIM_BROKER and not mqtt:
+            raise ValueError(
+                f"broker must be mqtt://HOST[:PORT], mqtts://HOST[:PORT] or {SIM_BROKER}, got {self.broker!r}"
+            )
         if self.broker.startswith("mqtts://") and not self.ca_file:
             raise ValueError("an mqtts:// broker needs ca_file")
         if bool(self.client_cert) != bool(self.client_key):
@@ -376,6 +402,9 @@ def parse_config(text: str, *, source: str) -> GatewayConfig:
         check_stations(config)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from err
+    problems = simulation_errors(config)
+    if problems:
+        raise ConfigError(f"{source}: {problems[0]}")
     return config
 
 

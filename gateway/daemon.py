@@ -22,6 +22,7 @@ from drivers.base import DeviceEvent, UserActionNeeded
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
+from gateway.api.browser import BrowserListener, start_browser_listener, ticket_routes
 from gateway.api.context import ApiContext
 from gateway.api.limits import HostileInputCollector, api_limits
 from gateway.api.server import ApiServer
@@ -31,6 +32,7 @@ from gateway.auth.engine import Authenticator
 from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
 from gateway.config import GatewayConfig, as_dict, load_config
+from gateway.devcloud.simlink import SimCloudLink, sim_cloud_link
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
@@ -49,6 +51,7 @@ from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.private import make_private
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
+from gateway.simulation import SIM_BROKER
 from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
@@ -156,6 +159,7 @@ class Daemon:
         self.ctx = ApiContext(config=config)
         self.monitor = LoopMonitor()
         self.server: ApiServer | None = None
+        self.browser: BrowserListener | None = None
         self._stopping = asyncio.Event()
         self._reload_hooks: list[ReloadHook] = []
         self._health_checks: dict[str, Callable[[], dict[str, Any]]] = {}
@@ -166,7 +170,7 @@ class Daemon:
         # The outbox's own alerts (full, corrupt, seq gap): kept in order until stored.
         self.outbox_alerts = OrderedSender(lambda: self.cloud)
         self._background: set[asyncio.Task[Any]] = set()
-        self.link: MqttLink | None = None
+        self.link: MqttLink | SimCloudLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
         # One pending re-judgement of the device-failure share (when a failed device's grace ends).
@@ -292,6 +296,7 @@ class Daemon:
 
         self.ctx.health = self.health
         self.ctx.status = self.status
+        self.route_tables.append(ticket_routes)
         app = build_app(self.ctx, [system_routes, *self.route_tables])
         self.server = ApiServer(
             app,
@@ -307,11 +312,18 @@ class Daemon:
         )
         await self.server.start()
         stack.push_async_callback(self.server.stop)
+        self.browser = await start_browser_listener(
+            self.ctx, [system_routes, *self.route_tables], config, announce=self.announce
+        )
+        if self.browser is not None:
+            stack.push_async_callback(self.browser.stop)
 
         where = ", ".join(self.server.listening)
         self.announce(f"edge-gateway {__version__} ({config.node.id}) listening on {where}")
         if not self.server.socket_activated:
             self.announce(f"try: curl --unix-socket {config.socket_path} http://localhost/v1/health")
+        if self.browser is not None:
+            self.announce(self.browser.banner)
         log.info("ready", listening=self.server.listening, config=config.source)
         self.notifier.ready(f"serving on {where}")
         interval = watchdog_interval()
@@ -395,7 +407,17 @@ class Daemon:
         stack.push_async_callback(self.key_pruner.close)
         self.publisher = Publisher(self.outbox, node)
         self.link = None
-        if config.uplink.broker:
+        if config.uplink.broker == SIM_BROKER:
+            self.link = sim_cloud_link(
+                config.state_dir,
+                node,
+                self.node_key,
+                config.key_path,
+                announce=self.announce,
+                on_command=self._on_command,
+                workers=[self.publisher.run],
+            )
+        elif config.uplink.broker:
             up = config.uplink
             self.link = MqttLink(
                 up.broker,
@@ -528,6 +550,8 @@ class Daemon:
         ring = (
             KeyRing.from_files(self.config.uplink.cloud_keys) if self.config.uplink.cloud_keys else KeyRing()
         )
+        if isinstance(self.link, SimCloudLink):
+            ring.add_jwk(self.link.cloud.public_jwk)  # the in-process development cloud
         verifier = CommandVerifier(self.config.node.id, ring, replay)
         dispatcher = CommandDispatcher(verifier, self.cloud)
         self.dispatcher = dispatcher
@@ -577,7 +601,7 @@ class Daemon:
         }.items():
             dispatcher.register(name, handler)
         dispatcher.start()
-        if self.link is not None:
+        if isinstance(self.link, MqttLink):  # the in-process dev cloud's link drops nothing
             self.link.on_drop = dispatcher.count_dropped
         stack.push_async_callback(dispatcher.close)
         self.add_status("commands", self._downlink_status)

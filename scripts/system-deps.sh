@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite drives for real (broker, PC/SC stack, systemd tools,
-# ffmpeg for the V4L2 capture path, CJK fonts for raster receipt lines). Root installs them; anyone else is told the command.
+# ffmpeg for the V4L2 capture path, CJK fonts for raster receipt lines, chromium for the kiosk
+# page). Root installs them; anyone else is told the command.
 set -euo pipefail
 
 need=()
@@ -20,6 +21,9 @@ have gcc || need+=(gcc)
 # CJK fonts for receipt lines the printer's own font cannot print (drawn as raster images).
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)
 [ -e /usr/share/fonts/truetype/hanazono/HanaMinB.ttf ] || need+=(fonts-hanazono)
+# The kiosk page's browser test drives Debian's chromium headless through chromedriver (selenium).
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # The install-path tests build a venv from Debian's own python3.
 if [ -x /usr/bin/python3 ]; then /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv); else need+=(python3 python3-venv); fi
 

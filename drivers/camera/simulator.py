@@ -124,6 +124,9 @@ class CameraSimulator:
         self.port = port
         self.slow_delay = slow_delay
         self.fault = CameraFault.NONE
+        # Who stands in front of the simulated camera: stamped into each frame's COM segment for
+        # the simulated face comparison (the sample ID card shows person "A").
+        self.person = "A"
         self.frames_served = 0
         self.unauthorized = 0
         self.bytes_streamed = 0
@@ -171,7 +174,8 @@ class CameraSimulator:
         base = self._frames.get(key)
         if base is None:
             base = self._frames[key] = self._render(key)
-        return with_comment(base, f"edge-gateway-sim frame={number} t={time.time():.3f}".encode())
+        stamp = f"edge-gateway-sim frame={number} t={time.time():.3f} person={self.person}"
+        return with_comment(base, stamp.encode())
 
     def _render(self, step: int) -> bytes:
         cols, rows = self.width // 8, self.height // 8

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.api.tickets import StreamTickets
 from gateway.config import GatewayConfig
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ class ApiContext:
     reset_device: Callable[[str], Awaitable[dict[str, Any]]] | None = None
     requeue_rejected: Callable[[Any], Awaitable[dict[str, Any]]] | None = None
     streams: set[Subscription] = field(default_factory=set)
+    stream_tickets: StreamTickets = field(default_factory=StreamTickets)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         if self.request_observer is not None:

@@ -68,6 +68,11 @@ def build_face_verifier(
         if cloud_request is None:
             raise ValueError("[auth.face] verifier = 'cloud' needs the uplink's cloud_request")
         return CloudFaceVerifier(cloud_request, timeout=settings.timeout_s, is_online=is_online)
+    if settings.verifier == "sim":
+        from gateway.auth.simface import SIMULATION_LABEL, SimFaceVerifier
+
+        log.warning("face_verifier_simulated", note=SIMULATION_LABEL)
+        return SimFaceVerifier()
     return NoFaceVerifier()
 
 

@@ -75,7 +75,7 @@ def parse_face_result(answer: object) -> FaceResult:
     return FaceResult(score=float(score), liveness=liveness)
 
 
-def _check_images(probe_jpeg: bytes, reference: bytes) -> None:
+def check_images(probe_jpeg: bytes, reference: bytes) -> None:
     if not probe_jpeg.startswith(b"\xff\xd8"):
         raise VerifierError("probe_not_jpeg", factor="face")
     if not reference:
@@ -109,7 +109,7 @@ class HttpFaceVerifier:
         timeout: float | None = None,
     ) -> FaceResult:
         """POST the images and parse the verdict, all within `timeout` seconds."""
-        _check_images(probe_jpeg, reference)
+        check_images(probe_jpeg, reference)
         limit = self.timeout if timeout is None else timeout
         if self._session is None:
             self._session = aiohttp.ClientSession()
@@ -164,7 +164,7 @@ class CloudFaceVerifier:
         timeout: float | None = None,
     ) -> FaceResult:
         """Ask the cloud; with the link down answer FactorUnavailable at once."""
-        _check_images(probe_jpeg, reference)
+        check_images(probe_jpeg, reference)
         if self._is_online is not None and not self._is_online():
             raise FactorUnavailable("offline", factor="face")
         limit = self.timeout if timeout is None else timeout

@@ -150,7 +150,8 @@ def _face_lockout() -> LockoutSettings:
 class FaceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Which face verifier compares the camera capture with the ID card photo, and how strictly."""
 
-    verifier: Literal["http", "cloud", "none"] = "none"
+    # "sim": the SIMULATED comparison of the embedded default (refused in production configs).
+    verifier: Literal["http", "cloud", "sim", "none"] = "none"
     url: str | None = None
     threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
     require_liveness: bool = True

@@ -689,11 +689,16 @@ async def check_broker(
     now: dt.datetime | None = None,
 ) -> CheckResult:
     """DNS, TCP, TLS (chain and expiry) and an MQTT v5 connect with the node's credentials."""
+    from gateway.simulation import SIM_BROKER
     from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, tls_context
 
     uplink = config.uplink
     if not uplink.broker:
         return CheckResult("broker", Verdict.SKIP, "uplink.broker is empty: the MQTT link is off")
+    if uplink.broker == SIM_BROKER:
+        return CheckResult(
+            "broker", Verdict.SKIP, "uplink.broker is sim://cloud: the in-process development cloud"
+        )
     now = now or dt.datetime.now(dt.UTC)
     try:
         address = BrokerAddress.parse(uplink.broker)

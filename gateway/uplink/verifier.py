@@ -146,7 +146,7 @@ class _StreamState:
     duplicates: int = 0
 
 
-def _kind_of(err: EnvelopeError) -> str:
+def problem_kind(err: EnvelopeError) -> str:
     if isinstance(err, KeyRetired):
         return "key_retired"
     if isinstance(err, UnknownKey):
@@ -160,13 +160,13 @@ def _kind_of(err: EnvelopeError) -> str:
     return "invalid"
 
 
-def _kid_node(kid: str) -> str | None:
+def kid_node(kid: str) -> str | None:
     """The node part of a node kid `<node>:<thumbprint>`; None for other kid forms (cloud keys)."""
     node, sep, thumbprint = kid.rpartition(":")
     return node if sep and _THUMBPRINT_RE.match(thumbprint) else None
 
 
-def _learn_rotation(env: Envelope, ring: KeyRing) -> str | None:
+def learn_rotation(env: Envelope, ring: KeyRing) -> str | None:
     """Trust the new key a valid announcement carries; return why it is refused, or None."""
     body = env.body
     jwk, old_kid, not_after_text = body.get("new_jwk"), body.get("old_kid"), body.get("old_not_after")
@@ -209,10 +209,10 @@ def verify_lines(lines: Iterable[bytes | str], keys: KeyRing) -> VerifyReport:
             env = open_envelope(raw, ring)
         except EnvelopeError as err:
             report.invalid += 1
-            report.problems.append(Problem(_kind_of(err), str(err), line=lineno))
+            report.problems.append(Problem(problem_kind(err), str(err), line=lineno))
             continue
-        kid_node = _kid_node(env.kid)
-        if kid_node is not None and kid_node != env.node:
+        owner = kid_node(env.kid)
+        if owner is not None and owner != env.node:
             report.invalid += 1
             report.problems.append(
                 Problem(
@@ -268,9 +268,9 @@ def _learn_rotations(entries: list[tuple[int, bytes]], ring: KeyRing, report: Ve
                 continue
             except EnvelopeError:
                 continue
-            if _kid_node(env.kid) not in (None, env.node):
+            if kid_node(env.kid) not in (None, env.node):
                 continue
-            reason = _learn_rotation(env, ring)
+            reason = learn_rotation(env, ring)
             if reason is None:
                 progress = True
                 new_kid = f"{env.node}:{jwk_thumbprint(env.body['new_jwk'])}"

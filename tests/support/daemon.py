@@ -200,7 +200,8 @@ async def inprocess_daemon(
 
     def announce(line: str) -> None:
         lines.append(line)
-        ready.set()
+        if "listening on" in line:  # parts (the in-process cloud) may announce earlier
+            ready.set()
 
     daemon = Daemon(
         config,
