@@ -22,7 +22,7 @@ const FRIENDLY = {
   policy_denied: "We need two checks before we can do that.",
 };
 
-const state = { session: null, token: null, station: null, stations: [], events: null, idleTimer: null, receiptsBefore: 0 };
+const state = { session: null, token: null, station: null, stations: [], events: null, idleTimer: null, txId: null };
 
 const $ = (id) => document.getElementById(id);
 
@@ -107,18 +107,27 @@ async function loadStations() {
 }
 
 async function loadDevices() {
+  // This station's devices (a pool shows as one printer: online while any member is), else the node's.
   const list = $("devices");
+  let rows;
   try {
-    const data = await api("GET", "/v1/devices");
-    list.textContent = "";
-    for (const d of data.devices) {
-      const item = document.createElement("li");
-      item.textContent = `${d.kind}: ${d.state}`;
-      item.className = d.state === "online" || d.state === "busy" ? "online" : "bad";
-      list.append(item);
-    }
+    const data = await api("GET", "/v1/stations");
+    const name = $("station").value || state.station;
+    const station = data.stations.find((s) => s.name === name) || data.stations[0];
+    rows = Object.entries(station.devices).map(([kind, d]) => ({ kind, state: d.state }));
   } catch (err) {
-    list.textContent = "";
+    try {
+      rows = (await api("GET", "/v1/devices")).devices;
+    } catch (err2) {
+      rows = [];
+    }
+  }
+  list.textContent = "";
+  for (const d of rows) {
+    const item = document.createElement("li");
+    item.textContent = `${d.kind}: ${d.state}`;
+    item.className = d.state === "online" || d.state === "busy" ? "online" : "bad";
+    list.append(item);
   }
 }
 
@@ -224,7 +233,7 @@ async function chooseService(button) {
   say("Sending your request...");
   const tx = await api("POST", `/v1/sessions/${state.session}/transactions`, { service, data: {} });
   say(`Request sent (reference ${tx.id.slice(0, 8)}).`, "ok");
-  state.receiptsBefore = await receiptCount();
+  state.txId = tx.id;
   $("receipt").textContent = "";
   $("to-rating").hidden = true;
   $("receipt-title").textContent = "Printing your receipt";
@@ -236,23 +245,17 @@ async function chooseService(button) {
   });
 }
 
-async function receiptCount() {
-  try {
-    return (await api("GET", "/kiosk/sim/receipts")).receipts.length;
-  } catch (err) {
-    return 0;  // a real printer: there is nothing to show but the paper
-  }
-}
-
 async function receiptPrinted() {
   $("receipt-title").textContent = "Please take your receipt";
   $("queue").textContent = "";
   try {
+    // Several printers (a pool) print for several kiosks: show this session's receipt only,
+    // found by the QR it carries (the request's id), never another citizen's.
     const data = await api("GET", "/kiosk/sim/receipts");
-    const last = data.receipts[data.receipts.length - 1];
-    if (last) {
-      $("receipt").textContent = last.lines.map((l) => l.text).join("\n") + (last.qr ? `\n[QR ${last.qr.slice(0, 8)}...]` : "");
-    }
+    const mine = data.receipts.find((r) => r.qr === state.txId);
+    $("receipt").textContent = mine
+      ? mine.lines.map((l) => l.text).join("\n") + `\n[QR ${mine.qr.slice(0, 8)}...]`
+      : "(printed)";
   } catch (err) {
     $("receipt").textContent = "(printed)";
   }
@@ -266,7 +269,7 @@ async function rate(button) {
     await api("POST", `/v1/sessions/${state.session}/feedback`, { rating, complaint: rating <= 2 });
     say("Thank you for your rating.", "ok");
   } catch (err) {
-    say("Thank you. (This gateway does not record ratings.)", "ok");
+    say("Thank you. (Your rating could not be recorded.)", "ok");
   }
   await finish();
 }
@@ -299,6 +302,7 @@ function restart() {
 }
 
 function bind() {
+  $("station").addEventListener("change", loadDevices);
   $("bigger").addEventListener("click", () => {
     const on = document.body.classList.toggle("large");
     $("bigger").setAttribute("aria-pressed", String(on));

@@ -24,7 +24,7 @@ CODE = re.compile(r"\[dev-cloud\] .*SMS to the phone of (?P<to>\S+): your code i
 
 
 async def start_session(http: Any) -> tuple[str, dict[str, str]]:
-    resp = await http.post("/v1/sessions", json={"kind": "citizen"})
+    resp = await http.post("/v1/sessions", json={"kind": "citizen", "station": "k1"})
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     return f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
@@ -130,7 +130,7 @@ def cloud_of(daemon: Daemon) -> SimCloudLink:
 
 async def test_face_flow_matching_and_not_matching_person(inprocess: Daemon) -> None:
     link = cloud_of(inprocess)
-    camera = inprocess.devices.named("camera").simulator
+    camera = inprocess.devices.named("camera_k1").simulator
     async with unix_session(inprocess.config.socket_path) as http:
         await wait_devices_online(http)
         # The card shows person A, the camera shows person B: a mismatch.
@@ -159,8 +159,8 @@ async def test_face_flow_matching_and_not_matching_person(inprocess: Daemon) -> 
 
 
 async def test_face_flow_with_another_persons_card(inprocess: Daemon) -> None:
-    camera = inprocess.devices.named("camera").simulator
-    idcard = inprocess.devices.named("idcard").simulator
+    camera = inprocess.devices.named("camera_k1").simulator
+    idcard = inprocess.devices.named("idcard_k1").simulator
     idcard.auto_present = False
     idcard.insert_card(replace(sample_card(), photo=sample_photo(1)))  # a card showing person B
     async with unix_session(inprocess.config.socket_path) as http:
@@ -203,7 +203,7 @@ async def test_signed_commands_and_every_uplink_verify_in_process(inprocess: Dae
 async def test_face_compare_asked_of_the_in_process_cloud(inprocess: Daemon) -> None:
     """`verifier = "cloud"`: the face goes up as a signed request and the dev cloud answers it."""
     link = cloud_of(inprocess)
-    camera = inprocess.devices.named("camera").simulator
+    camera = inprocess.devices.named("camera_k1").simulator
     async with unix_session(inprocess.config.socket_path) as http:
         await wait_devices_online(http)
         base, auth = await start_session(http)

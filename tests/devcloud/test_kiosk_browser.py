@@ -51,7 +51,8 @@ async def embedded(
 ) -> AsyncIterator[tuple[DaemonProcess, str]]:
     """The embedded default with its own state dir and port (and `api_extra` in [api])."""
     port = free_port()
-    text = embedded_default_text().replace("sim_print_time_s = 0.5", f"sim_print_time_s = {print_time_s}", 1)
+    # Every simulated printer of the default (the hall's pool has two).
+    text = embedded_default_text().replace("sim_print_time_s = 0.5", f"sim_print_time_s = {print_time_s}")
     text = text.replace('state_dir = ""', f'state_dir = "{state_dir}"', 1)
     listen = f'http_listen = "127.0.0.1:{port}"'
     text = text.replace('http_listen = "127.0.0.1:8089"', f"{listen}\n{api_extra}", 1)
@@ -169,6 +170,7 @@ def kiosk_flow(driver: WebDriver, url: str, output: list[str]) -> dict[str, str]
     screen(driver, "rating")
     driver.find_element(By.CSS_SELECTOR, '[data-rating="5"]').click()
     screen(driver, "done")
+    shown["rated"] = message(driver)
     shown["handoff"] = driver.find_element(By.ID, "handoff").text
     assert driver.find_element(By.ID, "session-state").text == "No session"
     driver.save_screenshot(str(shots / "4-done.png"))
@@ -201,6 +203,7 @@ async def test_the_page_runs_the_citizen_flow_in_chromium(
     assert shown["receipt_title"] == "Please take your receipt"
     assert "Community service centre" in shown["receipt"] and "Request " in shown["receipt"]
     assert "member of staff" in shown["handoff"]
+    assert shown["rated"] == "Thank you for your rating."  # the gateway took the feedback (202)
     assert shown["face"] == "Thank you, that is you."
     # The transactions reached the in-process cloud and verified there; nothing was refused.
     feed = [line for line in dp.stdout_lines if line.startswith("[dev-cloud]")]
@@ -323,11 +326,12 @@ def queue_flow(driver: WebDriver, url: str) -> tuple[str, str]:
 
 async def test_the_page_shows_its_place_in_the_printer_queue(state_dir: Path, browser: WebDriver) -> None:
     async with embedded(state_dir, print_time_s=3.0) as (dp, url), unix_session(dp.socket_path) as http:
-        # Another kiosk app on the Unix socket keeps the printer busy first.
-        resp = await http.post("/v1/sessions", json={"kind": "citizen"})
+        # Another kiosk app on the Unix socket keeps both printers of the hall's pool busy first
+        # (one printing and two waiting on each, so some are still waiting when the page prints).
+        resp = await http.post("/v1/sessions", json={"kind": "citizen", "station": "k1"})
         other = await resp.json()
         auth = {"Authorization": f"Bearer {other['token']}"}
-        for n in range(3):
+        for n in range(6):
             body = {"lines": [f"other receipt {n}"]}
             resp = await http.post(f"/v1/sessions/{other['id']}/print", headers=auth, json=body)
             assert resp.status == 202
