@@ -110,6 +110,14 @@ def _open_error(device: str, port: str, err: BaseException) -> DeviceUnavailable
     if isinstance(err, serial.SerialException) and "No such file" in text:
         missing = True
     state = DeviceState.NO_DEVICE if missing else DeviceState.OFFLINE
+    if getattr(err, "errno", None) == errno.EPERM and os.environ.get("INVOCATION_ID"):
+        # Under systemd (which sets INVOCATION_ID) EPERM on open is the device cgroup filter of
+        # DevicePolicy=/DeviceAllow=; a file permission problem would be EACCES.
+        text += (
+            "; the service's device policy does not allow this device: add its class in a drop-in "
+            "(systemctl edit edge-gateway.service: [Service] DeviceAllow=char-CLASS rw, the class "
+            "named for the device's major in /proc/devices)"
+        )
     return DeviceUnavailable(f"cannot open {port}: {text}", device=device, state=state)
 
 
