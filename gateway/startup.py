@@ -135,3 +135,27 @@ def check_files(config: GatewayConfig) -> None:
     problems = file_problems(config)
     if problems:
         raise UnusableFileError(problems[0])
+
+
+EXAMPLE_NODE_ID = "edge-001"
+
+
+def left_to_do(config: GatewayConfig) -> list[str]:
+    """What a technician still has to set up after install (install.sh prints it; diag shows it)."""
+    where = config.source
+    todo = [f"fix {p.key}: {p.path}: {p.problem}; {p.fix}" for p in file_problems(config)]
+    if config.node.id == EXAMPLE_NODE_ID:
+        todo.append(f"node.id is still the example's {EXAMPLE_NODE_ID!r}: set this box's id in {where}")
+    if not config.uplink.broker:
+        todo.append(
+            "connect to the cloud: copy the broker's CA certificate and this node's TLS certificate and "
+            f"key to /etc/edge-gateway, then set uplink.broker, ca_file, client_cert and client_key in "
+            f"{where} (until then messages wait in the outbox)"
+        )
+    if not config.uplink.cloud_keys:
+        todo.append(
+            "trust the cloud's commands: copy its public key (JWK) to /etc/edge-gateway/cloud.jwk and "
+            f'set uplink.cloud_keys = ["/etc/edge-gateway/cloud.jwk"] in {where} (until then every '
+            "cloud command is refused)"
+        )
+    return todo

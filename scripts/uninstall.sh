@@ -6,7 +6,8 @@ set -euo pipefail
 
 readonly PROG=uninstall.sh
 readonly UNIT_DIR=/etc/systemd/system
-readonly UNITS=(edge-gateway.service edge-gateway.socket)
+# The socket first: while it listens, a client connecting in between would start the service again.
+readonly UNITS=(edge-gateway.socket edge-gateway.service)
 
 usage() {
     cat <<EOF
