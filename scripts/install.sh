@@ -172,7 +172,8 @@ tar -C "$SRC" \
     -cf - . | tar -C "$BUILD" -xf -
 TARGET=$BUILD
 [ "$PCSC" -eq 0 ] || TARGET="${BUILD}[pcsc]"
-PIP=("$R$VENV/bin/python" -m pip install --quiet)
+# No cache: nothing of the install may stay behind outside the venv (uninstall removes only that).
+PIP=("$R$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check)
 if [ -n "$WHEELS" ]; then
     [ -d "$WHEELS" ] || die "wheelhouse $WHEELS is not a directory"
     PIP+=(--no-index --find-links "$WHEELS")
