@@ -116,6 +116,13 @@ if [ -n "$WHEELS" ]; then
     fi
 fi
 
+# Directories this install creates in shared places; recorded (step 4) so uninstall.sh removes
+# them again when they are left empty, and leaves the ones the system already had.
+CREATED_DIRS=()
+for dir in /etc/sysusers.d /etc/tmpfiles.d /etc/modules-load.d "$UNIT_DIR" /opt; do
+    [ -d "$R$dir" ] || CREATED_DIRS+=("$dir")
+done
+
 # 1. Users first: everything below is owned by them.
 say "service user and groups (sysusers.d)"
 install -D -m 0644 "$SRC/systemd/edge-gateway.sysusers" "$R/etc/sysusers.d/edge-gateway.conf"
@@ -181,6 +188,12 @@ fi
 "${PIP[@]}" "$TARGET" || die "pip could not install edge-gateway into $VENV (see above)"
 [ -x "$R$VENV/bin/edge-gateway" ] || die "$VENV/bin/edge-gateway missing after pip install"
 touch "$R$VENV_MARK"
+MANIFEST=$R$APP_DIR/created-dirs
+{
+    [ ! -f "$MANIFEST" ] || cat "$MANIFEST"
+    [ ${#CREATED_DIRS[@]} -eq 0 ] || printf '%s\n' "${CREATED_DIRS[@]}"
+} | sort -u >"$MANIFEST.new"
+mv "$MANIFEST.new" "$MANIFEST"
 install -D -m 0644 "$SRC/docs/install.md" "$R$APP_DIR/doc/install.md"
 
 # 5. Config: installed once, never overwritten (it is the site's, not ours).

@@ -97,11 +97,11 @@ def _cgroup2_base() -> Path:
 
 
 def until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll `probe` until it returns something other than None/False; fail naming `what`."""
+    """Poll `probe` until it returns something truthy (a non-empty list, True, ...); fail naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
@@ -150,10 +150,19 @@ class Box:
                 env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"},
             )
         self.pid1 = until(self._init_pid, 60, "the container's systemd to start")
-        state = self.sh("systemctl is-system-running --wait", check=False, timeout=timeout).stdout.strip()
-        if state not in ("running", "degraded"):
+        seen: list[str] = []
+
+        def up() -> bool:
+            # Right after the fork PID 1 may not answer on its bus yet: ask until it does.
+            result = self.sh("systemctl is-system-running", check=False, timeout=30)
+            seen.append((result.stdout + result.stderr).strip())
+            return seen[-1] in ("running", "degraded")
+
+        try:
+            until(up, timeout, "the container's boot to finish")
+        except AssertionError as err:
             log = self.log.read_text(errors="replace")[-3000:]
-            raise BoxError(f"container did not come up: {state}\n{log}")
+            raise BoxError(f"container did not come up: {seen[-3:]}\n{log}") from err
 
     def _init_pid(self) -> int | None:
         assert self.proc is not None
@@ -214,15 +223,19 @@ class Box:
         )
 
     def journal(self, *filters: str, cursor: str | None = None) -> list[dict[str, str]]:
-        """Journal entries (JSON) matching journalctl filters, after `cursor` if given."""
+        """Journal entries of this boot (after `cursor` if given) whose fields match every
+        `FIELD=value` filter. The matching is done here: journalctl 252 returns nothing for
+        --after-cursor combined with field matches."""
         after = f"--after-cursor={shlex.quote(cursor)}" if cursor else "-b"
-        out = self.sh(f"journalctl --no-pager -o json {after} {' '.join(filters)}").stdout
+        out = self.sh(f"journalctl --no-pager -o json {after}", timeout=120).stdout
+        wanted = [f.split("=", 1) for f in filters]
         entries = []
         for line in out.splitlines():
             entry = json.loads(line)
             if isinstance(entry.get("MESSAGE"), list):  # non-UTF-8 messages come as byte arrays
                 entry["MESSAGE"] = bytes(entry["MESSAGE"]).decode(errors="replace")
-            entries.append(entry)
+            if all(entry.get(field) == value for field, value in wanted):
+                entries.append(entry)
         return entries
 
     def cursor(self) -> str:
