@@ -498,7 +498,7 @@ def test_uninstall_and_purge_leave_nothing_behind(site: Site) -> None:
     started_again = [
         e["MESSAGE"]
         for e in box.journal("_PID=1", cursor=cursor)
-        if e.get("UNIT") == UNIT and e["MESSAGE"].startswith("Started")
+        if e.get("UNIT") == UNIT and e["MESSAGE"].startswith(("Starting", "Started"))
     ]
     assert started_again == []
     assert box.show(UNIT, "LoadState")["LoadState"] == "not-found"
