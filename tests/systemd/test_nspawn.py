@@ -478,6 +478,21 @@ def test_a_broken_config_at_start_is_one_line_and_no_restart_loop(site: Site) ->
     assert active(box, UNIT) == "active"
 
 
+def test_installing_again_keeps_the_config_and_restarts_the_daemon(site: Site) -> None:
+    box = site.box
+    pid = box.show(UNIT, "MainPID")["MainPID"]
+    config = box.sh(f"cat {CONF}").stdout
+    again = box.sh(f"cd {CHECKOUT} && ./scripts/install.sh --wheels {WHEELS}", check=False, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "venv exists, upgrading edge-gateway in it" in again.stdout
+    assert "restarted the running daemon on the new code" in again.stdout
+    assert box.sh(f"cat {CONF}").stdout == config
+    assert active(box, UNIT) == "active"
+    assert box.show(UNIT, "MainPID")["MainPID"] != pid
+    code, status = api(box, "GET", "/v1/status")
+    assert (code, status["node"]) == (200, "edge-nspawn-01")
+
+
 def test_uninstall_and_purge_leave_nothing_behind(site: Site) -> None:
     box = site.box
     assert active(box, UNIT) == "active"
