@@ -472,7 +472,20 @@ def test_a_broken_config_at_start_is_one_line_and_no_restart_loop(site: Site) ->
         assert record["event"] == "startup_failed"
         assert (record["key"], record["path"]) == ("uplink.cloud_keys", "/etc/edge-gateway/cloud.jwk")
         assert "copy the cloud's public key" in record["fix"]
+
+        # A file that is there but unusable ends the same way: a key the daemon cannot read.
+        box.write("/etc/edge-gateway/cloud.jwk", '{"kty": "OKP"}', mode="0600", group="root")
+        assert box.sh(f"systemctl restart {UNIT}", check=False).returncode != 0
+        props = box.show(UNIT, "ExecMainStatus", "InvocationID", "NRestarts")
+        assert (props["ExecMainStatus"], props["NRestarts"]) == ("2", "0")
+        lines = box.journal(f"_SYSTEMD_INVOCATION_ID={props['InvocationID']}", "_TRANSPORT=stdout")
+        assert len(lines) == 1, lines
+        record = json.loads(lines[0]["MESSAGE"])
+        assert record["key"] == "uplink.cloud_keys"
+        assert "not readable by uid" in record["error"]
+        assert "chgrp edge-gateway /etc/edge-gateway/cloud.jwk" in record["fix"]
     finally:
+        box.sh("rm -f /etc/edge-gateway/cloud.jwk")
         box.write(CONF, kiosk_config(site.face_port))
     box.sh(f"systemctl restart {UNIT}")
     assert active(box, UNIT) == "active"
