@@ -619,8 +619,9 @@ class Daemon:
                         "uplink.key_file",
                         str(path),
                         "the node signing key is missing",
-                        f"create it with `runuser -u edge-gateway -- edge-gateway keys init -c "
-                        f"{self.config.source}` (or set node.auto_init_key = true)",
+                        f"create it as the daemon's user: `edge-gateway keys init -c {self.config.source}` "
+                        "(installed: `runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway "
+                        f"keys init -c {self.config.source}`)",
                     )
                 ) from err
             return init_key(path, node)
