@@ -506,6 +506,28 @@ def test_installing_again_keeps_the_config_and_restarts_the_daemon(site: Site) -
     assert (code, status["node"]) == (200, "edge-nspawn-01")
 
 
+def test_an_install_whose_service_cannot_start_shows_the_line_and_the_fix(site: Site) -> None:
+    box = site.box
+    broken = kiosk_config(site.face_port).replace(
+        "[uplink]\n", '[uplink]\ncloud_keys = ["/etc/edge-gateway/cloud.jwk"]\n'
+    )
+    box.write(CONF, broken)
+    try:
+        result = box.sh(f"cd {CHECKOUT} && ./scripts/install.sh --wheels {WHEELS}", check=False, timeout=600)
+        assert result.returncode == 1, result.stdout + result.stderr
+        shown = [line.strip() for line in result.stdout.splitlines() if '"startup_failed"' in line]
+        assert len(shown) == 1, result.stdout
+        assert json.loads(shown[0])["key"] == "uplink.cloud_keys"
+        left = result.stdout.split("==> left to do", 1)[1]
+        assert "fix uplink.cloud_keys: /etc/edge-gateway/cloud.jwk: the cloud's public key is missing" in left
+        assert "edge-gateway.service did not start" in result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+    finally:
+        box.write(CONF, kiosk_config(site.face_port))
+    box.sh(f"systemctl restart {UNIT}")
+    assert active(box, UNIT) == "active"
+
+
 def test_uninstall_and_purge_leave_nothing_behind(site: Site) -> None:
     box = site.box
     assert active(box, UNIT) == "active"
