@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check lint test bench system clean
+.PHONY: run check lint test test-fast bench system clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ lint: $(VENV)/.check-installed
 	$(BIN)/ruff format --check gateway drivers tests bench
 	$(BIN)/mypy --strict gateway drivers tests
 
+# The whole suite, the `slow` tests included (tests/systemd/test_nspawn.py boots a container).
 test: $(VENV)/.check-installed
 	$(BIN)/pytest -q
+
+test-fast: $(VENV)/.check-installed
+	$(BIN)/pytest -q -m "not slow"
 
 check: system
 	$(MAKE) lint test

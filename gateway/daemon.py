@@ -7,7 +7,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -31,7 +30,7 @@ from gateway.api.system import routes as system_routes
 from gateway.auth.engine import Authenticator
 from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
-from gateway.config import GatewayConfig, as_dict, load_config
+from gateway.config import GatewayConfig, as_dict, load_config, locate_config
 from gateway.devcloud.simlink import SimCloudLink, sim_cloud_link
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
@@ -52,6 +51,7 @@ from gateway.private import make_private
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
+from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, FileProblem, UnusableFileError, check_files
 from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
@@ -656,19 +656,44 @@ class Daemon:
 
     def _load_node_key(self) -> NodeKey:
         """The signing key; a missing key is made only where config allows, a loose one is refused."""
-        from gateway.uplink.keys import KeyMissingError, KeyStoreError, init_key, load_key
+        from gateway.uplink.keys import (
+            KeyMissingError,
+            KeyPermissionError,
+            KeyStoreError,
+            init_key,
+            load_key,
+        )
 
         path, node = self.config.key_path, self.config.node.id
         try:
             return load_key(path, node)
         except KeyMissingError as err:
             if not self.config.node.auto_init_key:
-                raise StartupError(
-                    f"node key {path} is missing: create it with `edge-gateway keys init -c CONFIG`"
+                raise UnusableFileError(
+                    FileProblem(
+                        "uplink.key_file",
+                        str(path),
+                        "the node signing key is missing",
+                        f"create it as the daemon's user: `edge-gateway keys init -c {self.config.source}` "
+                        "(installed: `runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway "
+                        f"keys init -c {self.config.source}`)",
+                    )
                 ) from err
             return init_key(path, node)
+        except KeyPermissionError as err:
+            raise UnusableFileError(
+                FileProblem("uplink.key_file", str(path), str(err), f"`chmod 600 {path}`")
+            ) from err
         except KeyStoreError as err:
-            raise StartupError(str(err)) from err
+            raise UnusableFileError(
+                FileProblem(
+                    "uplink.key_file",
+                    str(path),
+                    str(err),
+                    "restore the key from backup (owner edge-gateway, mode 0600), or move it away, "
+                    "`edge-gateway keys init` and register the new public key with the cloud",
+                )
+            ) from err
 
     def _build_ops(self, stack: AsyncExitStack) -> None:
         """Metrics, telemetry, device usage roll-ups and the red/yellow/blue alerts."""
@@ -827,24 +852,57 @@ class Daemon:
         }
 
 
+def _config_key(err: ConfigError, source: str | None) -> str | None:
+    """The `section.key` a ConfigError names (its text is `SOURCE: KEY: reason`), if any."""
+    text = str(err)
+    if source and text.startswith(f"{source}: "):
+        text = text[len(source) + 2 :]
+    key = text.split(": ", 1)[0]
+    return key if re.fullmatch(r"[a-z_][a-z0-9_.]*", key) else None
+
+
 def run_daemon(config_path: str | None) -> int:
-    """`edge-gateway run`: load config (exit 2 when invalid), then serve until SIGTERM."""
+    """`edge-gateway run`: serve until SIGTERM. A config or file problem at start is one error line
+    (JSON off a terminal) naming the key and the fix, and exit status EXIT_CONFIG, which the unit
+    does not restart on; any other start failure exits EXIT_FAILURE."""
+    # Before the config is read its [log] settings are unknown: the defaults carry a refusal.
+    configure_logging("info", "auto")
     try:
         config = load_config(config_path)
     except ConfigError as err:
-        print(f"edge-gateway: invalid configuration: {err}", file=sys.stderr)
-        return 2
+        source = locate_config(config_path)
+        log.error(
+            "startup_failed",
+            reason="invalid_config",
+            config=source,
+            key=_config_key(err, source),
+            error=str(err),
+            fix=f"correct it, check with `edge-gateway config check -c {source or 'FILE'}`, then start again",
+        )
+        return EXIT_CONFIG
     # Whatever starts us (systemd sets UMask=0077 too, a shell usually 0022): the state directory,
     # the outbox and its WAL hold personal data, so nothing is created readable by others.
     os.umask(0o077)
     log_file = Path(config.log.file) if config.log.file else config.state_dir / "log" / "gateway.jsonl"
     configure_logging(config.log.level, config.log.format, file=log_file)
-    daemon = Daemon(config, config_path=config_path)
     try:
+        check_files(config)
+        daemon = Daemon(config, config_path=config_path)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(daemon.run())
+    except UnusableFileError as err:
+        problem = err.problem
+        log.error(
+            "startup_failed",
+            reason="unusable_file",
+            config=config.source,
+            key=problem.key,
+            path=problem.path,
+            error=problem.problem,
+            fix=problem.fix,
+        )
+        return EXIT_CONFIG
     except StartupError as err:
-        log.error("startup_failed", error=str(err))
-        print(f"edge-gateway: cannot start: {err}", file=sys.stderr)
-        return 1
+        log.error("startup_failed", reason="error", config=config.source, error=str(err))
+        return EXIT_FAILURE
     return 0

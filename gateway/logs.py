@@ -1,12 +1,21 @@
-"""structlog set-up: JSON lines off a terminal, readable on one, personal data masked in every event."""
+"""structlog set-up: JSON lines off a terminal, readable on one, personal data masked in every event.
+
+Under systemd each line carries its level to the journal as a kernel-style `<N>` prefix (syslog
+priority N), which journald strips and stores as the entry's PRIORITY; the JSON body is unchanged.
+Sources: sd-daemon(3) (SD_ERR "<3>" ... SD_DEBUG "<7>" for lines on stdout/stderr) and
+systemd.exec(5) (SyslogLevelPrefix=, on by default; JOURNAL_STREAM= holds "DEVICE:INODE" of the
+stream connected to the journal, which a process compares with fstat() of its own stdout/stderr,
+as the Rust crate systemd-journal-logger's connected_to_journal() also does).
+"""
 
 from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -72,15 +81,56 @@ def mask_personal_data(
     return event_dict
 
 
+# syslog(3) priorities by Python level: LOG_CRIT 2, LOG_ERR 3, LOG_WARNING 4, LOG_INFO 6, LOG_DEBUG 7.
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority journald should record for a Python log level."""
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return 7
+
+
+def connected_to_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `stream` is the journal stream systemd announced in JOURNAL_STREAM (device:inode)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
+class JournalPrefixFormatter(structlog.stdlib.ProcessorFormatter):
+    """A ProcessorFormatter whose every line starts with the record's `<N>` syslog priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        # journald reads the prefix per line: a multi-line record (console format) keeps its level.
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
     *,
     file: Path | None = None,
     stream: TextIO | None = None,
+    journal: bool | None = None,
 ) -> None:
-    """Send all logs (ours and libraries') through structlog's processors, masking first."""
+    """Send all logs (ours and libraries') through structlog's processors, masking first.
+
+    `journal` (default: whether `stream` is systemd's journal stream) prefixes each line with its
+    syslog priority so `journalctl -p warning` finds warnings and errors.
+    """
     stream = stream or sys.stderr
+    if journal is None:
+        journal = connected_to_journal(stream)
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (
@@ -115,9 +165,8 @@ def configure_logging(
         root.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler(stream)
-    console.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processors=[*final_chain, renderer], foreign_pre_chain=pre_chain)
-    )
+    formatter = JournalPrefixFormatter if journal else structlog.stdlib.ProcessorFormatter
+    console.setFormatter(formatter(processors=[*final_chain, renderer], foreign_pre_chain=pre_chain))
     root.addHandler(console)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)

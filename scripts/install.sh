@@ -26,8 +26,9 @@ entries, the service user, the node signing key, then enables and starts the soc
   --pcsc           also install the [pcsc] extra (pyscard) for PC/SC card readers
   --config FILE    config to install when none exists (default: config/gateway.example.toml)
   --python PYTHON  interpreter the venv is built from (default: /usr/bin/python3, >= 3.11)
-  --wheels DIR     install offline from a wheelhouse (pip download edge-gateway's requirements
-                   into DIR on a connected machine first)
+  --wheels DIR     install offline from a wheelhouse made on a connected machine as
+                   docs/install.md says (dependencies, the setuptools build backend, and pyscard
+                   built as a wheel for --pcsc)
   -h, --help       this text
 EOF
 }
@@ -103,6 +104,24 @@ fi
 if [ ! -e "$R$CONF_FILE" ] && [ ! -f "$CONFIG_SRC" ]; then
     die "no config to install: $CONFIG_SRC not found (pass --config FILE)"
 fi
+# A wheelhouse missing the build backend or a pyscard wheel fails in pip half-way; say so first.
+if [ -n "$WHEELS" ]; then
+    [ -d "$WHEELS" ] || die "wheelhouse $WHEELS is not a directory"
+    WHEELS=$(cd "$WHEELS" && pwd)
+    compgen -G "$WHEELS/setuptools-*.whl" >/dev/null ||
+        die "wheelhouse $WHEELS has no setuptools wheel, the build backend pip needs to build edge-gateway; make the wheelhouse as docs/install.md says (\"Offline install\")"
+    if [ "$PCSC" -eq 1 ]; then
+        compgen -G "$WHEELS/pyscard-*.whl" >/dev/null ||
+            die "wheelhouse $WHEELS has no pyscard wheel (--pcsc); build one as docs/install.md says (\"Offline install\"), or drop --pcsc"
+    fi
+fi
+
+# Directories this install creates in shared places; recorded (step 4) so uninstall.sh removes
+# them again when they are left empty, and leaves the ones the system already had.
+CREATED_DIRS=()
+for dir in /etc/sysusers.d /etc/tmpfiles.d /etc/modules-load.d "$UNIT_DIR" /opt; do
+    [ -d "$R$dir" ] || CREATED_DIRS+=("$dir")
+done
 
 # 1. Users first: everything below is owned by them.
 say "service user and groups (sysusers.d)"
@@ -127,15 +146,32 @@ else
 fi
 
 # 4. The venv, built from a clean copy so the checkout stays untouched (and may be read-only).
+# A venv is complete once the marker exists; a new one that fails (or is interrupted) is removed,
+# and one left without the marker by an older failure is built again from scratch.
 say "python venv $VENV"
-if [ -x "$R$VENV/bin/python" ]; then
+readonly VENV_MARK=$VENV/.edge-gateway-complete
+NEW_VENV=0
+BUILD=""
+cleanup() {
+    [ -z "$BUILD" ] || rm -rf "$BUILD"
+    if [ "$NEW_VENV" -eq 1 ] && [ ! -e "$R$VENV_MARK" ] && [ -e "$R$VENV" ]; then
+        rm -rf "$R$VENV"
+        printf '%s: removed the unfinished venv %s\n' "$PROG" "$R$VENV" >&2
+    fi
+}
+trap cleanup EXIT
+if [ -x "$R$VENV/bin/python" ] && [ -e "$R$VENV_MARK" ]; then
     note "venv exists, upgrading edge-gateway in it"
 else
+    if [ -e "$R$VENV" ]; then
+        note "$VENV was left unfinished by an earlier run; building it again"
+        rm -rf "$R$VENV"
+    fi
     install -d -m 0755 "$R$APP_DIR"
-    "$PYTHON" -m venv "$R$VENV"
+    NEW_VENV=1
+    "$PYTHON" -m venv "$R$VENV" || die "$PYTHON could not create the venv $VENV"
 fi
 BUILD=$(mktemp -d)
-trap 'rm -rf "$BUILD"' EXIT
 tar -C "$SRC" \
     --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./dist \
     --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache \
@@ -143,13 +179,21 @@ tar -C "$SRC" \
     -cf - . | tar -C "$BUILD" -xf -
 TARGET=$BUILD
 [ "$PCSC" -eq 0 ] || TARGET="${BUILD}[pcsc]"
-PIP=("$R$VENV/bin/python" -m pip install --quiet)
+# No cache: nothing of the install may stay behind outside the venv (uninstall removes only that).
+PIP=("$R$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check)
 if [ -n "$WHEELS" ]; then
     [ -d "$WHEELS" ] || die "wheelhouse $WHEELS is not a directory"
     PIP+=(--no-index --find-links "$WHEELS")
 fi
 "${PIP[@]}" "$TARGET" || die "pip could not install edge-gateway into $VENV (see above)"
 [ -x "$R$VENV/bin/edge-gateway" ] || die "$VENV/bin/edge-gateway missing after pip install"
+touch "$R$VENV_MARK"
+MANIFEST=$R$APP_DIR/created-dirs
+{
+    [ ! -f "$MANIFEST" ] || cat "$MANIFEST"
+    [ ${#CREATED_DIRS[@]} -eq 0 ] || printf '%s\n' "${CREATED_DIRS[@]}"
+} | sort -u >"$MANIFEST.new"
+mv "$MANIFEST.new" "$MANIFEST"
 install -D -m 0644 "$SRC/docs/install.md" "$R$APP_DIR/doc/install.md"
 
 # 5. Config: installed once, never overwritten (it is the site's, not ours).
@@ -158,7 +202,7 @@ if [ -e "$R$CONF_FILE" ]; then
     note "exists, left as it is"
 else
     install -m 0640 -o 0 -g "$GID" "$CONFIG_SRC" "$R$CONF_FILE"
-    note "installed from $CONFIG_SRC; edit it for this site (node id, broker, devices)"
+    note "installed from $CONFIG_SRC; edit it for this site (what is left to do is listed at the end)"
 fi
 
 # 6. Units.
@@ -189,17 +233,48 @@ else
     would_run "${KEYS_INIT[@]}"
 fi
 
+# What the technician still has to set up, from the installed config (also shown by diag).
+left_to_do() {
+    "$R$VENV/bin/python" - "$R$CONF_FILE" "$CONF_FILE" <<'PY'
+import sys
+
+from gateway.config import load_config
+from gateway.startup import left_to_do
+
+config = load_config(sys.argv[1])
+steps = left_to_do(config)
+steps.append(
+    "register the node's public key with the cloud: runuser -u edge-gateway -- "
+    f"/opt/edge-gateway/venv/bin/edge-gateway keys show --public -c {sys.argv[2]}"
+)
+steps.append(f"after editing {sys.argv[2]}: systemctl restart edge-gateway.service")
+for number, step in enumerate(steps, 1):
+    print(f"  {number}. {step}")
+PY
+}
+
 # 8. Enable; start the socket first so kiosk apps can connect while the daemon comes up.
 say "enable and start"
 if [ "$LIVE" -eq 1 ]; then
     WAS_ACTIVE=$(systemctl is-active edge-gateway.service || true)
     systemctl daemon-reload
-    systemctl enable --now edge-gateway.socket edge-gateway.service
-    if [ "$WAS_ACTIVE" = active ]; then
-        systemctl restart edge-gateway.service
-        note "restarted the running daemon on the new code"
+    systemctl enable edge-gateway.socket edge-gateway.service
+    systemctl start edge-gateway.socket
+    VERB=start
+    [ "$WAS_ACTIVE" != active ] || VERB=restart
+    if ! systemctl "$VERB" edge-gateway.service; then
+        # The daemon logged why in one line (the key and the fix); show it, not a traceback.
+        journalctl -u edge-gateway.service -b -n 50 -o cat --no-pager 2>/dev/null |
+            grep '"startup_failed"' | tail -n 1 | sed 's/^/    /' || true
+        say "left to do"
+        left_to_do || true
+        die "installed, but edge-gateway.service did not start; fix what the log line above says, then: systemctl restart edge-gateway.service (journalctl -u edge-gateway shows more)"
     fi
-    say "done: systemctl status edge-gateway; journalctl -u edge-gateway -f; $VENV/bin/edge-gateway diag -c $CONF_FILE"
+    [ "$VERB" = start ] || note "restarted the running daemon on the new code"
+    "$VENV/bin/edge-gateway" diag -c "$CONF_FILE" --only config key daemon device broker || true
+    say "left to do"
+    left_to_do || note "(could not read $CONF_FILE to list them: edge-gateway config check -c $CONF_FILE)"
+    say "done: the service runs; systemctl status edge-gateway; journalctl -u edge-gateway -f"
 else
     # Offline: only creates the [Install] symlinks under the root, never talks to systemd.
     systemctl "${ROOT_ARG[@]}" --quiet enable edge-gateway.socket edge-gateway.service

@@ -24,6 +24,9 @@ have gcc || need+=(gcc)
 # The kiosk page's browser test drives Debian's chromium headless through chromedriver (selenium).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+# The slow install test boots a Debian 12 root under systemd-nspawn (tests/systemd/test_nspawn.py).
+have systemd-nspawn || need+=(systemd-container)
+have debootstrap || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 # The install-path tests build a venv from Debian's own python3.
 if [ -x /usr/bin/python3 ]; then /usr/bin/python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv); else need+=(python3 python3-venv); fi
 

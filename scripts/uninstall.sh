@@ -6,7 +6,8 @@ set -euo pipefail
 
 readonly PROG=uninstall.sh
 readonly UNIT_DIR=/etc/systemd/system
-readonly UNITS=(edge-gateway.service edge-gateway.socket)
+# The socket first: while it listens, a client connecting in between would start the service again.
+readonly UNITS=(edge-gateway.socket edge-gateway.service)
 
 usage() {
     cat <<EOF
@@ -91,6 +92,12 @@ elif [ -e "$R$UNIT_DIR/edge-gateway.service" ] || [ -e "$R$UNIT_DIR/edge-gateway
     would_run systemctl disable --now "${UNITS[@]}"
 fi
 
+# Shared directories install.sh had to create (it records them under /opt/edge-gateway).
+CREATED_DIRS=()
+if [ -f "$R/opt/edge-gateway/created-dirs" ]; then
+    mapfile -t CREATED_DIRS <"$R/opt/edge-gateway/created-dirs"
+fi
+
 say "units, sysusers.d, tmpfiles.d, modules-load.d, venv"
 remove "$R$UNIT_DIR/edge-gateway.service" "$R$UNIT_DIR/edge-gateway.socket" \
     "$R/etc/sysusers.d/edge-gateway.conf" "$R/etc/tmpfiles.d/edge-gateway.conf" \
@@ -104,6 +111,13 @@ if [ "$PURGE" -eq 1 ]; then
 else
     note "kept $R/etc/edge-gateway and $R/var/lib/edge-gateway (config, outbox, node key); --purge deletes them"
 fi
+
+# Deepest first, and only if nothing else has put files in them since.
+for dir in $(printf '%s\n' "${CREATED_DIRS[@]}" | sort -r); do
+    if [ -d "$R$dir" ] && rmdir "$R$dir" 2>/dev/null; then
+        note "removed $R$dir (created by install.sh, now empty)"
+    fi
+done
 
 if [ "$LIVE" -eq 1 ]; then
     systemctl daemon-reload

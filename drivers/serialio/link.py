@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -115,7 +116,35 @@ def _open_error(device: str, port: str, err: BaseException) -> DeviceUnavailable
     if isinstance(err, serial.SerialException) and ("No such file" in text or "Connection refused" in text):
         missing = True
     state = DeviceState.NO_DEVICE if missing else DeviceState.OFFLINE
+    if getattr(err, "errno", None) == errno.EPERM and os.environ.get("INVOCATION_ID"):
+        # Under systemd (which sets INVOCATION_ID) EPERM on open is the device cgroup filter of
+        # DevicePolicy=/DeviceAllow=; a file permission problem would be EACCES.
+        text += (
+            "; the service's device policy (DeviceAllow= in edge-gateway.service) does not allow "
+            f"this device: add `DeviceAllow={_device_class(port)} rw` in a drop-in "
+            "(systemctl edit edge-gateway.service)"
+        )
     return DeviceUnavailable(f"cannot open {port}: {text}", device=device, state=state)
+
+
+def _device_class(port: str) -> str:
+    """`char-NAME` for a character device's major as /proc/devices names it, else `char-CLASS`."""
+    try:
+        st = os.stat(port)
+        with open("/proc/devices", encoding="ascii") as table:
+            lines = table.read().split("Block devices:")[0].splitlines()
+    except OSError:
+        return "char-CLASS"
+    if not stat.S_ISCHR(st.st_mode):
+        return "char-CLASS"
+    major = str(os.major(st.st_rdev))
+    # A major may carry several names (4: tty, ttyS): offer each; /dev/... aliases are not classes.
+    names = [
+        f"char-{name}"
+        for number, _, name in (line.strip().partition(" ") for line in lines)
+        if number == major and name and not name.startswith("/")
+    ]
+    return " rw` or `DeviceAllow=".join(names) if names else "char-CLASS"
 
 
 async def open_port(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -190,6 +191,15 @@ def check_config(config_path: str | None) -> tuple[CheckResult, GatewayConfig | 
             ),
             None,
         )
+    from gateway.startup import file_problems
+
+    problems = file_problems(config)
+    if problems:
+        # The daemon refuses to start on these (exit 2): say which key, which file, what to do.
+        first = problems[0]
+        detail = "; ".join(f"{p.key}: {p.path}: {p.problem}" for p in problems)
+        data = {"source": config.source, "files": [dataclasses.asdict(p) for p in problems]}
+        return CheckResult("config", Verdict.FAIL, detail, fix=first.fix, data=data), config
     detail = f"{config.source} is valid (node {config.node.id}, {len(config.devices)} device(s))"
     return CheckResult("config", Verdict.PASS, detail, data={"source": config.source}), config
 
@@ -694,7 +704,15 @@ async def check_broker(
 
     uplink = config.uplink
     if not uplink.broker:
-        return CheckResult("broker", Verdict.SKIP, "uplink.broker is empty: the MQTT link is off")
+        commands = "" if uplink.cloud_keys else "; no uplink.cloud_keys, so cloud commands are refused"
+        return CheckResult(
+            "broker",
+            Verdict.WARN,
+            f"uplink.broker is empty: the MQTT link is off, messages wait in the outbox{commands}",
+            fix="connect to the cloud: copy the broker CA, the node certificate and key (and the cloud's "
+            "public JWK) to /etc/edge-gateway and set uplink.broker, ca_file, client_cert, client_key "
+            "and cloud_keys (docs/install.md, 'Connect to the cloud')",
+        )
     if uplink.broker == SIM_BROKER:
         return CheckResult(
             "broker", Verdict.SKIP, "uplink.broker is sim://cloud: the in-process development cloud"

@@ -97,5 +97,30 @@ def test_production_example_is_valid() -> None:
     path = Path(__file__).parents[2] / "config" / "gateway.example.toml"
     config = parse_config(path.read_text(), source=str(path))
     assert config.node.auto_init_key is False
-    assert config.uplink.broker.startswith("mqtts://")
     assert set(config.devices) == {"idcard", "printer", "cardreader", "camera"}
+
+
+def test_production_example_starts_on_a_fresh_box_and_shows_the_uplink_to_set_up() -> None:
+    """As install.sh installs it, the example names no file that a fresh box lacks (the daemon would
+    refuse to start); the uplink is off, and the lines to turn on are there, mqtts with TLS files."""
+    from gateway.startup import file_problems
+
+    path = Path(__file__).parents[2] / "config" / "gateway.example.toml"
+    text = path.read_text()
+    config = parse_config(text, source=str(path))
+    assert file_problems(config) == []
+    assert config.uplink.broker == ""
+    assert config.uplink.cloud_keys == []
+    uplink_keys = ("broker", "ca_file", "client_cert", "client_key", "cloud_keys")
+    enabled = "\n".join(
+        line.removeprefix("# ") if line.startswith(tuple(f"# {key} = " for key in uplink_keys)) else line
+        for line in text.splitlines()
+    )
+    uplink = parse_config(enabled, source="uncommented").uplink
+    assert uplink.broker.startswith("mqtts://")
+    assert (uplink.ca_file, uplink.client_cert, uplink.client_key) == (
+        "/etc/edge-gateway/ca.pem",
+        "/etc/edge-gateway/node.crt",
+        "/etc/edge-gateway/node.key",
+    )
+    assert uplink.cloud_keys == ["/etc/edge-gateway/cloud.jwk"]

@@ -156,3 +156,50 @@ def test_uninstall_keeps_config_and_state_unless_purged(installed: Installed, tm
     assert purged.returncode == 0, purged.stdout + purged.stderr
     assert not (root / "etc/edge-gateway").exists()
     assert not (root / "var/lib/edge-gateway").exists()
+
+
+def test_a_wheelhouse_without_the_build_backend_is_refused_before_changing_anything(tmp_path: Path) -> None:
+    root, wheels = tmp_path / "root", tmp_path / "wheels"
+    wheels.mkdir()
+    result = run_script("install.sh", "--root", str(root), "--wheels", str(wheels))
+    assert result.returncode == 1
+    assert f"wheelhouse {wheels} has no setuptools wheel" in result.stderr
+    assert list(root.iterdir()) == []
+
+    (wheels / "setuptools-80.0.0-py3-none-any.whl").write_bytes(b"")
+    result = run_script("install.sh", "--root", str(root), "--pcsc", "--wheels", str(wheels))
+    assert result.returncode == 1
+    assert "has no pyscard wheel (--pcsc)" in result.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_a_failed_venv_build_is_removed_and_a_leftover_one_rebuilt(tmp_path: Path) -> None:
+    root, wheels = tmp_path / "root", tmp_path / "wheels"
+    wheels.mkdir()
+    # Passes the early check, but is no wheel: pip fails half-way through the venv.
+    (wheels / "setuptools-80.0.0-py3-none-any.whl").write_bytes(b"not a zip")
+    config = tmp_path / "site.toml"
+    config.write_text(SITE_CONFIG)
+    failed = run_script("install.sh", "--root", str(root), "--config", str(config), "--wheels", str(wheels))
+    assert failed.returncode == 1
+    assert "pip could not install edge-gateway" in failed.stderr
+    assert "removed the unfinished venv" in failed.stderr
+    assert not (root / "opt/edge-gateway/venv").exists()
+
+    # A venv left by an older, interrupted run (no completion marker) is built again.
+    leftover = root / "opt/edge-gateway/venv/bin"
+    leftover.mkdir(parents=True)
+    (leftover / "python").symlink_to("/usr/bin/python3")
+    again = run_script("install.sh", "--root", str(root), "--config", str(config))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "left unfinished by an earlier run; building it again" in again.stdout
+    assert (root / "opt/edge-gateway/venv/.edge-gateway-complete").is_file()
+    assert (root / "opt/edge-gateway/venv/bin/edge-gateway").is_file()
+
+
+def test_uninstall_stops_the_socket_before_the_service(installed: Installed, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(installed.root, root, symlinks=True)
+    result = run_script("uninstall.sh", "--root", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "systemctl disable --now edge-gateway.socket edge-gateway.service" in result.stdout

@@ -127,6 +127,9 @@ CLASS_DRIVERS = {
     "char-ttyACM": "cdc_acm",
     "char-video4linux": "videodev",
 }
+# Classes whose driver is built into the kernel, so always in /proc/devices: the 8250 UART core
+# behind on-board COM ports (CONFIG_SERIAL_8250=y in Debian's and the upstream x86 defconfigs).
+BUILT_IN_CLASSES = {"char-ttyS"}
 
 
 def test_every_allowed_device_class_has_its_driver_preloaded(repo: Path) -> None:
@@ -138,5 +141,34 @@ def test_every_allowed_device_class_has_its_driver_preloaded(repo: Path) -> None
         for line in (repo / "systemd/edge-gateway.modules-load").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
-    assert classes == set(CLASS_DRIVERS)
-    assert {CLASS_DRIVERS[name] for name in classes} <= modules
+    assert classes == set(CLASS_DRIVERS) | BUILT_IN_CLASSES
+    assert {CLASS_DRIVERS[name] for name in classes - BUILT_IN_CLASSES} <= modules
+
+
+def test_the_serial_and_camera_classes_a_kiosk_uses_are_allowed(repo: Path) -> None:
+    """On-board COM ports (ttyS), USB serial adapters, CDC-ACM readers and cameras, read-write."""
+    service = parse_unit(repo / "systemd/edge-gateway.service")["Service"]
+    allowed = dict(entry.split() for entry in service["DeviceAllow"])
+    for name in ("char-ttyS", "char-ttyUSB", "char-ttyACM", "char-video4linux"):
+        assert allowed.get(name) == "rw", name
+    assert last({"Service": service}, "Service", "DevicePolicy") == "closed"
+
+
+def test_config_failures_do_not_restart_but_crashes_do(repo: Path) -> None:
+    """Exit status 2 (config or a file it names) is final; anything else restarts forever."""
+    from gateway.startup import EXIT_CONFIG, EXIT_FAILURE
+
+    service = parse_unit(repo / "systemd/edge-gateway.service")
+    assert last(service, "Service", "Restart") == "on-failure"
+    prevent = last(service, "Service", "RestartPreventExitStatus").split()
+    assert str(EXIT_CONFIG) in prevent
+    assert str(EXIT_FAILURE) not in prevent
+    assert last(service, "Unit", "StartLimitIntervalSec") == "0"
+
+
+def test_log_levels_reach_the_journal_and_files_are_limited(repo: Path) -> None:
+    service = parse_unit(repo / "systemd/edge-gateway.service")
+    assert last(service, "Service", "SyslogLevelPrefix") == "yes"
+    assert last(service, "Service", "StandardOutput") == "journal"
+    assert last(service, "Service", "StandardError") == "journal"
+    assert 8192 <= int(last(service, "Service", "LimitNOFILE")) <= 65536
