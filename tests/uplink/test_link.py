@@ -10,18 +10,24 @@ import aiomqtt
 import pytest
 
 from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, LinkState, MqttLink
+from gateway.uplink.presence import Presence
 from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
 from tests.uplink.conftest import NODE
 from tests.uplink.helpers import Collector, SilentProxy
 from tests.uplink.tls import TestCA
 
 
-def statuses(cloud: Collector) -> list[bytes]:
-    return [r.payload for r in cloud.received if r.topic == f"edge/{NODE}/status"]
+def statuses(cloud: Collector) -> list[str]:
+    return [Presence.parse(r.payload).state for r in cloud.received if r.topic == f"edge/{NODE}/status"]
 
 
-async def retained_status(port: int) -> bytes:
+async def retained_status(port: int) -> Presence:
     """What a newcomer sees on the presence topic (the retained message)."""
+    return Presence.parse(await retained_raw(port))
+
+
+async def retained_raw(port: int) -> bytes:
+    """The retained presence payload, as stored by the broker."""
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(f"edge/{NODE}/status", qos=1)
         async with asyncio.timeout(5):
@@ -39,10 +45,13 @@ async def test_presence_online_then_offline_on_clean_close(make_broker: BrokerFa
     async with link:
         await link.wait_connected(timeout=10)
         assert link.state.connected and link.state.connects == 1
-        assert await retained_status(broker.port) == b"online"
+        online = await retained_status(broker.port)
+        assert (online.state, online.node, online.epoch, online.conn) == ("online", NODE, link.epoch, 1)
     final = link.state
     assert not final.connected
-    assert await retained_status(broker.port) == b"offline"
+    offline = await retained_status(broker.port)
+    assert (offline.state, offline.epoch, offline.conn) == ("offline", link.epoch, 1)
+    assert offline > online
 
 
 async def test_downlink_commands_reach_the_callback_raw(make_broker: BrokerFactory) -> None:
@@ -101,10 +110,10 @@ async def test_silent_network_is_noticed_within_two_keepalives_and_recovers(
             # is polled once a second.
             assert noticed <= 2 * keepalive + 1.5, f"took {noticed:.1f}s"
             # The broker, too, gives up on the silent client and publishes its will.
-            await cloud.wait_for(lambda: statuses(cloud)[-1:] == [b"offline"], timeout=4 * keepalive)
+            await cloud.wait_for(lambda: statuses(cloud)[-1:] == ["offline"], timeout=4 * keepalive)
             proxy.resume()
             await link.wait_connected(timeout=15)
-            await cloud.wait_for(lambda: statuses(cloud)[-1:] == [b"online"], timeout=5)
+            await cloud.wait_for(lambda: statuses(cloud)[-1:] == ["online"], timeout=5)
             assert link.state.connects == 2
     assert any(not s.connected and s.last_error for s in states)
 

@@ -1,0 +1,82 @@
+"""Presence payloads on `edge/{node}/status` and the rule a consumer orders them by.
+
+A node publishes `{"v":1,"node":..,"state":"online"|"offline","epoch":MS,"conn":N,"ts":..,
+"version":..}`: `epoch` is when the node's link was created (ms since 1970, so it grows across
+restarts), `conn` counts connection attempts within the epoch, and the will registered with a
+connection carries that connection's (epoch, conn). The rule: a message counts only if its
+(epoch, conn) is newer than the last one applied for the node, or equal with `offline` after
+`online` (the end of that same connection). So a will that arrives late, from a broker cluster
+member that noticed the drop after the node came back elsewhere, or through another consumer of
+a shared subscription, never overrides a newer `online`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+STATES = ("online", "offline")
+
+
+class PresenceError(ValueError):
+    """The payload is not a presence object of a version this code knows."""
+
+
+@dataclass(frozen=True, order=True)
+class Presence:
+    """One presence message; ordering compares (epoch, conn, state rank)."""
+
+    epoch: int
+    conn: int
+    rank: int
+    node: str
+    ts: str
+    version: str
+
+    @property
+    def state(self) -> str:
+        return STATES[self.rank]
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Presence:
+        """Parse and check a presence payload; PresenceError says what is wrong."""
+        try:
+            doc: Any = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise PresenceError(f"presence is not JSON: {err}") from err
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            raise PresenceError("presence must be a JSON object with v = 1")
+        state, epoch, conn = doc.get("state"), doc.get("epoch"), doc.get("conn")
+        if state not in STATES:
+            raise PresenceError(f"presence state must be online or offline, got {state!r}")
+        for name, value in (("epoch", epoch), ("conn", conn)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PresenceError(f"presence {name} must be a non-negative integer")
+        node, ts, version = doc.get("node"), doc.get("ts"), doc.get("version")
+        if not isinstance(node, str) or not isinstance(ts, str) or not isinstance(version, str):
+            raise PresenceError("presence node, ts and version must be strings")
+        return cls(epoch, conn, STATES.index(state), node, ts, version)
+
+
+class PresenceTracker:
+    """The consumer rule: per node, keep the newest presence; stale ones are ignored."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, Presence] = {}
+        self.ignored = 0
+
+    def apply(self, payload: bytes) -> bool:
+        """Apply one message; True if it changed what is known, False if it was stale."""
+        presence = Presence.parse(payload)
+        known = self.current.get(presence.node)
+        if known is not None and presence <= known:
+            self.ignored += 1
+            return False
+        self.current[presence.node] = presence
+        return True
+
+    def state(self, node: str) -> str | None:
+        """`online`, `offline`, or None for a node never heard of."""
+        known = self.current.get(node)
+        return None if known is None else known.state
