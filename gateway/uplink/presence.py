@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 STATES = ("online", "offline")
 
@@ -50,13 +50,16 @@ class Presence:
         state, epoch, conn = doc.get("state"), doc.get("epoch"), doc.get("conn")
         if state not in STATES:
             raise PresenceError(f"presence state must be online or offline, got {state!r}")
-        for name, value in (("epoch", epoch), ("conn", conn)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise PresenceError(f"presence {name} must be a non-negative integer")
+        if not _count(epoch) or not _count(conn):
+            raise PresenceError("presence epoch and conn must be non-negative integers")
         node, ts, version = doc.get("node"), doc.get("ts"), doc.get("version")
         if not isinstance(node, str) or not isinstance(ts, str) or not isinstance(version, str):
             raise PresenceError("presence node, ts and version must be strings")
         return cls(epoch, conn, STATES.index(state), node, ts, version)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class PresenceTracker:
