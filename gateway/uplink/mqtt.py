@@ -255,8 +255,9 @@ class _Client(aiomqtt.Client):
         reason_code: ReasonCode,
         properties: Properties | None = None,
     ) -> None:
-        if properties is not None or _code(reason_code) in BUSY_CODES | REDIRECT_CODES:
-            # A DISCONNECT the server sent (it may name another server).
+        if self.connack_code == 0 and (properties is not None or _code(reason_code) >= PUBACK_FAILURE):
+            # The end of an accepted connection: a server DISCONNECT may say why or name another
+            # server. (After a refused CONNACK, paho reports a protocol error here: not the server's.)
             self.server_code, self.server_properties = _code(reason_code), properties
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
         self.fail_pending(LinkDown(f"connection lost: {reason_code}"))

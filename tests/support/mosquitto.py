@@ -59,6 +59,7 @@ class Mosquitto:
         tls: BrokerTls | None = None,
         acl: str | None = None,
         persistence: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = mosquitto_binary()
         self.workdir = workdir
@@ -67,6 +68,8 @@ class Mosquitto:
         self.tls = tls
         self.acl = acl
         self.persistence = persistence
+        # More mosquitto.conf lines (e.g. "max_keepalive 10") for one test.
+        self.extra = extra
         self.log_path = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -92,6 +95,7 @@ class Mosquitto:
             "max_inflight_messages 100",
             "max_queued_messages 200000",
         ]
+        lines += self.extra
         if os.geteuid() == 0:
             # As root mosquitto drops to user `mosquitto`, which cannot read a 0700 test dir.
             lines.append("user root")
