@@ -31,7 +31,7 @@ from typing import Final
 from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
 
 # The wait between probes is this share of the time the link has been down.
-PROBE_RATIO: Final = 0.05
+PROBE_RATIO: Final = 0.03
 # CONNACK / DISCONNECT reason codes (MQTT v5.0 §2.4, §3.2.2.2).
 SERVER_BUSY: Final = 0x89
 SERVER_SHUTTING_DOWN: Final = 0x8B

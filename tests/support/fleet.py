@@ -60,6 +60,8 @@ class Fleet:
         self.prefix = prefix
         self.link_options = link
         self.nodes: list[FleetNode] = []
+        # Monotonic time at which every link was started (after the nodes were built).
+        self.started_at = 0.0
 
     @property
     def ring(self) -> KeyRing:
@@ -67,7 +69,7 @@ class Fleet:
         return KeyRing.from_jwks([n.key.public_jwk for n in self.nodes])
 
     async def start(self, *, seed: int = 0) -> None:
-        """Build every node and start its outbox and link (the link applies its own jitter)."""
+        """Build every node, then start all links at once (each applies its first-connect jitter)."""
         rng = random.Random(seed)
         for i in range(self.count):
             node_id = f"{self.prefix}-{i:04d}"
@@ -86,6 +88,7 @@ class Fleet:
                 **self.link_options,
             )
             self.nodes.append(node)
+        self.started_at = time.monotonic()
         await asyncio.gather(*(n.link.start() for n in self.nodes))
 
     async def close(self) -> None:

@@ -48,10 +48,9 @@ async def test_a_fleet_rides_out_a_broker_restart(tmp_path: Path, make_broker: B
             connect_timeout_s=5.0,
         )
         stack.push_async_callback(fleet.close)
-        cold = time.monotonic()
         await fleet.start()
         await fleet.wait(lambda: fleet.connected() == NODES, timeout=60)
-        cold_spread = Spread.of(fleet.nodes, cold)
+        cold_spread = Spread.of(fleet.nodes, fleet.started_at)
         print(f"cold start: {cold_spread.summary(NODES)}")
         for node in fleet.nodes:
             await node.outbox.enqueue("tx", "service_request", {"phase": "before"})
