@@ -585,11 +585,16 @@ class MqttLink:
                 _, writer = await asyncio.open_connection(host, port)
         except (OSError, TimeoutError) as err:
             return f"unreachable: {type(err).__name__}: {err}"
+        sock = writer.get_extra_info("socket")
+        # A connect to a loopback port nobody listens on can pick that very port as its source
+        # and connect to itself (TCP simultaneous open): that is not a broker, and it would
+        # hold the port the broker wants to listen on again.
+        selfish = sock is not None and sock.getsockname() == sock.getpeername()
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
             async with asyncio.timeout(1.0):
                 await writer.wait_closed()
-        return None
+        return "unreachable: connected to itself (nobody listens)" if selfish else None
 
     def _broker_text(self) -> str:
         host, port = self._endpoint()

@@ -17,6 +17,10 @@ from pathlib import Path
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
+class PortBusy(RuntimeError):
+    """The broker's port was taken when it started."""
+
+
 class MosquittoMissing(RuntimeError):
     """The broker binary is absent; the message says how to install it."""
 
@@ -122,6 +126,17 @@ class Mosquitto:
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Spawn the broker and return once it accepts TCP connections."""
+        for _ in range(20):
+            try:
+                self._start(timeout)
+                return
+            except PortBusy:
+                # Clients retrying against a loopback port nobody listens on can, now and then,
+                # get that port as their source port (TCP self-connect) for a moment.
+                time.sleep(0.25)
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         if self.running:
             return
         conf = self._write_config()
@@ -135,6 +150,10 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._proc = None
+                tail = self.log_tail(3)
+                if "Address already in use" in tail:
+                    raise PortBusy(f"port {self.port} is in use: {tail}")
                 raise RuntimeError(f"mosquitto exited at start: {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
                 return
