@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 from gateway.config import UplinkConfig  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 from gateway.uplink.verifier import verify_logs  # noqa: E402
-from tests.support.fleet import Fleet, Spread  # noqa: E402
+from tests.support.fleet import Fleet, FleetNode, Spread  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 from tests.uplink.helpers import Collector  # noqa: E402
 
@@ -121,9 +121,12 @@ async def run_fleet(
             # Messages: broker CPU per message (every node sends `messages` tx at once).
             cpu0 = _cpu(broker_proc)
             t0 = time.monotonic()
-            for node in fleet.nodes:
+
+            async def produce(node: FleetNode) -> None:
                 for i in range(messages):
                     await node.outbox.enqueue("tx", "service_request", {"i": i, "pad": "x" * 200})
+
+            await asyncio.gather(*(produce(node) for node in fleet.nodes))
             await fleet.wait(lambda: fleet.backlog() == 0, timeout=300)
             sent = n * messages
             result["burst"] = {
