@@ -260,6 +260,10 @@ class _Client(aiomqtt.Client):
             # server. (After a refused CONNACK, paho reports a protocol error here: not the server's.)
             self.server_code, self.server_properties = _code(reason_code), properties
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            # aiomqtt stores an unexpected disconnect here and never reads it; the link learns
+            # of the loss from the receive loop and fail_pending, so mark it seen.
+            self._disconnected.exception()
         self.fail_pending(LinkDown(f"connection lost: {reason_code}"))
 
     def fail_pending(self, error: LinkDown) -> None:

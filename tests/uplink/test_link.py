@@ -250,8 +250,10 @@ class RefusingBroker:
     same bytes (test/mosq_test.py `gen_connack`: flags, rc, then the encoded properties).
     """
 
-    def __init__(self, connack: bytes) -> None:
+    def __init__(self, connack: bytes, *, then: bytes = b"") -> None:
         self.connack = connack
+        # Sent after the client's next packet (e.g. a DISCONNECT naming another server).
+        self.then = then
         self.connects: list[float] = []
         self.probes = 0
         self.port = 0
@@ -285,7 +287,11 @@ class RefusingBroker:
                 self.connects.append(time.monotonic())
                 writer.write(self.connack)
                 await writer.drain()
-                await reader.read(1)  # the client hangs up
+                await reader.read(1)  # the client hangs up, or sends its next packet
+                if self.then:
+                    writer.write(self.then)
+                    await writer.drain()
+                    await reader.read(1)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -331,6 +337,24 @@ async def test_use_another_server_sends_the_next_attempt_to_the_server_reference
             assert link.state.server == f"mqtt://127.0.0.1:{broker.port}"
             assert (await retained_status(broker.port)).state == "online"
         assert len(fake.connects) == 1
+
+
+async def test_a_server_disconnect_naming_another_server_moves_the_link_there(
+    make_broker: BrokerFactory,
+) -> None:
+    broker = make_broker()
+    # DISCONNECT (MQTT v5.0 §3.14): 0xE0, remaining length, reason 0x9D Server moved, properties
+    # with a Server Reference (0x1C), sent right after the client's first packet.
+    reference = server_reference(f"127.0.0.1:{broker.port}")
+    body = bytes([0x9D, len(reference)]) + reference
+    disconnect = bytes([0xE0, len(body)]) + body
+    async with RefusingBroker(connack(0x00), then=disconnect) as fake:
+        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.2)
+        async with link:
+            await until(lambda: link.state.server == f"mqtt://127.0.0.1:{broker.port}", timeout=10)
+            await link.wait_connected(timeout=10)
+            assert (await retained_status(broker.port)).state == "online"
+        assert len(fake.connects) == 1 and link.state.connects == 2
 
 
 async def test_a_server_reference_that_is_not_host_port_is_ignored() -> None:
