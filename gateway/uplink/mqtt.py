@@ -573,7 +573,9 @@ class MqttLink:
                 self._target, self._target_once = parsed, code == USE_ANOTHER_SERVER
                 log.warning("mqtt_server_redirect", reason=f"0x{code:02x}", server=self._broker_text())
             else:
-                log.warning("mqtt_server_redirect_ignored", reason=f"0x{code:02x}", reference=str(reference))
+                log.warning(
+                    "mqtt_server_redirect_ignored", reason=f"0x{code:02x}", reference=str(reference)[:100]
+                )
         elif code in BUSY_CODES:
             log.warning("mqtt_server_busy", reason=f"0x{code:02x}")
         return code
