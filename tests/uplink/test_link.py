@@ -442,3 +442,24 @@ async def test_the_will_and_offline_expire_with_the_session(make_broker: BrokerF
     assert message.properties is not None
     expiry = getattr(message.properties, "MessageExpiryInterval", None)
     assert expiry is not None and 0 < expiry <= 900
+
+
+async def test_a_broker_that_lost_the_session_gets_the_subscription_again(make_broker: BrokerFactory) -> None:
+    broker = make_broker()  # no persistence: a restart forgets every session
+    got: list[bytes] = []
+
+    async def on_command(topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    link = MqttLink(broker.url, NODE, on_command=on_command, backoff_min_s=0.1, backoff_max_s=0.5)
+    async with link:
+        await link.wait_connected(timeout=10)
+        await broker.astop()
+        await link.wait_disconnected(timeout=10)
+        await broker.astart()
+        await link.wait_connected(timeout=15)
+        assert link.state.session_present is False and link.state.sessions_lost == 1
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+            await cloud.publish(f"edge/{NODE}/down/ping", b"after-restart", qos=1)
+        await until(lambda: got == [b"after-restart"], timeout=10)
+    assert link.state.connects == 2
