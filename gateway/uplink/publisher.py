@@ -275,20 +275,21 @@ class _Session:
         """Nobody subscribes to this stream: keep the message, pause the stream, resend it later."""
         p = self.p
         stream = item.stream
-        p._unheard[stream] += 1
-        low, high = p._retry
-        wait = min(high, low * 2 ** min(p._unheard[stream] - 1, 30)) * p._rng.uniform(0.5, 1.0)
-        first = stream not in p.held
-        p.held[stream] = max(p.held.get(stream, 0.0), time.monotonic() + wait)
         # Resend from this message on (rows still in flight or being deleted are skipped).
         self.cursor[stream] = min(self.cursor[stream], item.seq - 1)
         self.buffers[stream].clear()
         p._dirty.add(stream)
         p._wake.set()
-        if first:
-            log.warning(
-                "uplink_no_subscribers", stream=stream, seq=item.seq, kept=True, retry_in_s=round(wait, 2)
-            )
+        now = time.monotonic()
+        if p.held.get(stream, 0.0) > now:
+            return  # another message of the same round: the stream already waits
+        # One more round nobody heard: the wait doubles (jittered), up to the maximum.
+        p._unheard[stream] += 1
+        low, high = p._retry
+        wait = min(high, low * 2 ** min(p._unheard[stream] - 1, 30)) * p._rng.uniform(0.5, 1.0)
+        p.held[stream] = now + wait
+        log_at = log.warning if p._unheard[stream] == 1 else log.debug
+        log_at("uplink_no_subscribers", stream=stream, seq=item.seq, kept=True, retry_in_s=round(wait, 2))
 
     def _recorded(self, fut: asyncio.Future[None], *, row: int) -> None:
         self.p._acking.discard(row)
