@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import sys
@@ -151,9 +152,21 @@ async def run_fleet(
             result["outages"] = []
             for outage in outages:
                 result["outages"].append(await outage_round(fleet, broker, outage, lag))
-            total = sum(len(set(c.envelopes())) for c in consumers)
+            expected = n * messages + len(outages) * n * 10
+
+            def received() -> int:
+                return sum(len(set(c.envelopes())) for c in consumers)
+
+            # The outboxes are empty once the broker acknowledged; the consumers may still be reading.
+            with contextlib.suppress(TimeoutError):
+                await fleet.wait(lambda: received() >= expected, timeout=60)
             report = verify_logs([c.envelopes() for c in consumers], fleet.ring)
-            result["verified"] = {"ok": report.ok, "envelopes": total, "problems": len(report.problems)}
+            result["verified"] = {
+                "ok": report.ok and received() == expected,
+                "envelopes": received(),
+                "expected": expected,
+                "problems": len(report.problems),
+            }
         finally:
             await fleet.close()
             for consumer in consumers:
@@ -251,7 +264,10 @@ def print_result(r: dict[str, Any], label: str) -> None:
         )
         print(f"    connects per second after the return: {o['per_second']}")
     v = r["verified"]
-    print(f"verify (both consumers merged): {'OK' if v['ok'] else 'FAILED'}, {v['envelopes']} envelopes")
+    print(
+        f"verify (both consumers merged): {'OK' if v['ok'] else 'FAILED'}, "
+        f"{v['envelopes']}/{v['expected']} envelopes, {v['problems']} problems"
+    )
 
 
 async def main(args: argparse.Namespace) -> int:
