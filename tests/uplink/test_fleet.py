@@ -128,6 +128,15 @@ async def test_presence_orders_a_late_will_behind_the_newer_online(make_broker: 
             await cloud.wait_for(lambda: len(cloud.received) >= 1, timeout=10)  # its `online`
             proxy.pause()  # a silent network: the broker publishes the will after 1.5 keepalives
             await cloud.wait_for(lambda: len(cloud.received) >= 2, timeout=15)
+            # The will as stored by the broker: retained, with the session's expiry on it.
+            async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as c:
+                await c.subscribe(f"edge/{NODE}/status", qos=1)
+                async with asyncio.timeout(5):
+                    stored = await anext(aiter(c.messages))
+            assert isinstance(stored.payload, bytes)
+            assert Presence.parse(stored.payload).state == "offline"
+            expiry = getattr(stored.properties, "MessageExpiryInterval", None)
+            assert stored.retain and expiry is not None and 0 < expiry <= 3600
             await link.wait_disconnected(timeout=15)
             proxy.resume()
             await link.wait_connected(timeout=15)
