@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from gateway.config import parse_config
+from gateway.errors import ConfigError
 from gateway.uplink.presence import Presence, PresenceError, PresenceTracker
 from gateway.uplink.reconnect import ReconnectPolicy, parse_server_reference
 
@@ -112,3 +114,28 @@ def test_a_late_will_never_overrides_a_newer_online() -> None:
 def test_bad_presence_payloads_are_refused_clearly(payload: bytes) -> None:
     with pytest.raises(PresenceError):
         Presence.parse(payload)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('keep_on_no_subscribers = ["tx", "bogus"]', "uplink.keep_on_no_subscribers"),
+        ("session_expiry_s = -1", "uplink.session_expiry_s"),
+        ("session_expiry_s = 4294967296", "uplink.session_expiry_s"),
+        ("reconnect_spread_s = -0.5", "uplink.reconnect_spread_s"),
+        ("first_connect_jitter_s = 7200", "uplink.first_connect_jitter_s"),
+        ("backoff_min_s = 5.0\nbackoff_max_s = 1.0", "backoff_min_s must not exceed backoff_max_s"),
+        ("no_subscribers_retry_max_s = 0.5", "no_subscribers_retry_max_s must be at least backoff_min_s"),
+    ],
+)
+def test_fleet_settings_are_checked_at_start(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"[uplink]\n{text}\n", source="t.toml")
+
+
+def test_fleet_settings_defaults() -> None:
+    up = parse_config("", source="t.toml").uplink
+    assert (up.first_connect_jitter_s, up.reconnect_spread_s, up.session_expiry_s) == (2.0, 8.0, 3600)
+    assert up.keep_on_no_subscribers == ["tx", "audit"] and up.no_subscribers_retry_max_s == 30.0
+    none_kept = parse_config("[uplink]\nkeep_on_no_subscribers = []\n", source="t.toml").uplink
+    assert none_kept.keep_on_no_subscribers == []
