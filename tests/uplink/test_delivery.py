@@ -323,3 +323,25 @@ async def test_stale_telemetry_expires_on_the_broker_and_the_expiry_is_on_the_wi
                 async for message in late.messages:
                     got.append(str(message.topic).rsplit("/", 1)[-1])
     assert got == ["tx"], "the broker kept the tx for the consumer and dropped the stale telemetry"
+
+
+async def test_a_held_stream_does_not_hold_the_others(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker()
+    async with (
+        Collector("127.0.0.1", broker.port, topic=f"edge/{NODE}/up/telemetry") as cloud,
+        Outbox(tmp_path / "o.db", sealer) as outbox,
+    ):
+        publisher = Publisher(outbox, NODE, no_subscribers_retry_min_s=6.0, no_subscribers_retry_max_s=6.0)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            await outbox.enqueue("tx", "t", {"i": 0})  # nobody subscribes to tx
+            await until(lambda: publisher.no_subscribers["tx"] >= 1, timeout=10)
+            for i in range(5):
+                await outbox.enqueue("telemetry", "cpu", {"i": i})
+            await cloud.wait_for(lambda: len(cloud.envelopes("telemetry")) == 5, timeout=10)
+            # All telemetry went while tx waited for its first resend (3-6 s away).
+            assert publisher.no_subscribers["tx"] == 1 and publisher.stats()["held"] == ["tx"]
+            assert outbox.stats()["classes"]["tx"]["count"] == 1
+            assert publisher.stats()["no_subscribers_by_class"]["telemetry"] == 0
