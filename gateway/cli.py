@@ -76,15 +76,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     except (KeyStoreError, OSError, ValueError) as err:
         print(f"edge-gateway: cannot load keys: {err}", file=sys.stderr)
         return 2
-    try:
-        if args.file in (None, "-"):
-            report = verify_lines(sys.stdin.buffer, ring)
-        else:
-            with open(args.file, "rb") as handle:
-                report = verify_lines(handle, ring)
-    except OSError as err:
-        print(f"edge-gateway: cannot read {args.file}: {err.strerror}", file=sys.stderr)
+    files = args.file or ["-"]
+    if files.count("-") > 1:
+        print("edge-gateway: stdin (-) can be given once", file=sys.stderr)
         return 2
+    # Several files are several consumers' logs of shared streams: merged, order by seq.
+    merged = args.merged or len(files) > 1
+    lines: list[bytes] = []
+    for name in files:
+        try:
+            if name == "-":
+                lines.extend(sys.stdin.buffer)
+            else:
+                with open(name, "rb") as handle:
+                    lines.extend(handle)
+        except OSError as err:
+            print(f"edge-gateway: cannot read {name}: {err.strerror}", file=sys.stderr)
+            return 2
+    report = verify_lines(lines, ring, merged=merged)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -171,7 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JWK or JWK Set file of trusted public keys (repeatable)",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
-    verify.add_argument("file", nargs="?", help="file of envelopes, or - for stdin (default)")
+    verify.add_argument(
+        "--merged",
+        action="store_true",
+        help="the input merges several consumers' logs: order by seq, do not report arrival order "
+        "(implied by several files)",
+    )
+    verify.add_argument(
+        "file",
+        nargs="*",
+        help="files of envelopes, or - for stdin (default); several files are checked as one merged input",
+    )
     verify.set_defaults(func=_cmd_verify)
 
     from gateway.ops.diag import add_arguments as add_diag_arguments

@@ -136,12 +136,31 @@ class UplinkConfig(_Section):
     cloud_keys: list[str] = msgspec.field(default_factory=list)
     keepalive_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 30
     key_overlap_s: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
+    # Shortest wait between attempts; every wait below is capped by backoff_max_s.
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0
+    # The first connect of a start waits uniform(0, this): a site's power return is not a burst.
+    first_connect_jitter_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
+    # After a lost connection (or an unreachable broker) the reconnect waits uniform(0, this)
+    # once the broker answers a TCP probe, so a fleet returns spread over this window.
+    reconnect_spread_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 8.0
+    # How long the broker keeps this node's session (its subscription and the QoS 1 commands
+    # sent while it is away); 0 = none. MQTT v5 Session Expiry Interval, seconds.
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0, le=4_294_967_295)] = 3600
+    # Classes whose messages stay queued when the broker answers PUBACK 0x10 (no subscriber
+    # matched, so the broker dropped it); they are resent after a growing wait.
+    keep_on_no_subscribers: list[Literal["tx", "audit", "alert", "telemetry", "event"]] = msgspec.field(
+        default_factory=lambda: ["tx", "audit"]
+    )
+    no_subscribers_retry_max_s: PositiveFloat = 30.0
     stable_after_s: PositiveFloat = 30.0
     connect_timeout_s: PositiveFloat = 10.0
 
     def __post_init__(self) -> None:
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ValueError("backoff_min_s must not exceed backoff_max_s")
+        if self.no_subscribers_retry_max_s < self.backoff_min_s:
+            raise ValueError("no_subscribers_retry_max_s must be at least backoff_min_s")
         # sim://cloud: the in-process development cloud (simulation configs only, see gateway.simulation).
         mqtt = re.match(r"^mqtts?://[^/:]+(:\d+)?/?$", self.broker)
         if self.broker and self.broker != SIM_BROKER and not mqtt:

@@ -405,7 +405,13 @@ class Daemon:
         self.key_pruner = RetiredKeyPruner(config.key_path, node, config.state_dir)
         self.key_pruner.start()
         stack.push_async_callback(self.key_pruner.close)
-        self.publisher = Publisher(self.outbox, node)
+        self.publisher = Publisher(
+            self.outbox,
+            node,
+            keep_on_no_subscribers=config.uplink.keep_on_no_subscribers,
+            no_subscribers_retry_min_s=config.uplink.backoff_min_s,
+            no_subscribers_retry_max_s=config.uplink.no_subscribers_retry_max_s,
+        )
         self.link = None
         if config.uplink.broker == SIM_BROKER:
             self.link = sim_cloud_link(
@@ -428,6 +434,9 @@ class Daemon:
                 keepalive_s=up.keepalive_s,
                 backoff_min_s=up.backoff_min_s,
                 backoff_max_s=up.backoff_max_s,
+                first_connect_jitter_s=up.first_connect_jitter_s,
+                reconnect_spread_s=up.reconnect_spread_s,
+                session_expiry_s=up.session_expiry_s,
                 stable_after_s=up.stable_after_s,
                 connect_timeout_s=up.connect_timeout_s,
                 publish_timeout_s=config.outbox.publish_timeout_s,

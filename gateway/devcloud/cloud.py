@@ -38,6 +38,7 @@ from gateway.uplink.keys import (
     init_key,
     load_key,
 )
+from gateway.uplink.presence import PresenceError, PresenceTracker
 
 log = structlog.get_logger(__name__)
 
@@ -122,6 +123,7 @@ class DevCloud:
         self.outgoing: asyncio.Queue[Downlink] = asyncio.Queue()
         self.received: collections.deque[Received] = collections.deque(maxlen=RECENT)
         self.presence: dict[str, str] = {}
+        self.presence_order = PresenceTracker()
         # (node, code) as the SMS gateway would have sent them, the latest few.
         self.sms: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._sealers: dict[str, Sealer] = {}
@@ -197,14 +199,24 @@ class DevCloud:
             with contextlib.suppress(Exception):
                 self.feed.emit("error", f"!! dev cloud failed on {topic}: {type(err).__name__}", topic=topic)
 
+    def _on_presence(self, node: str, raw: bytes) -> None:
+        """The consumer rule of docs/envelope.md: a stale presence (a late will) is ignored."""
+        try:
+            if not self.presence_order.apply(raw):
+                return
+            state = self.presence_order.state(node) or "?"
+        except PresenceError:
+            state = "?"
+            log.warning("dev_cloud_presence_unreadable", node=node[:64], size=len(raw))
+        if self.presence.get(node) != state:
+            self.presence[node] = state
+            self.feed.emit("presence", f"   {node} is {state}", node=node, state=state)
+        self._changed.set()
+
     def _on_message(self, topic: str, raw: bytes) -> None:
         parts = topic.split("/")
         if len(parts) == 3 and parts[0] == "edge" and parts[2] == "status":
-            state = raw.decode("utf-8", "replace")[:16]
-            if self.presence.get(parts[1]) != state:
-                self.presence[parts[1]] = state
-                self.feed.emit("presence", f"   {parts[1]} is {state}", node=parts[1], state=state)
-            self._changed.set()
+            self._on_presence(parts[1], raw)
             return
         self.on_uplink(topic, raw)
 

@@ -24,6 +24,7 @@ from gateway.devcloud.feed import Feed
 from gateway.simulation import SIM_BROKER
 from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key
 from gateway.uplink.mqtt import CommandHandler, LinkDown, LinkState, LinkTimeout, SessionWorker
+from gateway.uplink.presence import presence_payload
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,9 @@ class _SimChannel:
         *,
         retain: bool = False,
         timeout: float | None = None,
+        expiry_s: int | None = None,
     ) -> int:
+        # Delivered at once to a cloud that is always there: a message expiry never comes into play.
         if not self._link.state.connected:
             raise LinkDown("the in-process cloud link is closed")
         self._link.cloud.on_message(topic, bytes(payload))
@@ -116,7 +119,8 @@ class SimCloudLink:
             self._state, connected=True, since=time.time(), connects=self._state.connects + 1
         )
         self._connected.set()
-        self.cloud.on_message(self.status_topic, b"online")
+        online = presence_payload(self.node_id, "online", epoch=int(time.time() * 1000), conn=1)
+        self.cloud.on_message(self.status_topic, online)
         log.info("mqtt_link_up", broker=SIM_BROKER, node=self.node_id)
         tasks = [asyncio.create_task(self._receive(), name="sim-cloud-receive")]
         tasks += [

@@ -265,6 +265,7 @@ class _StatusCollector(Collector):
             ("sent", "Messages published"),
             ("delivered", "Messages acknowledged by the broker"),
             ("rejected", "Messages the broker refused"),
+            ("no_subscribers", "PUBACKs 0x10: no subscriber matched (kept classes are resent)"),
         ):
             value = _num(publisher.get(key))
             if value is not None:

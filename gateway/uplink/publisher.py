@@ -5,6 +5,15 @@ QoS 1 publishes outstanding, marks a message delivered only on its PUBACK, parks
 rejected on a failure reason code (>= 0x80) and goes on. A new connection starts again from
 each stream's oldest unacknowledged message, so order holds across reconnects and resends are
 the stored bytes.
+
+A PUBACK 0x10 "no matching subscribers" (MQTT v5.0 §3.4.2.1; mosquitto answers it to a v5
+client when no subscription matches, see its handle_publish.c and its test
+03-publish-qos1-no-subscribers-v5.py) means the broker dropped the message. For the classes in
+`keep_on_no_subscribers` (tx and audit by default) the message stays queued: its stream pauses
+and is sent again from that message after a jittered, growing wait, while the other streams go
+on. Other classes count it and treat it as delivered. Each publish of a class with a TTL
+carries the time it has left as its Message Expiry Interval (§3.3.2.3.3), so a broker never
+hands stale telemetry to a consumer that comes back late.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ import asyncio
 import collections
 import contextlib
 import functools
+import math
+import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
-from gateway.uplink.mqtt import PUBACK_FAILURE, LinkDown, PublishChannel
+from gateway.uplink.mqtt import NO_MATCHING_SUBSCRIBERS, PUBACK_FAILURE, LinkDown, PublishChannel
 from gateway.uplink.outbox import STREAMS, Outbox, OutboxError, Pending, StorageError
 
 log = structlog.get_logger(__name__)
@@ -37,6 +49,10 @@ class Publisher:
         *,
         inflight: int | None = None,
         publish_timeout_s: float | None = None,
+        keep_on_no_subscribers: Iterable[str] = ("tx", "audit"),
+        no_subscribers_retry_min_s: float = 1.0,
+        no_subscribers_retry_max_s: float = 30.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._outbox = outbox
         self._node_id = node_id
@@ -47,6 +63,16 @@ class Publisher:
         self._timeout = outbox.config.publish_timeout_s if publish_timeout_s is None else publish_timeout_s
         self._page = outbox.config.page_size
         self._topics = {s: f"edge/{node_id}/up/{s}" for s in STREAMS}
+        self._keep = frozenset(keep_on_no_subscribers)
+        unknown = sorted(self._keep - set(STREAMS))
+        if unknown:
+            raise ValueError(f"keep_on_no_subscribers names unknown classes: {unknown}")
+        if not 0 < no_subscribers_retry_min_s <= no_subscribers_retry_max_s:
+            raise ValueError("need 0 < no_subscribers_retry_min_s <= no_subscribers_retry_max_s")
+        self._retry = (no_subscribers_retry_min_s, no_subscribers_retry_max_s)
+        self._rng = rng or random.Random()
+        # Per stream: 0x10 answers in a row (drives the retry wait).
+        self._unheard: dict[str, int] = dict.fromkeys(STREAMS, 0)
         # Acknowledged rows whose delete has not committed yet: never resend those.
         self._acking: set[int] = set()
         # (generation, row id) published and waiting for their PUBACK: a rewound stream must not
@@ -60,6 +86,10 @@ class Publisher:
         self.in_flight = 0
         self.sessions = 0
         self.last_puback: float | None = None
+        # PUBACK 0x10 answers per class (kept classes retry; the others count as delivered).
+        self.no_subscribers: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        # Streams paused until a retry because nobody subscribed (monotonic deadline).
+        self.held: dict[str, float] = {}
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process (the outbox keeps the persisted ones)."""
@@ -71,6 +101,9 @@ class Publisher:
             "sessions": self.sessions,
             "last_puback": self.last_puback,
             "window": self._window,
+            "no_subscribers": sum(self.no_subscribers.values()),
+            "no_subscribers_by_class": dict(self.no_subscribers),
+            "held": sorted(self.held),
         }
 
     def _on_commit(self, streams: frozenset[str]) -> None:
@@ -143,7 +176,13 @@ class _Session:
                 continue
             if item is not None:
                 return item
-            await p._wake.wait()
+            if not p.held:
+                await p._wake.wait()
+                continue
+            # Wake up for new commits, or when the first held stream may try again.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(p.held.values()) - time.monotonic())):
+                    await p._wake.wait()
 
     def _reset(self) -> None:
         """The outbox was replaced (corruption recovery): start over from its rows."""
@@ -158,6 +197,10 @@ class _Session:
         p = self.p
         now = p._outbox.clock()
         for stream in p._outbox.priority_order:
+            if stream in p.held:
+                if p.held[stream] > time.monotonic():
+                    continue  # nobody subscribed a moment ago: wait, then resend from the first
+                del p.held[stream]
             buffer = self.buffers[stream]
             rewinds = p._outbox.rewinds.get(stream, 0)
             if rewinds != self.rewinds.get(stream, 0):
@@ -193,8 +236,12 @@ class _Session:
     async def _send(self, item: Pending) -> None:
         p = self.p
         p.in_flight += 1
+        # The time left of a message that expires, as its MQTT Message Expiry Interval.
+        expiry = None if item.expires is None else max(1, math.ceil(item.expires - time.time()))
         try:
-            code = await self.channel.publish(p._topics[item.stream], item.envelope, timeout=p._timeout)
+            code = await self.channel.publish(
+                p._topics[item.stream], item.envelope, timeout=p._timeout, expiry_s=expiry
+            )
         except Exception as err:
             if self.failure is None:
                 self.failure = err
@@ -205,6 +252,13 @@ class _Session:
             p._sending.discard((item.generation, item.id))
             self.window.release()
         p.last_puback = time.time()
+        if code == NO_MATCHING_SUBSCRIBERS:
+            p.no_subscribers[item.stream] += 1
+            if item.stream in p._keep:
+                self._hold(item)
+                return
+        else:
+            p._unheard[item.stream] = 0
         try:
             if code >= PUBACK_FAILURE:
                 p.rejected += 1
@@ -218,6 +272,26 @@ class _Session:
             return
         p._acking.add(item.id)
         fut.add_done_callback(functools.partial(self._recorded, row=item.id))
+
+    def _hold(self, item: Pending) -> None:
+        """Nobody subscribes to this stream: keep the message, pause the stream, resend it later."""
+        p = self.p
+        stream = item.stream
+        # Resend from this message on (rows still in flight or being deleted are skipped).
+        self.cursor[stream] = min(self.cursor[stream], item.seq - 1)
+        self.buffers[stream].clear()
+        p._dirty.add(stream)
+        p._wake.set()
+        now = time.monotonic()
+        if p.held.get(stream, 0.0) > now:
+            return  # another message of the same round: the stream already waits
+        # One more round nobody heard: the wait doubles (jittered), up to the maximum.
+        p._unheard[stream] += 1
+        low, high = p._retry
+        wait = min(high, low * 2 ** min(p._unheard[stream] - 1, 30)) * p._rng.uniform(0.5, 1.0)
+        p.held[stream] = now + wait
+        log_at = log.warning if p._unheard[stream] == 1 else log.debug
+        log_at("uplink_no_subscribers", stream=stream, seq=item.seq, kept=True, retry_in_s=round(wait, 2))
 
     def _recorded(self, fut: asyncio.Future[None], *, row: int) -> None:
         self.p._acking.discard(row)

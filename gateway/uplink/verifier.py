@@ -1,4 +1,10 @@
-"""The cloud-side reference verifier: signatures, sequence gaps, duplicates and the hash chain."""
+"""The cloud-side reference verifier: signatures, sequence gaps, duplicates and the hash chain.
+
+Several consumers may share one stream (an MQTT shared subscription spreads a node's messages
+over them): their logs are checked together as one merged input, where each (node, stream) is
+ordered by seq and deduplicated before gaps and the chain are judged, and the arrival order
+across logs means nothing, so it is not reported.
+"""
 
 from __future__ import annotations
 
@@ -94,6 +100,8 @@ class VerifyReport:
     streams: dict[tuple[str, str], StreamStats] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     learned_kids: list[str] = field(default_factory=list)
+    # Arrival order was not checked: the input is several consumers' logs merged.
+    merged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -103,6 +111,8 @@ class VerifyReport:
     def format_report(self) -> str:
         """A human summary, one finding per line."""
         out = [f"{self.lines} envelope(s): {self.valid} valid, {self.invalid} invalid"]
+        if self.merged:
+            out.append("  merged input: ordered by seq per stream, arrival order not checked")
         for stats in sorted(self.streams.values(), key=lambda s: (s.node, s.stream)):
             span = f"seq {stats.first_seq}..{stats.last_seq}" if stats.envelopes else "empty"
             out.append(
@@ -121,6 +131,7 @@ class VerifyReport:
         """JSON-ready form for `verify --json`."""
         return {
             "ok": self.ok,
+            "merged": self.merged,
             "lines": self.lines,
             "valid": self.valid,
             "invalid": self.invalid,
@@ -196,10 +207,13 @@ def _normalise(line: bytes | str) -> bytes:
     return data.strip()
 
 
-def verify_lines(lines: Iterable[bytes | str], keys: KeyRing) -> VerifyReport:
-    """Verify envelopes, one per line, and check each (node, stream) for gaps, duplicates and breaks."""
+def verify_lines(lines: Iterable[bytes | str], keys: KeyRing, *, merged: bool = False) -> VerifyReport:
+    """Verify envelopes, one per line, and check each (node, stream) for gaps, duplicates and breaks.
+
+    `merged`: the lines come from several consumers of one stream, so arrival order is not a
+    finding (gaps, conflicts and the chain are judged by seq either way)."""
     entries = [(n, raw) for n, line in enumerate(lines, start=1) if (raw := _normalise(line))]
-    report = VerifyReport(lines=len(entries))
+    report = VerifyReport(lines=len(entries), merged=merged)
     ring = keys.copy()
     announcement_problems = _learn_rotations(entries, ring, report)
 
@@ -237,7 +251,7 @@ def verify_lines(lines: Iterable[bytes | str], keys: KeyRing) -> VerifyReport:
                     seq=env.seq,
                 )
             )
-        _track(states.setdefault((env.node, env.stream), _StreamState()), env, lineno)
+        _track(states.setdefault((env.node, env.stream), _StreamState()), env, lineno, check_order=not merged)
 
     _finish(states, report)
     report.problems.sort(key=lambda p: p.line if p.line is not None else 0)
@@ -282,7 +296,13 @@ def _learn_rotations(entries: list[tuple[int, bytes]], ring: KeyRing, report: Ve
     return refused
 
 
-def _track(state: _StreamState, env: Envelope, lineno: int) -> None:
+def verify_logs(logs: Iterable[Iterable[bytes | str]], keys: KeyRing) -> VerifyReport:
+    """Verify several consumers' logs of the same streams as one merged input (lines numbered
+    across the logs in the order given)."""
+    return verify_lines(itertools.chain.from_iterable(logs), keys, merged=True)
+
+
+def _track(state: _StreamState, env: Envelope, lineno: int, *, check_order: bool = True) -> None:
     digest, seq = env.digest, env.seq
     seen = state.seqs.get(seq)
     if seen is not None:
@@ -299,7 +319,7 @@ def _track(state: _StreamState, env: Envelope, lineno: int) -> None:
                 )
             )
         return
-    if state.max_seq is not None and seq < state.max_seq:
+    if check_order and state.max_seq is not None and seq < state.max_seq:
         before = state.seqs[state.max_seq]
         state.events.append(
             (

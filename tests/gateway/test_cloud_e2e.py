@@ -88,7 +88,7 @@ async def test_citizen_idcard_and_sms_code_then_transaction(state_dir: Path, bro
         inprocess_daemon(state_dir, uplink_config(broker.url, jwk)) as gw,
         gw.client() as http,
     ):
-        await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+        await cloud.wait_for(lambda u: u.says_online)
         sid, auth = await create_session(http)
         base = f"/v1/sessions/{sid}"
 
@@ -224,7 +224,7 @@ async def test_signed_downlinks_over_mtls(
 
     async with Cloud(broker.port, NODE, cloud_key, tls=cloud_ctx) as cloud:
         async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
-            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+            await cloud.wait_for(lambda u: u.says_online)
             ping_id, ping_raw = cloud.command("ping", {})
             await cloud.publish("ping", ping_raw)
             result = await cloud.wait_for(lambda u: bool(results(cloud, ping_id)))
@@ -276,7 +276,7 @@ async def test_signed_downlinks_over_mtls(
         async with inprocess_daemon(state_dir, config):
             before = len(rejections(cloud, "replayed"))
             # The gateway subscribes to its commands before it announces itself online.
-            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online", start=mark)
+            await cloud.wait_for(lambda u: u.says_online, start=mark)
             await cloud.publish("ping", ping_raw)
             await cloud.wait_for(lambda u: len(rejections(cloud, "replayed")) > before)
             assert len(results(cloud, ping_id)) == 1, "the replayed ping did not run again"
@@ -294,7 +294,7 @@ async def test_transactions_queue_while_broker_is_down_and_flow_when_back(
         inprocess_daemon(state_dir, uplink_config(broker.url, jwk) + policy) as gw,
         gw.client() as http,
     ):
-        await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+        await cloud.wait_for(lambda u: u.says_online)
         sid, auth = await create_session(http)
         base = f"/v1/sessions/{sid}"
         assert (await http.post(f"{base}/factors/idcard", headers=auth)).status == 200
@@ -332,7 +332,7 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
     async with Cloud(broker.port, NODE, cloud_key) as cloud:
         async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
             first_jwk = gw.daemon.node_key.public_jwk
-            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+            await cloud.wait_for(lambda u: u.says_online)
             rotate_id = await cloud.send("keys.rotate", {})
             result = await cloud.wait_for(
                 lambda u: u.stream == "event" and u.payload["body"].get("id") == rotate_id
@@ -378,7 +378,7 @@ async def test_retired_key_file_is_deleted_when_its_overlap_ends(state_dir: Path
     async with Cloud(broker.port, NODE, cloud_key) as cloud:
         async with inprocess_daemon(state_dir, config) as gw:
             first_jwk = gw.daemon.node_key.public_jwk
-            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online")
+            await cloud.wait_for(lambda u: u.says_online)
             await cloud.send("keys.rotate", {})
             await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")
             assert prev.exists(), "kept for the overlap"

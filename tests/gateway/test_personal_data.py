@@ -47,6 +47,8 @@ cloud_keys = ["{jwk}"]
             running_daemon(config) as dp,
             unix_session(dp.socket_path) as http,
         ):
+            # The uplink connects after a short random delay (uplink.first_connect_jitter_s).
+            await cloud.wait_for(lambda u: u.says_online)
             resp = await http.post("/v1/sessions", json={})
             body = await resp.json()
             sid, auth = body["id"], {"Authorization": f"Bearer {body['token']}"}

@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.uplink.envelope import GENESIS_PREV, Sealer
 from gateway.uplink.keys import NodeKey, b64url_decode, format_rfc3339
+from gateway.uplink.presence import Presence, PresenceError
 
 CLOUD_ID = "cloud"
 
@@ -37,6 +38,16 @@ class Uplink:
     @property
     def stream(self) -> str:
         return self.topic.rsplit("/", 1)[-1]
+
+    @property
+    def says_online(self) -> bool:
+        """A presence message saying the node is online (a JSON object, docs/envelope.md)."""
+        if not self.topic.endswith("/status"):
+            return False
+        try:
+            return Presence.parse(self.raw).state == "online"
+        except PresenceError:
+            return False
 
 
 def write_jwk(key: NodeKey, path: Path) -> Path:

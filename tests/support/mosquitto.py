@@ -17,6 +17,10 @@ from pathlib import Path
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
+class PortBusy(RuntimeError):
+    """The broker's port was taken when it started."""
+
+
 class MosquittoMissing(RuntimeError):
     """The broker binary is absent; the message says how to install it."""
 
@@ -59,6 +63,7 @@ class Mosquitto:
         tls: BrokerTls | None = None,
         acl: str | None = None,
         persistence: bool = False,
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = mosquitto_binary()
         self.workdir = workdir
@@ -67,12 +72,19 @@ class Mosquitto:
         self.tls = tls
         self.acl = acl
         self.persistence = persistence
+        # More mosquitto.conf lines (e.g. "max_keepalive 10") for one test.
+        self.extra = extra
         self.log_path = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (for CPU and memory figures)."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -92,6 +104,7 @@ class Mosquitto:
             "max_inflight_messages 100",
             "max_queued_messages 200000",
         ]
+        lines += self.extra
         if os.geteuid() == 0:
             # As root mosquitto drops to user `mosquitto`, which cannot read a 0700 test dir.
             lines.append("user root")
@@ -113,6 +126,17 @@ class Mosquitto:
 
     def start(self, *, timeout: float = 10.0) -> None:
         """Spawn the broker and return once it accepts TCP connections."""
+        for _ in range(20):
+            try:
+                self._start(timeout)
+                return
+            except PortBusy:
+                # Clients retrying against a loopback port nobody listens on can, now and then,
+                # get that port as their source port (TCP self-connect) for a moment.
+                time.sleep(0.25)
+        self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         if self.running:
             return
         conf = self._write_config()
@@ -126,6 +150,10 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._proc = None
+                tail = self.log_tail(3)
+                if "Address already in use" in tail:
+                    raise PortBusy(f"port {self.port} is in use: {tail}")
                 raise RuntimeError(f"mosquitto exited at start: {self.log_tail()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
                 return

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sqlite3
 from collections import Counter
 from pathlib import Path
+
+import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing
@@ -219,3 +225,123 @@ async def test_a_file_damaged_while_running_is_recovered_and_what_reads_back_is_
     assert all(original[payload_of(raw)["seq"]] == raw for raw in received), "resent as sealed"
     report = verify_lines(list(received), ring)  # the lost ones show as gaps; every one received verifies
     assert report.valid == len(received) and report.invalid == 0
+
+
+async def test_no_subscribers_keeps_tx_until_a_consumer_subscribes(
+    tmp_path: Path, sealer: Sealer, ring: KeyRing, make_broker: BrokerFactory
+) -> None:
+    # mosquitto answers a QoS 1 publish from an MQTT v5 client that matches no subscription with
+    # PUBACK 0x10 and drops the message (src/handle_publish.c; its test
+    # 03-publish-qos1-no-subscribers-v5.py); a v3.1.1 client would get a plain PUBACK.
+    broker = make_broker()
+    async with Outbox(tmp_path / "o.db", sealer) as outbox:
+        publisher = Publisher(outbox, NODE, no_subscribers_retry_min_s=0.1, no_subscribers_retry_max_s=30)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i}) for i in range(25)))
+            await outbox.enqueue("telemetry", "cpu", {"load": 1})
+            await until(lambda: publisher.no_subscribers["telemetry"] == 1, timeout=10)
+            # tx is kept and tried again while nobody listens (a whole window of 0x10 answers is
+            # one round: the wait grows per round, 0.1 s, 0.2 s, ...); telemetry is not kept.
+            await until(lambda: publisher.no_subscribers["tx"] >= 65, timeout=10)
+            classes = outbox.stats()["classes"]
+            assert classes["tx"]["count"] == 25 and classes["tx"]["delivered"] == 0
+            assert classes["telemetry"]["count"] == 0 and classes["telemetry"]["delivered"] == 1
+            async with Collector("127.0.0.1", broker.port) as cloud:
+                await cloud.wait_for(lambda: len(set(cloud.envelopes("tx"))) == 25, timeout=20)
+                await until(lambda: outbox.backlog() == 0, timeout=10)
+                envelopes = cloud.envelopes()
+        stats = publisher.stats()
+    assert first_arrivals(envelopes, "tx") == list(range(1, 26))
+    assert all(payload_of(raw)["stream"] == "tx" for raw in envelopes), "telemetry was gone"
+    report = verify_lines(envelopes, ring)
+    assert report.ok, report.format_report()
+    assert stats["no_subscribers"] == stats["no_subscribers_by_class"]["tx"] + 1
+    assert stats["held"] == []
+
+
+async def test_no_subscribers_counts_as_delivered_for_a_class_not_kept(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker()
+    async with Outbox(tmp_path / "o.db", sealer) as outbox:
+        publisher = Publisher(outbox, NODE, keep_on_no_subscribers=["audit"])
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            await outbox.enqueue("tx", "t", {"i": 0})
+            await until(lambda: outbox.stats()["classes"]["tx"]["delivered"] == 1, timeout=10)
+    assert publisher.no_subscribers["tx"] == 1 and outbox.backlog() == 0
+    with pytest.raises(ValueError, match="unknown classes"):
+        Publisher(outbox, NODE, keep_on_no_subscribers=["tx", "bogus"])
+
+
+async def test_stale_telemetry_expires_on_the_broker_and_the_expiry_is_on_the_wire(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker()
+    config = OutboxConfig(telemetry=ClassConfig(priority=10, ttl_s=2.0, when_full="drop_oldest"))
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 600
+
+    def consumer() -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1",
+            broker.port,
+            identifier="late-consumer",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=props,
+        )
+
+    async with consumer() as late:  # subscribes, then goes away with its session kept
+        await late.subscribe(f"edge/{NODE}/up/#", qos=1)
+    async with (
+        aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as raw,
+        Outbox(tmp_path / "o.db", sealer, config=config) as outbox,
+    ):
+        await raw.subscribe(f"edge/{NODE}/up/#", qos=1)
+        publisher = Publisher(outbox, NODE)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            await outbox.enqueue("telemetry", "cpu", {"load": 1})
+            await outbox.enqueue("tx", "t", {"i": 0})
+            seen: dict[str, int | None] = {}
+            async with asyncio.timeout(10):
+                async for message in raw.messages:
+                    expiry = getattr(message.properties, "MessageExpiryInterval", None)
+                    seen[str(message.topic).rsplit("/", 1)[-1]] = expiry
+                    if len(seen) == 2:
+                        break
+    assert seen["tx"] is None, "tx never expires"
+    telemetry_expiry = seen["telemetry"]
+    assert telemetry_expiry is not None and 1 <= telemetry_expiry <= 2
+    await asyncio.sleep(3.0)  # the telemetry's lifetime passes while the consumer is away
+    async with consumer() as late:
+        got: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                async for message in late.messages:
+                    got.append(str(message.topic).rsplit("/", 1)[-1])
+    assert got == ["tx"], "the broker kept the tx for the consumer and dropped the stale telemetry"
+
+
+async def test_a_held_stream_does_not_hold_the_others(
+    tmp_path: Path, sealer: Sealer, make_broker: BrokerFactory
+) -> None:
+    broker = make_broker()
+    async with (
+        Collector("127.0.0.1", broker.port, topic=f"edge/{NODE}/up/telemetry") as cloud,
+        Outbox(tmp_path / "o.db", sealer) as outbox,
+    ):
+        publisher = Publisher(outbox, NODE, no_subscribers_retry_min_s=6.0, no_subscribers_retry_max_s=6.0)
+        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            await link.wait_connected(timeout=10)
+            await outbox.enqueue("tx", "t", {"i": 0})  # nobody subscribes to tx
+            await until(lambda: publisher.no_subscribers["tx"] >= 1, timeout=10)
+            for i in range(5):
+                await outbox.enqueue("telemetry", "cpu", {"i": i})
+            await cloud.wait_for(lambda: len(cloud.envelopes("telemetry")) == 5, timeout=10)
+            # All telemetry went while tx waited for its first resend (3-6 s away).
+            assert publisher.no_subscribers["tx"] == 1 and publisher.stats()["held"] == ["tx"]
+            assert outbox.stats()["classes"]["tx"]["count"] == 1
+            assert publisher.stats()["no_subscribers_by_class"]["telemetry"] == 0

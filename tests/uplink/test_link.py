@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
 import time
 from pathlib import Path
 
@@ -10,18 +12,24 @@ import aiomqtt
 import pytest
 
 from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, LinkState, MqttLink
+from gateway.uplink.presence import Presence
 from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
 from tests.uplink.conftest import NODE
-from tests.uplink.helpers import Collector, SilentProxy
+from tests.uplink.helpers import Collector, SilentProxy, until
 from tests.uplink.tls import TestCA
 
 
-def statuses(cloud: Collector) -> list[bytes]:
-    return [r.payload for r in cloud.received if r.topic == f"edge/{NODE}/status"]
+def statuses(cloud: Collector) -> list[str]:
+    return [Presence.parse(r.payload).state for r in cloud.received if r.topic == f"edge/{NODE}/status"]
 
 
-async def retained_status(port: int) -> bytes:
+async def retained_status(port: int) -> Presence:
     """What a newcomer sees on the presence topic (the retained message)."""
+    return Presence.parse(await retained_raw(port))
+
+
+async def retained_raw(port: int) -> bytes:
+    """The retained presence payload, as stored by the broker."""
     async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(f"edge/{NODE}/status", qos=1)
         async with asyncio.timeout(5):
@@ -39,10 +47,13 @@ async def test_presence_online_then_offline_on_clean_close(make_broker: BrokerFa
     async with link:
         await link.wait_connected(timeout=10)
         assert link.state.connected and link.state.connects == 1
-        assert await retained_status(broker.port) == b"online"
+        online = await retained_status(broker.port)
+        assert (online.state, online.node, online.epoch, online.conn) == ("online", NODE, link.epoch, 1)
     final = link.state
     assert not final.connected
-    assert await retained_status(broker.port) == b"offline"
+    offline = await retained_status(broker.port)
+    assert (offline.state, offline.epoch, offline.conn) == ("offline", link.epoch, 1)
+    assert offline > online
 
 
 async def test_downlink_commands_reach_the_callback_raw(make_broker: BrokerFactory) -> None:
@@ -101,10 +112,10 @@ async def test_silent_network_is_noticed_within_two_keepalives_and_recovers(
             # is polled once a second.
             assert noticed <= 2 * keepalive + 1.5, f"took {noticed:.1f}s"
             # The broker, too, gives up on the silent client and publishes its will.
-            await cloud.wait_for(lambda: statuses(cloud)[-1:] == [b"offline"], timeout=4 * keepalive)
+            await cloud.wait_for(lambda: statuses(cloud)[-1:] == ["offline"], timeout=4 * keepalive)
             proxy.resume()
             await link.wait_connected(timeout=15)
-            await cloud.wait_for(lambda: statuses(cloud)[-1:] == [b"online"], timeout=5)
+            await cloud.wait_for(lambda: statuses(cloud)[-1:] == ["online"], timeout=5)
             assert link.state.connects == 2
     assert any(not s.connected and s.last_error for s in states)
 
@@ -225,3 +236,230 @@ async def test_unreadable_tls_files_fail_at_start(tmp_path: Path) -> None:
     link = MqttLink("mqtts://127.0.0.1:8883", NODE, ca_file=tmp_path / "missing.pem")
     with pytest.raises(LinkConfigError):
         await link.start()
+
+
+# ------------------------------------------------------------------ fleet behaviour of one link
+
+
+class RefusingBroker:
+    """Answers every MQTT CONNECT with one fixed CONNACK (real bytes) and counts TCP probes.
+
+    CONNACK layout, MQTT v5.0 §3.2: fixed header 0x20, remaining length, acknowledge flags,
+    reason code, property length, properties (Server Reference is identifier 0x1C followed by a
+    UTF-8 string: 2-byte length + bytes, §3.2.2.3.16). mosquitto's own test helper builds the
+    same bytes (test/mosq_test.py `gen_connack`: flags, rc, then the encoded properties).
+    """
+
+    def __init__(self, connack: bytes, *, then: bytes = b"") -> None:
+        self.connack = connack
+        # Sent after the client's next packet (e.g. a DISCONNECT naming another server).
+        self.then = then
+        self.connects: list[float] = []
+        self.probes = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RefusingBroker:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                first = await reader.read(1)
+                if first != b"\x10":
+                    self.probes += 1
+                    return
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                await reader.readexactly(length)
+                self.connects.append(time.monotonic())
+                writer.write(self.connack)
+                await writer.drain()
+                await reader.read(1)  # the client hangs up, or sends its next packet
+                if self.then:
+                    writer.write(self.then)
+                    await writer.drain()
+                    await reader.read(1)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def connack(reason: int, properties: bytes = b"") -> bytes:
+    """A v5 CONNACK with Session Present 0 (properties shorter than 128 bytes)."""
+    assert len(properties) < 128
+    body = bytes([0x00, reason, len(properties)]) + properties
+    return bytes([0x20, len(body)]) + body
+
+
+def server_reference(reference: str) -> bytes:
+    data = reference.encode()
+    return bytes([0x1C]) + len(data).to_bytes(2, "big") + data
+
+
+async def test_server_busy_connack_waits_the_longest_backoff() -> None:
+    # 0x89 Server busy (MQTT v5.0 §3.2.2.2).
+    async with RefusingBroker(connack(0x89)) as fake:
+        link = MqttLink(
+            f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=1.0, connect_timeout_s=2
+        )
+        async with link:
+            await until(lambda: len(fake.connects) >= 3, timeout=15)
+        assert not link.state.connected and link.state.connects == 0
+    gaps = [b - a for a, b in itertools.pairwise(fake.connects)]
+    # A busy server is left alone for at least half the longest backoff, every time.
+    assert all(gap >= 0.5 for gap in gaps), gaps
+    assert "Server busy" in (link.state.last_error or ""), link.state.last_error
+
+
+async def test_use_another_server_sends_the_next_attempt_to_the_server_reference(
+    make_broker: BrokerFactory,
+) -> None:
+    broker = make_broker()
+    # 0x9C Use another server, with Server Reference "127.0.0.1:<port of a real broker>".
+    async with RefusingBroker(connack(0x9C, server_reference(f"127.0.0.1:{broker.port}"))) as fake:
+        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.2)
+        async with link:
+            await link.wait_connected(timeout=10)
+            assert link.state.server == f"mqtt://127.0.0.1:{broker.port}"
+            assert (await retained_status(broker.port)).state == "online"
+        assert len(fake.connects) == 1
+
+
+async def test_a_server_disconnect_naming_another_server_moves_the_link_there(
+    make_broker: BrokerFactory,
+) -> None:
+    broker = make_broker()
+    # DISCONNECT (MQTT v5.0 §3.14): 0xE0, remaining length, reason 0x9D Server moved, properties
+    # with a Server Reference (0x1C), sent right after the client's first packet.
+    reference = server_reference(f"127.0.0.1:{broker.port}")
+    body = bytes([0x9D, len(reference)]) + reference
+    disconnect = bytes([0xE0, len(body)]) + body
+    async with RefusingBroker(connack(0x00), then=disconnect) as fake:
+        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.2)
+        async with link:
+            await until(lambda: link.state.server == f"mqtt://127.0.0.1:{broker.port}", timeout=10)
+            await link.wait_connected(timeout=10)
+            assert (await retained_status(broker.port)).state == "online"
+        assert len(fake.connects) == 1 and link.state.connects == 2
+
+
+async def test_a_server_reference_that_is_not_host_port_is_ignored() -> None:
+    async with RefusingBroker(connack(0x9D, server_reference("http://evil.example/x"))) as fake:
+        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.1)
+        async with link:
+            await until(lambda: len(fake.connects) >= 2, timeout=10)
+            assert link.state.server == f"mqtt://127.0.0.1:{fake.port}"
+        assert not link.state.connected
+
+
+async def test_commands_sent_while_the_node_is_away_wait_in_its_session(make_broker: BrokerFactory) -> None:
+    broker = make_broker()
+    got: list[bytes] = []
+
+    async def on_command(topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    first = MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=600)
+    async with first:
+        await first.wait_connected(timeout=10)
+        assert first.state.session_present is False
+    # The node is away (a restart): the cloud's commands wait in its session on the broker.
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+        for i in range(3):
+            await cloud.publish(f"edge/{NODE}/down/ping", f"while-away-{i}".encode(), qos=1)
+    second = MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=600)
+    async with second:
+        await second.wait_connected(timeout=10)
+        assert second.state.session_present is True
+        await until(lambda: len(got) >= 3, timeout=10)
+        # The resumed session kept the subscription (the link did not subscribe again).
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+            await cloud.publish(f"edge/{NODE}/down/ping", b"after", qos=1)
+        await until(lambda: len(got) >= 4, timeout=10)
+    assert got == [b"while-away-0", b"while-away-1", b"while-away-2", b"after"]
+    assert second.epoch >= first.epoch
+
+
+async def test_without_a_session_expiry_commands_sent_while_away_are_gone(make_broker: BrokerFactory) -> None:
+    broker = make_broker()
+    got: list[bytes] = []
+
+    async def on_command(topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    async with MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=0) as link:
+        await link.wait_connected(timeout=10)
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+        await cloud.publish(f"edge/{NODE}/down/ping", b"lost", qos=1)
+    async with MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=0) as link:
+        await link.wait_connected(timeout=10)
+        assert link.state.session_present is False
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+            await cloud.publish(f"edge/{NODE}/down/ping", b"now", qos=1)
+        await until(lambda: bool(got), timeout=10)
+    assert got == [b"now"]
+
+
+async def test_the_broker_server_keep_alive_replaces_ours(make_broker: BrokerFactory) -> None:
+    # mosquitto's max_keepalive: a v5 client asking for more gets Server Keep Alive in the CONNACK.
+    broker = make_broker(extra=("max_keepalive 10",))
+    async with MqttLink(broker.url, NODE, keepalive_s=60) as link:
+        await link.wait_connected(timeout=10)
+        assert link.state.keepalive_s == 10
+
+
+def test_keepalive_phase_is_spread_within_a_quarter() -> None:
+    link = MqttLink("mqtt://127.0.0.1:1883", NODE, keepalive_s=40, rng=random.Random(3))
+    values = {link._keepalive() for _ in range(200)}
+    assert min(values) >= 30 and max(values) <= 40
+    assert len(values) > 5, "nodes that connect together must not all ping in phase"
+    tiny = MqttLink("mqtt://127.0.0.1:1883", NODE, keepalive_s=2)
+    assert {tiny._keepalive() for _ in range(20)} == {2}
+
+
+async def test_the_will_and_offline_expire_with_the_session(make_broker: BrokerFactory) -> None:
+    broker = make_broker()
+    async with MqttLink(broker.url, NODE, session_expiry_s=900) as link:
+        await link.wait_connected(timeout=10)
+    async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.subscribe(f"edge/{NODE}/status", qos=1)
+        async with asyncio.timeout(5):
+            message = await anext(aiter(client.messages))
+    assert message.properties is not None
+    expiry = getattr(message.properties, "MessageExpiryInterval", None)
+    assert expiry is not None and 0 < expiry <= 900
+
+
+async def test_a_broker_that_lost_the_session_gets_the_subscription_again(make_broker: BrokerFactory) -> None:
+    broker = make_broker()  # no persistence: a restart forgets every session
+    got: list[bytes] = []
+
+    async def on_command(topic: str, payload: bytes) -> None:
+        got.append(payload)
+
+    link = MqttLink(broker.url, NODE, on_command=on_command, backoff_min_s=0.1, backoff_max_s=0.5)
+    async with link:
+        await link.wait_connected(timeout=10)
+        await broker.astop()
+        await link.wait_disconnected(timeout=10)
+        await broker.astart()
+        await link.wait_connected(timeout=15)
+        assert link.state.session_present is False and link.state.sessions_lost == 1
+        async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
+            await cloud.publish(f"edge/{NODE}/down/ping", b"after-restart", qos=1)
+        await until(lambda: got == [b"after-restart"], timeout=10)
+    assert link.state.connects == 2
