@@ -122,7 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             Cloud(broker.port, NODE, cloud_key) as cloud,
             running_daemon(config, preexec_fn=limit_open_files(1024)) as daemon,
         ):
-            await cloud.wait_for(lambda u: u.topic.endswith("/status") and u.raw == b"online", timeout=30)
+            await cloud.wait_for(lambda u: u.says_online, timeout=30)
             await asyncio.sleep(1.0)
             result["baseline"] = figures(await probe_health(sock, args.seconds))
 

@@ -285,14 +285,16 @@ class Daemon:
         config = self.config
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        socket_inside = config.socket_path.parent == state_dir and bool(config.api.mode & 0o077)
-        await asyncio.to_thread(
-            make_private, state_dir, keep_root_searchable=socket_inside, leave=(config.key_path.parent,)
-        )
         self.monitor.start()
         stack.push_async_callback(self.monitor.close)
 
         await self._build_parts(stack)
+        # After the parts are built: a start that fails on a precondition (a missing key) stays
+        # one log line; files an older run left readable by others are tightened before serving.
+        socket_inside = config.socket_path.parent == state_dir and bool(config.api.mode & 0o077)
+        await asyncio.to_thread(
+            make_private, state_dir, keep_root_searchable=socket_inside, leave=(config.key_path.parent,)
+        )
 
         self.ctx.health = self.health
         self.ctx.status = self.status

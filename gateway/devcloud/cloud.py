@@ -206,8 +206,10 @@ class DevCloud:
                 return
             state = self.presence_order.state(node) or "?"
         except PresenceError:
-            state = "?"
-            log.warning("dev_cloud_presence_unreadable", node=node[:64], size=len(raw))
+            # Nodes before the JSON presence said plain `online` / `offline`.
+            state = raw.decode() if raw in (b"online", b"offline") else "?"
+            if state == "?":
+                log.warning("dev_cloud_presence_unreadable", node=node[:64], size=len(raw))
         if self.presence.get(node) != state:
             self.presence[node] = state
             self.feed.emit("presence", f"   {node} is {state}", node=node, state=state)

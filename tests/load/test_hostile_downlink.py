@@ -96,9 +96,7 @@ def command_alerts(cloud: Cloud, start: int = 0) -> list[dict[str, Any]]:
 
 
 async def online(cloud: Cloud, start: int) -> None:
-    await cloud.wait_for(
-        lambda u: u.topic.endswith("/status") and u.raw == b"online", start=start, timeout=30
-    )
+    await cloud.wait_for(lambda u: u.says_online, start=start, timeout=30)
 
 
 def output_bytes(daemon: DaemonProcess) -> int:
