@@ -8,6 +8,7 @@ from the PC/SC poll's former formula written out here; ranges are checked over m
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 
 import pytest
 from tenacity import (
@@ -20,6 +21,14 @@ from tenacity import (
 
 from drivers.backoff import Backoff, Jitter
 from gateway.uplink.reconnect import ReconnectPolicy
+
+
+@pytest.fixture(autouse=True)
+def _restore_random() -> Iterator[None]:
+    """These tests seed the shared `random` module (the one tenacity draws from); put it back."""
+    state = random.getstate()
+    yield
+    random.setstate(state)
 
 
 def _attempt(number: int) -> RetryCallState:
