@@ -202,7 +202,8 @@ class SerialLink(Generic[P]):
         self._tracker = tracker
         self._factory = protocol_factory
         self._on_up = on_up
-        # Exponential from backoff_initial, plus up to backoff_initial of jitter: at most backoff_max.
+        # Exponential from backoff_initial plus up to backoff_initial of jitter: at most backoff_max
+        # (or twice backoff_initial when that is more).
         self._backoff = Backoff(
             first=backoff_initial,
             cap=max(backoff_initial, backoff_max - backoff_initial),
