@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import queue
-import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from drivers.backoff import Backoff, Jitter
 from drivers.base import DeviceState, DeviceStatus, Listener, StatusTracker
 from drivers.cardreader import apdu
 from drivers.cardreader.bankcard import find_payment_application
@@ -344,6 +344,10 @@ class PcscCardReader:
         self.name = name
         self.reader = reader
         self._poll_interval = poll_interval
+        # After the n-th failed poll: poll_interval * 2**min(n, 5), at most _MAX_BACKOFF, +-20 %.
+        self._backoff = Backoff(
+            first=2 * poll_interval, cap=min(_MAX_BACKOFF, 32 * poll_interval), jitter=Jitter.SPREAD
+        )
         self._apdu_timeout = apdu_timeout
         self._card_timeout = card_timeout
         self._tracker = StatusTracker(name, DeviceState.OFFLINE)
@@ -544,8 +548,7 @@ class PcscCardReader:
                     log.warning("pcsc_poll_failed", device=self.name, error=str(err))
                 else:
                     log.debug("pcsc_poll_failed", device=self.name, error=str(err))
-                delay = min(self._poll_interval * 2 ** min(self._failures, 5), _MAX_BACKOFF)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await asyncio.sleep(self._backoff.wait(self._failures))
                 continue
             if self._failures:
                 log.info("pcsc_recovered", device=self.name, failures=self._failures)

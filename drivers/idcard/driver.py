@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import structlog
@@ -24,7 +25,6 @@ from drivers.idcard.errors import (
     CardLost,
     CardNotPresented,
     CheckDigitError,
-    CorruptReply,
     NoCard,
     SamFault,
     SamvRejected,
@@ -38,12 +38,13 @@ from drivers.idcard.frames import (
     Status,
     decode_card_data,
     decode_sam_id,
-    reply_fits,
     status_name,
 )
 from drivers.idcard.identity import CardDataError, CheckDigitMismatch
 from drivers.idcard.protocol import SamvProtocol
+from drivers.idcard.reply_shapes import reply_fits
 from drivers.serialio.device import SerialDevice
+from drivers.serialio.exchange import ask, turn
 
 log = structlog.get_logger(__name__)
 
@@ -314,56 +315,42 @@ class SamvReader(SerialDevice[SamvProtocol]):
 
     async def _transact(self, request: Request, *, limit: float) -> Reply:
         """Send one request and wait for its reply; one in flight, queue wait bounded."""
-        try:
-            # The longest any other command holds the reader is a fingerprint read.
-            async with asyncio.timeout(limit + self._fingerprint_timeout):
-                await self._gate.acquire()
-        except TimeoutError:
-            raise SamvTimeout(f"{self.name}: reader busy", device=self.name) from None
-        try:
+        # The longest any other command holds the reader is a fingerprint read.
+        async with turn(self._gate, within=limit + self._fingerprint_timeout, busy=self._busy):
             proto = self._link.require()
-            await proto.settle()
-            fut = proto.replies.expect()
-            answered = False
-            sent_at = time.monotonic()
-            try:
-                proto.send(request)
-                async with asyncio.timeout(limit):
-                    reply = await fut
-                    while request.command is not None and not reply_fits(request.command, reply):
-                        # Another command's late answer (its window had passed): not ours.
-                        proto.mismatched += 1
-                        log.warning(
-                            "samv_mismatched_reply",
-                            device=self.name,
-                            command=_cmd_name(request),
-                            status=status_name(reply.sw3),
-                            data_len=len(reply.data),
-                        )
-                        proto.replies.forget(fut)
-                        fut = proto.replies.expect()
-                        reply = await fut
-                answered = True
-            except CorruptReply:
-                answered = True  # the reply came, unreadable: nothing more is owed
-                raise
-            except TimeoutError:
-                self._note_silence()
-                raise SamvTimeout(
-                    f"{self.name}: no reply to {_cmd_name(request)} within {limit:g} s",
-                    device=self.name,
-                ) from None
-            finally:
-                proto.replies.forget(fut)
-                fut.cancel()
-                if not answered:
-                    # Its reply may still come (the caller gave up, or the reader is slow): the next
-                    # command waits for it, or for the rest of this one's window plus a grace.
-                    proto.owe_reply(until=max(sent_at + limit, time.monotonic()) + _LATE_GRACE_S)
+            command = request.command
+            (reply,) = await ask(
+                proto.replies,
+                lambda: proto.send(request),
+                window=limit,
+                no_reply=lambda: self._no_reply(request, limit),
+                # Its reply may still come (the caller gave up, or the reader is slow): the next
+                # command waits for it, or for the rest of this one's window plus a grace.
+                owed_until=lambda sent_at: max(sent_at + limit, time.monotonic()) + _LATE_GRACE_S,
+                fits=None if command is None else functools.partial(reply_fits, command),
+                misfit=lambda reply: self._note_misfit(proto, request, reply),
+            )
             self._note_answer()
             return reply
-        finally:
-            self._gate.release()
+
+    def _busy(self) -> SamvTimeout:
+        return SamvTimeout(f"{self.name}: reader busy", device=self.name)
+
+    def _no_reply(self, request: Request, limit: float) -> SamvTimeout:
+        self._note_silence()
+        what = f"{self.name}: no reply to {_cmd_name(request)} within {limit:g} s"
+        return SamvTimeout(what, device=self.name)
+
+    def _note_misfit(self, proto: SamvProtocol, request: Request, reply: Reply) -> None:
+        """Another command's late answer (its window had passed): not ours, and logged."""
+        proto.mismatched += 1
+        log.warning(
+            "samv_mismatched_reply",
+            device=self.name,
+            command=_cmd_name(request),
+            status=status_name(reply.sw3),
+            data_len=len(reply.data),
+        )
 
     def _note_silence(self) -> None:
         self._silent += 1

@@ -106,40 +106,6 @@ class Reply:
         )
 
 
-_SAM_ID_LEN = 16
-_CARD_DATA_MIN = 4 + TEXT_LEN + PHOTO_LEN
-
-
-def reply_fits(command: Command, reply: Reply) -> bool:
-    """Whether `reply` can be the answer to `command`.
-
-    Replies name no command, but their status and data length differ by command: a late answer
-    to an abandoned command that turns up while another waits is told apart by its shape (a SAM
-    id is not a find result, select data is not card data). An error status carries no data and
-    fits any command; so does nothing else.
-    """
-    n = len(reply.data)
-    if reply.sw3 not in (Status.OK, Status.FIND_OK, Status.NO_CONTENT):
-        return n == 0
-    match command:
-        case Command.STATUS | Command.RESET_SAM:
-            return reply.sw3 == Status.OK and n == 0
-        case Command.SAM_ID:
-            return reply.sw3 == Status.OK and n == _SAM_ID_LEN
-        case Command.FIND_CARD:
-            return reply.sw3 == Status.FIND_OK and n < _SAM_ID_LEN
-        case Command.SELECT_CARD:
-            # 8 zero bytes by the protocol; a reader that sends none must still be able to read.
-            return reply.sw3 == Status.OK and n < _SAM_ID_LEN
-        case Command.READ_NEW_ADDRESS:
-            if reply.sw3 == Status.NO_CONTENT:
-                return n == 0
-            # UCS-2 text (70 bytes by the protocol; some readers answer OK with none).
-            return reply.sw3 == Status.OK and n < _CARD_DATA_MIN and n % 2 == 0
-        case Command.READ_TEXT_PHOTO | Command.READ_WITH_FINGERPRINT:
-            return reply.sw3 == Status.OK and n >= _CARD_DATA_MIN
-
-
 def checksum(body: bytes) -> int:
     """XOR of the bytes from LEN_HI to the last data byte."""
     return reduce(xor, body, 0)

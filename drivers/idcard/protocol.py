@@ -17,7 +17,8 @@ from drivers.idcard.frames import (
     encode_request,
     frame_len,
 )
-from drivers.serialio import FifoReplies, LinkProtocol, OwedReplies, PreambleFramer
+from drivers.serialio import LinkProtocol, PreambleFramer
+from drivers.serialio.exchange import UnnamedReplies
 
 log = structlog.get_logger(__name__)
 
@@ -34,37 +35,21 @@ class SamvProtocol(LinkProtocol):
             max_frame=MAX_FRAME,
             check=check_frame,
         )
-        self.replies: FifoReplies[Reply] = FifoReplies()
-        self.unsolicited = 0
-        self.corrupt = 0
-        self.mismatched = 0
         # A command left without its reply (timed out, or its caller went away) may still be
         # answered. Replies name no command, so until that answer has come or its window has
         # passed, nothing else may be sent: the late reply would be taken for the next one's.
-        self.owed = OwedReplies()
+        # Once such a reply was waited out, a partial frame of it is dropped (resync).
+        self.replies: UnnamedReplies[Reply] = UnnamedReplies(after_settle=self.resync)
+        self.unsolicited = 0
+        self.corrupt = 0
+        self.mismatched = 0
 
     def send(self, request: Request) -> None:
         self.write(encode_request(request))
 
-    def owe_reply(self, *, until: float) -> None:
-        """A command went unanswered; its reply may still arrive up to `until` (monotonic)."""
-        self.owed.owe(1, until=until)
-
-    @property
-    def late(self) -> int:
-        """Late replies discarded so far."""
-        return self.owed.discarded
-
-    async def settle(self) -> None:
-        """Before a new command: wait out a reply still owed to an abandoned one, then drop any
-        partial frame. Returns at once when nothing is owed."""
-        if self.owed:
-            await self.owed.settle()
-            self.resync()
-
     def _take_late(self) -> bool:
         """A frame (or a corrupt one) arrived while a reply is owed: it is that reply."""
-        if not self.owed.take():
+        if not self.replies.take_late():
             return False
         log.info("samv_late_reply_discarded", device=self.device)
         return True

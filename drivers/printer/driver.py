@@ -35,6 +35,7 @@ from drivers.printer.frames import (
 from drivers.printer.job import PrinterProfile, PrintJob, encode
 from drivers.printer.protocol import EscPosProtocol
 from drivers.serialio.device import SerialDevice
+from drivers.serialio.exchange import ask, turn
 
 log = structlog.get_logger(__name__)
 
@@ -130,15 +131,8 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
     async def read_status(self, *, timeout: float | None = None) -> PrinterStatus:
         """DLE EOT 1-4 through the command gate; the device state follows the answer."""
         limit = self._status_timeout if timeout is None else timeout
-        try:
-            async with asyncio.timeout(limit + self._job_timeout):
-                await self._gate.acquire()
-        except TimeoutError:
-            raise PrinterTimeout(f"{self.name}: printer busy", device=self.name) from None
-        try:
+        async with turn(self._gate, within=limit + self._job_timeout, busy=self._busy):
             return await self._query(limit)
-        finally:
-            self._gate.release()
 
     async def print_job(self, job: PrintJob, *, timeout: float | None = None) -> PrintResult:
         """Print one job; returns once the printer confirms it printed (or raises why not)."""
@@ -262,32 +256,34 @@ class EscPosPrinter(SerialDevice[EscPosProtocol]):
         return max(0.0, self._wire_free_at - time.monotonic())
 
     async def _query(self, limit: float) -> PrinterStatus:
+        """DLE EOT 1-4 with the gate held: four one-byte answers within `limit` plus the backlog."""
         proto = self._link.require()
-        await proto.owed_answers.settle()
-        futs = [proto.answers.expect() for _ in range(4)]
+        # Settled before the window is measured: what is still on the wire delays the answers.
+        await proto.answers.settle()
         window = limit + self._wire_backlog()
-        try:
-            self._send(proto, _STATUS_QUERY)
-            async with asyncio.timeout(window):
-                values = [await fut for fut in futs]
-        except TimeoutError:
-            self._tracker.record_error("no answer to DLE EOT")
-            if not self._printing:
-                self._tracker.set(DeviceState.OFFLINE, "no answer to real-time status")
-            raise PrinterTimeout(
-                f"{self.name}: no answer to real-time status within {limit:g} s",
-                device=self.name,
-            ) from None
-        finally:
-            unanswered = sum(not fut.done() or fut.cancelled() for fut in futs)
-            for fut in futs:
-                proto.answers.forget(fut)
-                fut.cancel()
+        values = await ask(
+            proto.answers,
+            lambda: self._send(proto, _STATUS_QUERY),
+            count=4,
+            window=window,
+            no_reply=lambda: self._no_status(limit),
             # Answers still on their way would be read as the next query's (they name no query).
-            proto.owed_answers.owe(unanswered, until=time.monotonic() + max(window, _LATE_GRACE_S))
+            owed_until=lambda _sent_at: time.monotonic() + max(window, _LATE_GRACE_S),
+        )
         status = PrinterStatus.from_realtime(dict(zip((1, 2, 3, 4), values, strict=True)))
         self._apply(status)
         return status
+
+    def _busy(self) -> PrinterTimeout:
+        return PrinterTimeout(f"{self.name}: printer busy", device=self.name)
+
+    def _no_status(self, limit: float) -> PrinterTimeout:
+        self._tracker.record_error("no answer to DLE EOT")
+        if not self._printing:
+            self._tracker.set(DeviceState.OFFLINE, "no answer to real-time status")
+        return PrinterTimeout(
+            f"{self.name}: no answer to real-time status within {limit:g} s", device=self.name
+        )
 
     def _apply(self, status: PrinterStatus) -> None:
         """Map printer status to device state: paper/cover -> user_error, cutter -> hardware."""

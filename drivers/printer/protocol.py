@@ -17,7 +17,8 @@ from drivers.printer.frames import (
     StatusSorter,
     Unknown,
 )
-from drivers.serialio import FifoReplies, KeyedReplies, LinkProtocol, OwedReplies
+from drivers.serialio import KeyedReplies, LinkProtocol
+from drivers.serialio.exchange import UnnamedReplies
 
 log = structlog.get_logger(__name__)
 
@@ -29,9 +30,8 @@ class EscPosProtocol(LinkProtocol):
         super().__init__(device)
         self._on_push = on_push
         self.sorter = StatusSorter()
-        self.answers: FifoReplies[int] = FifoReplies()
         # Real-time answers name no query: those owed to a timed-out query are discarded.
-        self.owed_answers = OwedReplies()
+        self.answers: UnnamedReplies[int] = UnnamedReplies()
         self.process_ids: KeyedReplies[bytes, None] = KeyedReplies()
         self.xoff = False
         # Set while the printer allows sending (no XOFF outstanding); job data waits on it.
@@ -43,7 +43,7 @@ class EscPosProtocol(LinkProtocol):
         for item in self.sorter.feed(data):
             match item:
                 case RealtimeAnswer(value):
-                    if self.owed_answers.take():
+                    if self.answers.take_late():
                         log.info("escpos_late_answer_discarded", device=self.device, value=value)
                     elif not self.answers.resolve(value):
                         log.debug("escpos_late_answer", device=self.device, value=value)

@@ -1,6 +1,7 @@
-"""Shared serial layer: opening ports, framing, request correlation, supervision, simulator endpoints."""
+"""Shared serial layer: opening ports, framing, request correlation, one exchange, supervision, simulators."""
 
 from drivers.serialio.correlation import CommandGate, FifoReplies, KeyedReplies, OwedReplies
+from drivers.serialio.exchange import UnnamedReplies, ask, turn
 from drivers.serialio.framing import PreambleFramer
 from drivers.serialio.link import LinkProtocol, SerialLink, open_port
 
@@ -12,5 +13,8 @@ __all__ = [
     "OwedReplies",
     "PreambleFramer",
     "SerialLink",
+    "UnnamedReplies",
+    "ask",
     "open_port",
+    "turn",
 ]

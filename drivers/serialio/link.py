@@ -14,14 +14,8 @@ from typing import Generic, TypeVar
 import serial
 import serial_asyncio_fast
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
 
+from drivers.backoff import Backoff, Jitter
 from drivers.base import DeviceState, DeviceUnavailable, DriverError, StatusTracker
 from drivers.serialio.threaded import open_threaded
 
@@ -208,8 +202,13 @@ class SerialLink(Generic[P]):
         self._tracker = tracker
         self._factory = protocol_factory
         self._on_up = on_up
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        # Exponential from backoff_initial plus up to backoff_initial of jitter: at most backoff_max
+        # (or twice backoff_initial when that is more).
+        self._backoff = Backoff(
+            first=backoff_initial,
+            cap=max(backoff_initial, backoff_max - backoff_initial),
+            jitter=Jitter.ADD_FIRST,
+        )
         self._open_timeout = open_timeout
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
@@ -296,35 +295,12 @@ class SerialLink(Generic[P]):
         return proto
 
     async def _open_with_backoff(self) -> P:
+        """Open the port, trying again after every failure (whatever it is) with capped backoff."""
         first_failure_at: float | None = None
         attempts = 0
-
-        def before_sleep(state: RetryCallState) -> None:
-            nonlocal first_failure_at
-            err = state.outcome.exception() if state.outcome else None
-            if isinstance(err, DeviceUnavailable):
-                self._tracker.set(err.state, str(err))
-            if first_failure_at is None:
-                first_failure_at = time.monotonic()
-                log.warning("port_open_failed", device=self.device, port=self.port, error=str(err))
-            else:
-                log.debug("port_open_retry", device=self.device, attempt=state.attempt_number)
-
-        retrying = AsyncRetrying(
-            # Exponential from backoff_initial, plus up to backoff_initial of jitter, capped.
-            wait=wait_exponential(
-                multiplier=self._backoff_initial,
-                max=max(self._backoff_initial, self._backoff_max - self._backoff_initial),
-            )
-            + wait_random(0, self._backoff_initial),
-            # Anything else failing in open is a surprise, but still no reason to stop trying.
-            retry=retry_if_exception_type(Exception),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                attempts += 1
+        while True:
+            attempts += 1
+            try:
                 transport, proto = await open_port(
                     self.device,
                     self.port,
@@ -332,16 +308,30 @@ class SerialLink(Generic[P]):
                     baudrate=self.baudrate,
                     timeout=self._open_timeout,
                 )
-                self._transport = transport
-                self.protocol = proto
-                # connection_made runs on the next loop turn; the protocol is usable after it.
-                await asyncio.sleep(0)
-                if first_failure_at is not None:
-                    log.info(
-                        "port_reopened",
-                        device=self.device,
-                        attempts=attempts,
-                        down_s=round(time.monotonic() - first_failure_at, 3),
-                    )
-                return proto
-        raise AssertionError("unreachable: tenacity retries forever")
+            except Exception as err:  # a surprise in open is still no reason to stop trying
+                self._note_open_failure(err, attempts, first=first_failure_at is None)
+                if first_failure_at is None:
+                    first_failure_at = time.monotonic()
+                await asyncio.sleep(self._backoff.wait(attempts))
+                continue
+            self._transport = transport
+            self.protocol = proto
+            # connection_made runs on the next loop turn; the protocol is usable after it.
+            await asyncio.sleep(0)
+            if first_failure_at is not None:
+                log.info(
+                    "port_reopened",
+                    device=self.device,
+                    attempts=attempts,
+                    down_s=round(time.monotonic() - first_failure_at, 3),
+                )
+            return proto
+
+    def _note_open_failure(self, err: Exception, attempt: int, *, first: bool) -> None:
+        """The state says why the port is not open; the first failure of an outage is a warning."""
+        if isinstance(err, DeviceUnavailable):
+            self._tracker.set(err.state, str(err))
+        if first:
+            log.warning("port_open_failed", device=self.device, port=self.port, error=str(err))
+        else:
+            log.debug("port_open_retry", device=self.device, attempt=attempt)

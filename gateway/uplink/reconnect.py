@@ -28,7 +28,7 @@ import random
 from dataclasses import dataclass
 from typing import Final
 
-from tenacity import AsyncRetrying, RetryCallState, wait_random_exponential
+from drivers.backoff import Backoff, Jitter
 
 # The wait between probes is this share of the time the link has been down.
 PROBE_RATIO: Final = 0.03
@@ -78,11 +78,8 @@ class ReconnectPolicy:
         return self.full_jitter(failures)
 
     def full_jitter(self, failures: int) -> float:
-        """Capped exponential backoff with full jitter (tenacity's wait_random_exponential)."""
-        wait = wait_random_exponential(multiplier=self.backoff_min_s, max=self.backoff_max_s)
-        state = RetryCallState(AsyncRetrying(), fn=None, args=(), kwargs={})
-        state.attempt_number = max(1, failures)
-        return float(wait(state))
+        """Capped exponential backoff with full jitter: uniform(0, min(min_s * 2**(n-1), max_s))."""
+        return Backoff(first=self.backoff_min_s, cap=self.backoff_max_s, jitter=Jitter.FULL).wait(failures)
 
 
 def parse_server_reference(reference: str, *, default_port: int) -> tuple[str, int] | None:

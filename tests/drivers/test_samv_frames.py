@@ -26,8 +26,8 @@ from drivers.idcard.frames import (
     encode_request,
     encode_sam_id,
     frame_len,
-    reply_fits,
 )
+from drivers.idcard.reply_shapes import ANSWERS, SUCCESS, reply_fits
 from drivers.serialio import PreambleFramer
 
 FIND_REQUEST = bytes.fromhex("AA AA AA 96 69 00 03 20 01 22")
@@ -210,3 +210,8 @@ def test_an_error_status_without_data_fits_any_command(status: int) -> None:
 def test_no_new_address_fits_only_the_address_read() -> None:
     reply = Reply(0, 0, Status.NO_CONTENT)
     assert {c for c in Command if reply_fits(c, reply)} == {Command.READ_NEW_ADDRESS}
+
+
+def test_the_reply_table_names_every_command_and_its_success_statuses() -> None:
+    assert set(ANSWERS) == set(Command)
+    assert {Status.OK, Status.FIND_OK, Status.NO_CONTENT} == SUCCESS

@@ -52,14 +52,14 @@ async def test_wrong_checksum_fails_the_request_and_resyncs() -> None:
 
 async def test_an_owed_reply_is_discarded_and_settle_waits_for_it() -> None:
     proto = SamvProtocol("idcard")
-    proto.owe_reply(until=time.monotonic() + 5.0)
-    settling = asyncio.create_task(proto.settle())
+    proto.replies.owe(1, until=time.monotonic() + 5.0)
+    settling = asyncio.create_task(proto.replies.settle())
     await asyncio.sleep(0.05)
     assert not settling.done(), "nothing may be sent while a reply is owed"
     proto.data_received(FIND_OK)  # the abandoned command's answer
     async with asyncio.timeout(1):
         await settling
-    assert proto.late == 1 and not proto.owed
+    assert proto.replies.late == 1 and not proto.replies.owed
     waiter = proto.replies.expect()
     proto.data_received(SELECT_OK)
     assert (await waiter).sw3 == Status.OK
@@ -68,12 +68,12 @@ async def test_an_owed_reply_is_discarded_and_settle_waits_for_it() -> None:
 async def test_settle_gives_up_on_a_reply_that_never_comes() -> None:
     proto = SamvProtocol("idcard")
     proto.data_received(FIND_OK[:7])  # half a reply, then silence
-    proto.owe_reply(until=time.monotonic() + 0.1)
+    proto.replies.owe(1, until=time.monotonic() + 0.1)
     started = time.monotonic()
-    await proto.settle()
+    await proto.replies.settle()
     assert time.monotonic() - started >= 0.09
     assert proto.framer.pending == 0, "the partial frame is dropped before the next command"
-    assert proto.late == 0 and not proto.owed
+    assert proto.replies.late == 0 and not proto.replies.owed
 
 
 async def test_data_received_never_raises_on_noise() -> None:
