@@ -9,9 +9,9 @@ the MQTT link's full connect). The wait after the n-th consecutive failure is
 - `Jitter.FULL`: uniform(0, wait), "full jitter" (the MQTT link's failed full connects).
 
 Full jitter and the capped doubling are the AWS Architecture Blog's "Exponential Backoff And
-Jitter" (Marc Brooker, 2015) and tenacity's `wait_exponential` / `wait_random_exponential`, whose
-figures these reproduce (the same randomness source: the `random` module unless given one).
-`gateway/` may import this module; `drivers/` never imports `gateway/`.
+Jitter" (Marc Brooker, 2015); the capped doubling and the two jitters that tenacity has are
+tenacity's own strategies (`wait_exponential`, `wait_random`, `wait_random_exponential`), asked
+for the n-th wait. `gateway/` may import this module; `drivers/` never imports `gateway/`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from __future__ import annotations
 import enum
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import cast
+
+from tenacity import RetryCallState, wait_exponential, wait_random, wait_random_exponential
 
 # The PC/SC poll's jitter: the wait times a factor in this range.
 SPREAD_LOW = 0.8
@@ -47,21 +51,21 @@ class Backoff:
 
     def capped(self, failures: int) -> float:
         """The wait before jitter; the first failure (and anything below) waits `first`."""
-        exponent = max(0, failures - 1)
-        try:
-            wait = self.first * 2.0**exponent
-        except OverflowError:
-            return self.cap
-        return max(0.0, min(wait, self.cap))
+        return float(wait_exponential(multiplier=self.first, max=self.cap)(_attempt(failures)))
 
-    def wait(self, failures: int, rng: random.Random | None = None) -> float:
+    def wait(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th failure in a row (1 for the first)."""
-        uniform = rng.uniform if rng is not None else random.uniform
-        wait = self.capped(failures)
+        attempt = _attempt(failures)
         match self.jitter:
             case Jitter.ADD_FIRST:
-                return wait + uniform(0.0, self.first)
+                strategy = wait_exponential(multiplier=self.first, max=self.cap) + wait_random(0, self.first)
+                return float(strategy(attempt))
             case Jitter.SPREAD:
-                return wait * uniform(SPREAD_LOW, SPREAD_HIGH)
+                return self.capped(failures) * random.uniform(SPREAD_LOW, SPREAD_HIGH)
             case Jitter.FULL:
-                return uniform(0.0, wait)
+                return float(wait_random_exponential(multiplier=self.first, max=self.cap)(attempt))
+
+
+def _attempt(failures: int) -> RetryCallState:
+    """What tenacity's wait strategies read of a retry: the attempt number (at least 1)."""
+    return cast(RetryCallState, SimpleNamespace(attempt_number=max(1, failures)))
