@@ -206,7 +206,7 @@ async def _insert_virtual_card(name: str, card: Any) -> None:
 
 
 class DeviceManager:
-    """Owns every configured device and its queue; relays device events to one listener."""
+    """Owns every configured device and its queue; relays device events to its subscribers."""
 
     def __init__(self) -> None:
         self.devices: dict[str, ManagedDevice] = {}
@@ -245,12 +245,6 @@ class DeviceManager:
             if cfg is not None:
                 managed.queue.depth = cfg.queue.depth
                 managed.queue.deadline_s = cfg.queue.deadline_s
-
-    def by_kind(self, kind: str) -> ManagedDevice:
-        for managed in self.devices.values():
-            if managed.kind == kind:
-                return managed
-        raise NoSuchDevice(kind)
 
     def named(self, name: str) -> ManagedDevice:
         managed = self.devices.get(name)
