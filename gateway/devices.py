@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -207,7 +206,7 @@ async def _insert_virtual_card(name: str, card: Any) -> None:
 
 
 class DeviceManager:
-    """Owns every configured device and its queue; relays device events to one listener."""
+    """Owns every configured device and its queue; relays device events to its subscribers."""
 
     def __init__(self) -> None:
         self.devices: dict[str, ManagedDevice] = {}
@@ -226,7 +225,7 @@ class DeviceManager:
                 log.exception("device_listener_failed", device=event.device)
 
     async def start(self, configs: dict[str, DeviceConfig], stack: AsyncExitStack) -> None:
-        """Build and start every device; a device that fails to build is reported, not fatal."""
+        """Build and start each device with its queue; an unplugged one still starts, a build error raises."""
         for name, cfg in configs.items():
             device, simulator = await _build(name, cfg, stack)
             queue = DeviceQueue(name, depth=cfg.queue.depth, deadline_s=cfg.queue.deadline_s)
@@ -247,22 +246,11 @@ class DeviceManager:
                 managed.queue.depth = cfg.queue.depth
                 managed.queue.deadline_s = cfg.queue.deadline_s
 
-    def by_kind(self, kind: str) -> ManagedDevice:
-        for managed in self.devices.values():
-            if managed.kind == kind:
-                return managed
-        raise NoSuchDevice(kind)
-
     def named(self, name: str) -> ManagedDevice:
         managed = self.devices.get(name)
         if managed is None:
             raise UnknownDevice(name)
         return managed
-
-    def find(self, kind: str) -> ManagedDevice | None:
-        with contextlib.suppress(NoSuchDevice):
-            return self.by_kind(kind)
-        return None
 
     def cancel_session(self, session_id: str, reason: str) -> int:
         return sum(m.queue.cancel_session(session_id, reason) for m in self.devices.values())

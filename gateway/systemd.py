@@ -135,7 +135,6 @@ class Watchdog:
         self._monitor = monitor
         self.interval = interval
         self.pings = 0
-        self.skipped = 0
         self.last_ping = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -149,7 +148,6 @@ class Watchdog:
                 self.pings += 1
                 self.last_ping = time.monotonic()
             else:
-                self.skipped += 1
                 log.warning("watchdog_ping_withheld", loop_lag_s=round(self._monitor.lag, 3))
             await asyncio.sleep(self.interval)
 

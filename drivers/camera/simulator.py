@@ -129,7 +129,6 @@ class CameraSimulator:
         self.person = "A"
         self.frames_served = 0
         self.unauthorized = 0
-        self.bytes_streamed = 0
         self._frames: dict[int, bytes] = {}
         self._nonces: collections.deque[str] = collections.deque(maxlen=256)
         self._runner: web.AppRunner | None = None
@@ -282,7 +281,6 @@ class CameraSimulator:
                     f"--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
                 ).encode()
                 await response.write(head + jpeg + b"\r\n")
-                self.bytes_streamed += len(head) + len(jpeg) + 2
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1 / self.stream_fps)
         except (ConnectionError, RuntimeError):
@@ -301,7 +299,6 @@ class CameraSimulator:
         try:
             while time.monotonic() < deadline and not self._stopping.is_set():
                 await response.write(filler)
-                self.bytes_streamed += len(filler)
         except (ConnectionError, RuntimeError):
             pass
         return response

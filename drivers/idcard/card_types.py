@@ -28,13 +28,6 @@ from drivers.idcard.identity import CardDataError, IdCard, encode_text_block, pa
 
 TYPE_OFFSET = 248
 IdDocument = IdCard | ForeignPermanentCard | HmtResidencePermit | ForeignPermanentCard2023
-# Type code at byte 248 -> the document_type the parsed record reports.
-KNOWN_TYPES = {
-    " ": "resident",
-    "I": "foreign_permanent",
-    "J": "hmt_residence",
-    "Y": "foreign_permanent_2023",
-}
 
 
 class UnsupportedCardType(CardDataError):

@@ -68,11 +68,6 @@ _ENGLISH = re.compile(r"[A-Z][A-Z ,.'<-]*")
 _DIGITS = re.compile(r"[0-9]*")
 
 
-def foreigner2023_number_valid(number: str) -> bool:
-    """Whether an 18-character 2023 card number starts with 9 and carries its MOD 11-2 character."""
-    return bool(_NUMBER.fullmatch(number)) and id_number_valid(number)
-
-
 @dataclass(frozen=True, slots=True)
 class ForeignPermanentCard2023:
     """One 2023 foreigner's permanent residence ID card as read; `repr` masks everything personal."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Literal
 
 FontCharset = Literal["gb2312", "gbk", "gb18030"]
-CHARSETS: tuple[FontCharset, ...] = ("gb2312", "gbk", "gb18030")
 
 _EXT_A = range(0x3400, 0x4DC0)
 

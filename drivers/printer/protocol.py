@@ -37,7 +37,6 @@ class EscPosProtocol(LinkProtocol):
         # Set while the printer allows sending (no XOFF outstanding); job data waits on it.
         self.xon = asyncio.Event()
         self.xon.set()
-        self.unknown_bytes = 0
 
     def bytes_received(self, data: bytes) -> None:
         for item in self.sorter.feed(data):
@@ -59,7 +58,6 @@ class EscPosProtocol(LinkProtocol):
                     else:
                         self.xon.set()
                 case Unknown(raw):
-                    self.unknown_bytes += len(raw)
                     log.debug("escpos_unknown_bytes", device=self.device, nbytes=len(raw))
 
     def fail_pending(self, exc: DriverError) -> None:

@@ -63,11 +63,6 @@ class SerialDevice(abc.ABC, Generic[P]):
     def status(self) -> DeviceStatus:
         return self._tracker.status
 
-    @property
-    def queue_depth(self) -> int:
-        """Commands waiting behind the one in flight."""
-        return self._gate.depth
-
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         return self._tracker.subscribe(listener)
 

@@ -31,7 +31,6 @@ class PreambleFramer:
         self._check = check
         self._buf = bytearray()
         self.dropped_bytes = 0
-        self.rejected_frames = 0
 
     @property
     def pending(self) -> int:
@@ -67,7 +66,6 @@ class PreambleFramer:
             frame = bytes(buf[:size])
             if self._check is not None and not self._check(frame):
                 rejected += 1
-                self.rejected_frames += 1
                 self._drop(1)
                 continue
             del buf[:size]

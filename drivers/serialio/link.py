@@ -213,7 +213,6 @@ class SerialLink(Generic[P]):
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
         self.protocol: P | None = None
-        self._up = asyncio.Event()
         self.connects = 0
         self.outages = 0
 
@@ -232,11 +231,6 @@ class SerialLink(Generic[P]):
             )
         return proto
 
-    async def wait_up(self, *, timeout: float) -> None:
-        """Wait until the port is open (tests, start-up ordering)."""
-        async with asyncio.timeout(timeout):
-            await self._up.wait()
-
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"serial-link-{self.device}")
@@ -252,7 +246,6 @@ class SerialLink(Generic[P]):
     async def _drop_transport(self) -> None:
         transport, self._transport = self._transport, None
         proto, self.protocol = self.protocol, None
-        self._up.clear()
         if transport is not None:
             transport.close()
         if proto is not None and not proto.lost.done():
@@ -266,7 +259,6 @@ class SerialLink(Generic[P]):
         while True:
             proto = await self._open_with_backoff()
             self.connects += 1
-            self._up.set()
             try:
                 await self._on_up(proto)
             except DriverError as err:
@@ -282,7 +274,6 @@ class SerialLink(Generic[P]):
     def _mark_lost(self, exc: BaseException | None) -> None:
         if self._task is None:
             return  # closing on purpose
-        self._up.clear()
         self.outages += 1
         reason = f"{type(exc).__name__}: {exc}" if exc else "port closed by peer"
         self._tracker.record_error(reason)

@@ -42,7 +42,6 @@ FD_RESERVE: Final = 256
 MIN_CONNECTIONS: Final = 16
 # How many connections one readiness event may accept before other work gets the loop again.
 ACCEPT_BATCH: Final = 64
-OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PEERCRED: Final = struct.Struct("3i")
 _HEAD_END: Final = b"\r\n\r\n"
 

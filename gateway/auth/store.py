@@ -196,10 +196,6 @@ class AuthStore:
         )
         return cur.rowcount == 1
 
-    def _last_totp_step(self, staff_id: str) -> int | None:
-        row = self._db.execute("SELECT last_step FROM totp_steps WHERE staff_id = ?", (staff_id,)).fetchone()
-        return None if row is None else int(row[0])
-
     def _code_used(self, subject: str, digest: str, since: float) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM used_codes WHERE subject = ? AND digest = ? AND used_at >= ?",
@@ -246,10 +242,6 @@ class AuthStore:
     async def claim_totp_step(self, staff_id: str, step: int) -> bool:
         """Record `step` as used if it is later than the last used one; False means a replay."""
         return await self._run(self._claim_totp_step, staff_id, step)
-
-    async def last_totp_step(self, staff_id: str) -> int | None:
-        """The last TOTP time step accepted for this staff member."""
-        return await self._run(self._last_totp_step, staff_id)
 
     async def code_used(self, subject: str, digest: str, *, since: float) -> bool:
         """Whether this code digest was accepted for the subject at or after `since`."""

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass, field
 from typing import Literal
+
+from drivers.idcard.foreigner import foreigner_number_valid
 
 SubjectKind = Literal["citizen", "staff", "card"]
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-_FOREIGNER_NUMBER = re.compile(r"[A-Z]{3}[0-9]{12}")
 _HMT_REGIONS = ("810000", "820000", "830000")
 DOCUMENT_TYPES = ("resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023")
 
@@ -45,15 +45,6 @@ def valid_id_number(id_number: str) -> bool:
     return id_check_char(id_number[:17]) == id_number[17].upper()
 
 
-def icao_check_char(chars: str) -> str:
-    """ICAO 9303 check digit (A-Z as 10-35, weights 7-3-1, mod 10) of digits and capital letters."""
-    total = 0
-    for i, char in enumerate(chars):
-        value = int(char) if char.isdigit() else ord(char) - ord("A") + 10
-        total += value * (7, 3, 1)[i % 3]
-    return str(total % 10)
-
-
 def valid_document_number(document_type: str, number: str) -> bool:
     """Whether `number` is well formed, with its check character, for the document type."""
     if document_type == "resident":
@@ -61,7 +52,7 @@ def valid_document_number(document_type: str, number: str) -> bool:
     if document_type == "hmt_residence":
         return number[:6] in _HMT_REGIONS and valid_id_number(number)
     if document_type == "foreign_permanent":
-        return bool(_FOREIGNER_NUMBER.fullmatch(number)) and icao_check_char(number[:14]) == number[14]
+        return foreigner_number_valid(number)
     if document_type == "foreign_permanent_2023":
         return number[:1] == "9" and valid_id_number(number)
     return False

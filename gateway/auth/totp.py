@@ -7,7 +7,6 @@ from collections.abc import Callable
 from enum import StrEnum
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.twofactor.hotp import HOTP
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from gateway.auth.settings import StaffMember, TotpAlgorithm
@@ -26,12 +25,6 @@ _ALGORITHMS: dict[str, Callable[[], _Hash]] = {
 
 def _algorithm(name: TotpAlgorithm) -> _Hash:
     return _ALGORITHMS[name]()
-
-
-def hotp_value(key: bytes, counter: int, *, digits: int = 6, algorithm: TotpAlgorithm = "SHA1") -> str:
-    """The RFC 4226 HOTP value for `counter`."""
-    hotp = HOTP(key, digits, _algorithm(algorithm), enforce_key_length=False)
-    return hotp.generate(counter).decode()
 
 
 def totp_value(

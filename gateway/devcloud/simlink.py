@@ -87,10 +87,6 @@ class SimCloudLink:
     def status_topic(self) -> str:
         return f"edge/{self.node_id}/status"
 
-    def add_worker(self, worker: SessionWorker) -> None:
-        """Run `worker(channel)` while the link is up (before start)."""
-        self._workers.append(worker)
-
     async def start(self) -> SimCloudLink:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"sim-cloud-link-{self.node_id}")

@@ -266,8 +266,6 @@ class AlertEngine:
         self._outbox_shrinks = 0
         self._queue: asyncio.Queue[tuple[str, Alert]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.raised_total = 0
-        self.cleared_total = 0
 
     # ---------------------------------------------------------------- wiring
 
@@ -512,12 +510,10 @@ class AlertEngine:
                 raised_at=time.time(),
             )
             self._active[key] = alert
-            self.raised_total += 1
             log.warning("alert_raised", severity=severity.value, rule=rule, subject=subject, value=value)
             self._queue.put_nowait((RAISED, alert))
         elif current is not None and clear_when:
             del self._active[key]
-            self.cleared_total += 1
             cleared = Alert(
                 id=current.id,
                 severity=severity,

@@ -158,7 +158,6 @@ class TelemetryLoop:
         self._interval_s = interval_s
         self.sent = 0
         self.failures = 0
-        self.last_sample: dict[str, Any] | None = None
         self._on_sample = on_sample
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -177,15 +176,12 @@ class TelemetryLoop:
         self._interval_s = value
         self._wake.set()
 
-    def set_interval(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             ticked = loop.time()
             await self.tick()
-            # Sleep until the next tick, re-measured whenever set_interval changes the interval.
+            # Sleep until the next tick, re-measured whenever `interval_s` is set.
             while (remaining := ticked + self.interval_s - loop.time()) > 0:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -200,7 +196,6 @@ class TelemetryLoop:
             self.failures += 1
             log.warning("telemetry_sample_failed", error=str(err))
             return
-        self.last_sample = sample
         if self._on_sample is not None:
             try:
                 self._on_sample(sample)

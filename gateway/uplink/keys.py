@@ -432,15 +432,6 @@ class KeyRing:
         self._keys[name] = trusted
         return trusted
 
-    def add_public_key(
-        self, kid: str, public_key: Ed25519PublicKey, *, not_after: datetime | None = None
-    ) -> TrustedKey:
-        """Trust a public key object under `kid`."""
-        jwk = {"kty": "OKP", "crv": "Ed25519", "x": public_key_x(public_key), "kid": kid}
-        trusted = TrustedKey(kid, public_key, jwk, not_after)
-        self._keys[kid] = trusted
-        return trusted
-
     def add_file(self, path: Path) -> list[TrustedKey]:
         """Trust the key(s) of a JWK file or a JWK Set file (`{"keys": [...]}`)."""
         try:

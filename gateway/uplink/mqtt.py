@@ -440,18 +440,11 @@ class MqttLink:
     def down_topic(self) -> str:
         return f"edge/{self.node_id}/down/#"
 
-    def up_topic(self, stream: str) -> str:
-        return f"edge/{self.node_id}/up/{stream}"
-
     # ---------------------------------------------------------------- lifecycle
 
     @property
     def state(self) -> LinkState:
         return self._state
-
-    def add_worker(self, worker: SessionWorker) -> None:
-        """Run `worker(channel)` for every connection (before start)."""
-        self._workers.append(worker)
 
     async def start(self) -> MqttLink:
         """Load the TLS files (errors surface here) and start the connection loop."""

@@ -55,7 +55,6 @@ class Publisher:
         rng: random.Random | None = None,
     ) -> None:
         self._outbox = outbox
-        self._node_id = node_id
         window = outbox.config.inflight if inflight is None else inflight
         if not 1 <= window <= 100:
             raise ValueError(f"inflight must be 1..100, got {window}")

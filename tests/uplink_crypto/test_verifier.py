@@ -229,7 +229,7 @@ def test_announcement_for_a_key_of_another_node_is_refused(node_key: NodeKey, no
 def test_a_kid_that_is_not_a_node_kid_is_not_held_to_a_node(node_ring: KeyRing) -> None:
     ops = NodeKey(NodeKey.generate("x").private_key, "urn:ops:signer")
     ring = node_ring.copy()
-    ring.add_public_key(ops.kid, ops.public_key)
+    ring.add_jwk(ops.public_jwk)
     raw = Sealer(ops, NODE).seal(stream="event", seq=1, prev=GENESIS_PREV, type="t", body={})
     report = verify_lines([raw], ring)
     assert report.ok, report.format_report()
