@@ -1,0 +1,40 @@
+"""What the gateway knows about one driver: its config table, kind, builder, diag target, probe and fix."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from drivers.base import Device
+from gateway.ops.checks import CheckResult
+
+SIM_PREFIX = "sim://"
+
+C = TypeVar("C", bound=msgspec.Struct)
+
+# The driver, and the simulator started for it (None for a real device).
+Built = tuple[Device, Any]
+Builder = Callable[[str, C, AsyncExitStack], Awaitable[Built]]
+# Without the daemon: `probe(check_name, config, fix, timeout)` says whether the target is there.
+Probe = Callable[[str, C, str, float], Awaitable[CheckResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEntry(Generic[C]):
+    """One driver kind, everything the gateway side knows about it in one place."""
+
+    config: type[C]
+    kind: str
+    build: Builder[C]
+    target: Callable[[C], str]
+    probe: Probe[C]
+    fix: Callable[[str], str]
+
+    @property
+    def driver(self) -> str:
+        """The `driver` tag of its [devices.NAME] table."""
+        return str(self.config.__struct_config__.tag)
