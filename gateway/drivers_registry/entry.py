@@ -33,6 +33,8 @@ class DriverEntry(Generic[C]):
     target: Callable[[C], str]
     probe: Probe[C]
     fix: Callable[[str], str]
+    # Whether the table starts a built-in simulator (gateway.simulation: only then may the dev cloud run).
+    simulated: Callable[[C], bool]
 
     @property
     def driver(self) -> str:

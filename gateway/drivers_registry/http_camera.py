@@ -70,4 +70,8 @@ def fix(target: str) -> str:
     return "check the camera answers at its URL and the credentials in config"
 
 
-ENTRY = DriverEntry(HttpCameraDevice, "camera", build, target, probe, fix)
+def simulated(cfg: HttpCameraDevice) -> bool:
+    return cfg.url.startswith(SIM_PREFIX)
+
+
+ENTRY = DriverEntry(HttpCameraDevice, "camera", build, target, probe, fix, simulated)

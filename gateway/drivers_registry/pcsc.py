@@ -79,4 +79,8 @@ def fix(target: str) -> str:
     return "check pcscd runs (`systemctl status pcscd`) and the reader is plugged (`pcsc_scan`)"
 
 
-ENTRY = DriverEntry(PcscDevice, "cardreader", build, target, probe, fix)
+def simulated(cfg: PcscDevice) -> bool:
+    return bool(cfg.simulate)
+
+
+ENTRY = DriverEntry(PcscDevice, "cardreader", build, target, probe, fix, simulated)

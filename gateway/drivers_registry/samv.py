@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from gateway.configbase import PositiveFloat
 from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry
-from gateway.drivers_registry.serial import SerialOptions, serial_fix, serial_probe, serial_target
+from gateway.drivers_registry.serial import (
+    SerialOptions,
+    serial_fix,
+    serial_probe,
+    serial_simulated,
+    serial_target,
+)
 
 
 class SamvDevice(SerialOptions, tag_field="driver", tag="samv"):
@@ -42,4 +48,4 @@ async def build(name: str, cfg: SamvDevice, stack: AsyncExitStack) -> Built:
     return reader, simulator
 
 
-ENTRY = DriverEntry(SamvDevice, "idcard", build, serial_target, serial_probe, serial_fix)
+ENTRY = DriverEntry(SamvDevice, "idcard", build, serial_target, serial_probe, serial_fix, serial_simulated)

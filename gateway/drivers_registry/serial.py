@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from gateway.configbase import QueueConfig, Section
+from gateway.drivers_registry.entry import SIM_PREFIX
 from gateway.drivers_registry.probes import char_device, url_endpoint
 from gateway.ops.checks import CheckResult
 
@@ -29,6 +30,10 @@ async def serial_probe(check: str, cfg: SerialOptions, fix: str, timeout: float)
         driver = str(cfg.__struct_config__.tag)
         return await url_endpoint(check, cfg.port, driver, fix, timeout)
     return char_device(Path(cfg.port), "serial port", fix, check)
+
+
+def serial_simulated(cfg: SerialOptions) -> bool:
+    return cfg.port.startswith(SIM_PREFIX)
 
 
 def serial_fix(target: str) -> str:

@@ -59,4 +59,8 @@ def fix(target: str) -> str:
     return f"check {target} exists (`v4l2-ctl --list-devices`); the gateway's user needs the video group"
 
 
-ENTRY = DriverEntry(V4l2Device, "camera", build, target, probe, fix)
+def simulated(cfg: V4l2Device) -> bool:
+    return False
+
+
+ENTRY = DriverEntry(V4l2Device, "camera", build, target, probe, fix, simulated)
