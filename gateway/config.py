@@ -23,6 +23,7 @@ from gateway.drivers_registry import PcscDevice as PcscDevice
 from gateway.drivers_registry import SamvDevice as SamvDevice
 from gateway.drivers_registry import V4l2Device as V4l2Device
 from gateway.drivers_registry import driver_name as driver_name
+from gateway.drivers_registry.capabilities import CAPABILITIES
 from gateway.errors import ConfigError
 from gateway.simulation import SIM_BROKER, simulation_errors
 from gateway.uplink.outbox import OutboxConfig
@@ -180,7 +181,7 @@ class UplinkConfig(_Section):
 
 # The kind of peripheral each driver serves; stations and API routes name devices by kind.
 KIND_OF_DRIVER = {tag: entry.kind for tag, entry in DRIVERS.items()}
-DEVICE_KINDS = ("idcard", "cardreader", "printer", "camera")
+DEVICE_KINDS = tuple(capability.kind for capability in CAPABILITIES)
 DEFAULT_STATION = "default"
 
 

@@ -307,7 +307,7 @@ async def print_receipt(request: web.Request) -> web.Response:
                 503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping"
             )
         await ctx.auth.authorize("certificate_print", session.auth, online=ctx.is_online())
-    managed = station_device(ctx, session, "printer")
+    managed = station_device(ctx, session, PRINTER.kind)
     managed.require_usable()
     deadline = deadline_of(request, managed)
     queue = managed.queue

@@ -63,3 +63,6 @@ IDCARD_READER: Capability[IdCardReader] = Capability(IdCardReader, "idcard")
 CARD_READER: Capability[CardReader] = Capability(CardReader, "cardreader")
 PRINTER: Capability[Printer] = Capability(Printer, "printer")
 CAMERA: Capability[Camera] = Capability(Camera, "camera")
+
+# Every kind of device, in the order stations list them.
+CAPABILITIES: tuple[Capability[Any], ...] = (IDCARD_READER, CARD_READER, PRINTER, CAMERA)

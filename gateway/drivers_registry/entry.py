@@ -1,4 +1,4 @@
-"""What the gateway knows about one driver: its config table, kind, builder, diag target, probe and fix."""
+"""What the gateway knows of one driver: config table, kind (capability), builder, diag target, probe, fix."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from drivers.base import Device
+from gateway.drivers_registry.capabilities import Capability
 from gateway.ops.checks import CheckResult
 
 SIM_PREFIX = "sim://"
@@ -28,13 +29,18 @@ class DriverEntry(Generic[C]):
     """One driver kind, everything the gateway side knows about it in one place."""
 
     config: type[C]
-    kind: str
+    capability: Capability[Any]
     build: Builder[C]
     target: Callable[[C], str]
     probe: Probe[C]
     fix: Callable[[str], str]
     # Whether the table starts a built-in simulator (gateway.simulation: only then may the dev cloud run).
     simulated: Callable[[C], bool]
+
+    @property
+    def kind(self) -> str:
+        """idcard, cardreader, printer or camera: what stations and routes name it by."""
+        return self.capability.kind
 
     @property
     def driver(self) -> str:

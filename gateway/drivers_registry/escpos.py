@@ -7,14 +7,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry
-from gateway.drivers_registry.serial import (
-    SerialOptions,
-    serial_fix,
-    serial_probe,
-    serial_simulated,
-    serial_target,
-)
+from gateway.drivers_registry.capabilities import PRINTER
+from gateway.drivers_registry.entry import SIM_PREFIX, Built
+from gateway.drivers_registry.serial import SerialOptions, serial_entry
 
 
 class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):
@@ -89,4 +84,4 @@ async def build(name: str, cfg: EscposDevice, stack: AsyncExitStack) -> Built:
     return printer, simulator
 
 
-ENTRY = DriverEntry(EscposDevice, "printer", build, serial_target, serial_probe, serial_fix, serial_simulated)
+ENTRY = serial_entry(EscposDevice, PRINTER, build)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.configbase import PositiveFloat, QueueConfig, Section
+from gateway.drivers_registry.capabilities import CAMERA
 from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry
 from gateway.drivers_registry.probes import url_endpoint
 from gateway.ops.checks import CheckResult, Verdict
@@ -74,4 +75,12 @@ def simulated(cfg: HttpCameraDevice) -> bool:
     return cfg.url.startswith(SIM_PREFIX)
 
 
-ENTRY = DriverEntry(HttpCameraDevice, "camera", build, target, probe, fix, simulated)
+ENTRY = DriverEntry(
+    config=HttpCameraDevice,
+    capability=CAMERA,
+    build=build,
+    target=target,
+    probe=probe,
+    fix=fix,
+    simulated=simulated,
+)

@@ -11,6 +11,7 @@ import msgspec
 import structlog
 
 from gateway.configbase import PositiveFloat, QueueConfig, Section
+from gateway.drivers_registry.capabilities import CARD_READER
 from gateway.drivers_registry.entry import Built, DriverEntry
 from gateway.ops.checks import CheckResult, Verdict
 from gateway.tasks import cancel_and_wait
@@ -83,4 +84,12 @@ def simulated(cfg: PcscDevice) -> bool:
     return bool(cfg.simulate)
 
 
-ENTRY = DriverEntry(PcscDevice, "cardreader", build, target, probe, fix, simulated)
+ENTRY = DriverEntry(
+    config=PcscDevice,
+    capability=CARD_READER,
+    build=build,
+    target=target,
+    probe=probe,
+    fix=fix,
+    simulated=simulated,
+)

@@ -6,14 +6,9 @@ from contextlib import AsyncExitStack
 from typing import Any, Literal
 
 from gateway.configbase import PositiveFloat
-from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry
-from gateway.drivers_registry.serial import (
-    SerialOptions,
-    serial_fix,
-    serial_probe,
-    serial_simulated,
-    serial_target,
-)
+from gateway.drivers_registry.capabilities import IDCARD_READER
+from gateway.drivers_registry.entry import SIM_PREFIX, Built
+from gateway.drivers_registry.serial import SerialOptions, serial_entry
 
 
 class SamvDevice(SerialOptions, tag_field="driver", tag="samv"):
@@ -48,4 +43,4 @@ async def build(name: str, cfg: SamvDevice, stack: AsyncExitStack) -> Built:
     return reader, simulator
 
 
-ENTRY = DriverEntry(SamvDevice, "idcard", build, serial_target, serial_probe, serial_fix, serial_simulated)
+ENTRY = serial_entry(SamvDevice, IDCARD_READER, build)

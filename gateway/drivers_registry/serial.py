@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from gateway.configbase import QueueConfig, Section
-from gateway.drivers_registry.entry import SIM_PREFIX
+from gateway.drivers_registry.capabilities import Capability
+from gateway.drivers_registry.entry import SIM_PREFIX, Builder, DriverEntry
 from gateway.drivers_registry.probes import char_device, url_endpoint
 from gateway.ops.checks import CheckResult
 
@@ -18,6 +19,22 @@ class SerialOptions(Section):
     port: str
     baudrate: Annotated[int, msgspec.Meta(ge=1200, le=921_600)] = 115_200
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+
+
+S = TypeVar("S", bound="SerialOptions")
+
+
+def serial_entry(config: type[S], capability: Capability[Any], build: Builder[S]) -> DriverEntry[S]:
+    """The entry of a driver on a serial port: port target, tty or TCP probe, cable-and-group fix."""
+    return DriverEntry(
+        config=config,
+        capability=capability,
+        build=build,
+        target=serial_target,
+        probe=serial_probe,
+        fix=serial_fix,
+        simulated=serial_simulated,
+    )
 
 
 def serial_target(cfg: SerialOptions) -> str:

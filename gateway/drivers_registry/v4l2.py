@@ -9,6 +9,7 @@ from typing import Annotated
 import msgspec
 
 from gateway.configbase import PositiveFloat, QueueConfig, Section
+from gateway.drivers_registry.capabilities import CAMERA
 from gateway.drivers_registry.entry import Built, DriverEntry
 from gateway.drivers_registry.probes import char_device
 from gateway.ops.checks import CheckResult
@@ -63,4 +64,12 @@ def simulated(cfg: V4l2Device) -> bool:
     return False
 
 
-ENTRY = DriverEntry(V4l2Device, "camera", build, target, probe, fix, simulated)
+ENTRY = DriverEntry(
+    config=V4l2Device,
+    capability=CAMERA,
+    build=build,
+    target=target,
+    probe=probe,
+    fix=fix,
+    simulated=simulated,
+)
