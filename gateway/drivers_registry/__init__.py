@@ -1,9 +1,11 @@
-"""The driver registry: one entry per driver kind, each in its own module of this package.
+"""The driver registry: one entry per driver, each in its own module of this package.
 
-An entry holds the driver's config table, the kind of peripheral it serves, how to build it (real
-or simulated), what diag looks at without the daemon and the fix it suggests. Adding a driver: a
-module here built from the driver's public API, its config table in `DeviceConfig`, its entry in
-`DRIVERS`. The `drivers` package never imports the gateway; this package is where they meet.
+An entry holds the driver's config table, its kind (the capability Protocol its devices satisfy,
+`capabilities.py`), how to build it (real or simulated), what diag looks at without the daemon, the
+fix diag suggests, and whether a table starts a simulator. Adding a driver of a known kind: its
+folder under `drivers/`, a module here built from the driver's public API, and its table in
+`DeviceConfig` and entry in `DRIVERS` below. A new kind also needs its capability and a station key
+(`StationConfig`). The `drivers` package never imports the gateway; this package is where they meet.
 """
 
 from __future__ import annotations
