@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -22,6 +22,21 @@ Built = tuple[Device, Any]
 Builder = Callable[[str, C, AsyncExitStack], Awaitable[Built]]
 # Without the daemon: `probe(check_name, config, fix, timeout)` says whether the target is there.
 Probe = Callable[[str, C, str, float], Awaitable[CheckResult]]
+
+
+class Simulator(Protocol):
+    """A built-in simulator: started, it answers at a port or URL the driver then opens."""
+
+    async def start(self) -> str: ...
+
+    async def stop(self) -> None: ...
+
+
+async def started(simulator: Simulator, stack: AsyncExitStack) -> str:
+    """Start `simulator` (stopped when `stack` closes); the port or URL the driver opens."""
+    address = await simulator.start()
+    stack.push_async_callback(simulator.stop)
+    return address
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.drivers_registry.capabilities import PRINTER
-from gateway.drivers_registry.entry import SIM_PREFIX, Built
+from gateway.drivers_registry.entry import SIM_PREFIX, Built, started
 from gateway.drivers_registry.serial import SerialOptions, serial_entry
 
 
@@ -62,8 +62,7 @@ async def build(name: str, cfg: EscposDevice, stack: AsyncExitStack) -> Built:
         from drivers.printer.simulator import PrinterSimulator
 
         simulator = PrinterSimulator(name=name, baudrate=cfg.baudrate, print_time=cfg.sim_print_time_s)
-        port = await simulator.start()
-        stack.push_async_callback(simulator.stop)
+        port = await started(simulator, stack)
     profile = PrinterProfile(
         cut=cfg.cut,
         charset=cfg.font_charset,

@@ -9,7 +9,7 @@ import msgspec
 
 from gateway.configbase import PositiveFloat, QueueConfig, Section
 from gateway.drivers_registry.capabilities import CAMERA
-from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry
+from gateway.drivers_registry.entry import SIM_PREFIX, Built, DriverEntry, started
 from gateway.drivers_registry.probes import url_endpoint
 from gateway.ops.checks import CheckResult, Verdict
 
@@ -40,8 +40,7 @@ async def build(name: str, cfg: HttpCameraDevice, stack: AsyncExitStack) -> Buil
         from drivers.camera.simulator import CameraSimulator
 
         simulator = CameraSimulator()
-        url = await simulator.start()
-        stack.push_async_callback(simulator.stop)
+        url = await started(simulator, stack)
     camera = HttpCamera(
         name,
         url,

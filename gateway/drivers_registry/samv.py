@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from gateway.configbase import PositiveFloat
 from gateway.drivers_registry.capabilities import IDCARD_READER
-from gateway.drivers_registry.entry import SIM_PREFIX, Built
+from gateway.drivers_registry.entry import SIM_PREFIX, Built, started
 from gateway.drivers_registry.serial import SerialOptions, serial_entry
 
 
@@ -31,8 +31,7 @@ async def build(name: str, cfg: SamvDevice, stack: AsyncExitStack) -> Built:
         from drivers.idcard.simulator import IdCardSimulator
 
         simulator = IdCardSimulator(name=name, baudrate=cfg.baudrate, auto_present=True, card=cfg.sim_card)
-        port = await simulator.start()
-        stack.push_async_callback(simulator.stop)
+        port = await started(simulator, stack)
     reader = SamvReader(
         name,
         port,
