@@ -13,6 +13,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from gateway.auth.settings import AuthSettings
+from gateway.configbase import PositiveFloat, PositiveInt, Section
+from gateway.configbase import QueueConfig as QueueConfig
+from gateway.drivers_registry import DRIVERS
+from gateway.drivers_registry import DeviceConfig as DeviceConfig
+from gateway.drivers_registry import EscposDevice as EscposDevice
+from gateway.drivers_registry import HttpCameraDevice as HttpCameraDevice
+from gateway.drivers_registry import PcscDevice as PcscDevice
+from gateway.drivers_registry import SamvDevice as SamvDevice
+from gateway.drivers_registry import V4l2Device as V4l2Device
+from gateway.drivers_registry import driver_name as driver_name
+from gateway.drivers_registry.capabilities import CAPABILITIES
 from gateway.errors import ConfigError
 from gateway.simulation import SIM_BROKER, simulation_errors
 from gateway.uplink.outbox import OutboxConfig
@@ -21,12 +32,7 @@ DEFAULT_LOCATIONS = (Path("/etc/edge-gateway/gateway.toml"),)
 ENV_CONFIG = "EDGE_GATEWAY_CONFIG"
 
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base of every config table: unknown keys are errors."""
+_Section = Section
 
 
 class NodeConfig(_Section):
@@ -173,127 +179,9 @@ class UplinkConfig(_Section):
             raise ValueError("client_cert and client_key go together")
 
 
-class QueueConfig(_Section):
-    depth: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
-    deadline_s: PositiveFloat = 30.0
-
-
-class SerialOptions(_Section):
-    # A path, a pyserial URL (socket://host:port) or sim://NAME for the built-in simulator.
-    port: str
-    baudrate: Annotated[int, msgspec.Meta(ge=1200, le=921_600)] = 115_200
-    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
-
-
-class SamvDevice(SerialOptions, tag_field="driver", tag="samv"):
-    poll_interval_s: PositiveFloat = 0.25
-    read_timeout_s: PositiveFloat = 3.0
-    # Simulator only: the card a sim:// reader presents ("unknown_type": a type code no reader
-    # names, answered as unsupported_card_type).
-    sim_card: Literal[
-        "resident", "foreign_permanent", "hmt_residence", "foreign_permanent_2023", "unknown_type"
-    ] = "resident"
-
-
-class EscposDevice(SerialOptions, tag_field="driver", tag="escpos"):
-    baudrate: Annotated[int, msgspec.Meta(ge=1200, le=921_600)] = 9_600
-    status_back: bool = False
-    # Confirm each job printed (GS ( H process id); turn off for printers that lack the command.
-    confirm_print: bool = True
-    # "xonxoff": the printer paces job data with XON/XOFF (set it to match the printer's DIP
-    # switches or memory switch); "none": it does not.
-    flow_control: Literal["none", "xonxoff"] = "none"
-    # "full" or "partial": the cut after each receipt (GS V 0 / GS V 1, after a 6-line feed).
-    cut: Literal["full", "partial"] = "full"
-    # Characters the printer's built-in font has: "gb2312", "gbk" or "gb18030" (the mandatory
-    # set: two-byte codes plus CJK Extension A).
-    font_charset: Literal["gb2312", "gbk", "gb18030"] = "gbk"
-    # A line with characters outside font_charset: "raster" draws it as an image (GS v 0) with
-    # raster_fonts; "placeholder" prints `placeholder` in place of each such character.
-    unprintable: Literal["raster", "placeholder"] = "raster"
-    placeholder: Annotated[str, msgspec.Meta(min_length=1, max_length=4)] = "□"
-    # Printable width in dots: 576 for 80 mm paper, 384 for 58 mm (203 dpi heads).
-    paper_width_dots: Annotated[int, msgspec.Meta(ge=8, le=4096, multiple_of=8)] = 576
-    # TrueType fonts for raster lines, tried in order per character; the first must exist.
-    raster_fonts: list[str] = msgspec.field(
-        default_factory=lambda: [
-            "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-            "/usr/share/fonts/truetype/hanazono/HanaMinA.ttf",
-            "/usr/share/fonts/truetype/hanazono/HanaMinB.ttf",
-        ]
-    )
-    # Simulator only: seconds the simulated printer takes per job.
-    sim_print_time_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
-
-    def __post_init__(self) -> None:
-        from drivers.printer.charset import printable
-
-        if not all(printable(c, self.font_charset) for c in self.placeholder):
-            raise ValueError(f"placeholder {self.placeholder!r} is not printable in {self.font_charset}")
-        if self.unprintable == "raster" and not self.raster_fonts:
-            raise ValueError("unprintable = 'raster' needs at least one of raster_fonts")
-
-
-class PcscDevice(_Section, tag_field="driver", tag="pcsc"):
-    reader: str = ""
-    poll_interval_s: PositiveFloat = 0.3
-    apdu_timeout_s: PositiveFloat = 3.0
-    # Start the virtual card (vpcd) with this personality: "", "sscard", "sscard-t0", "bank",
-    # "bank-contact", "staff" (docs/cardreader.md).
-    simulate: Literal["", "sscard", "sscard-t0", "bank", "bank-contact", "staff"] = ""
-    # Simulator only: the TCP port vpcd waits on for the virtual card (its reader.conf CHANNELID).
-    sim_vpcd_port: Annotated[int, msgspec.Meta(ge=1, le=65_535)] = 35_963
-    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
-
-
-class V4l2Device(_Section, tag_field="driver", tag="v4l2"):
-    device: str = "/dev/video0"
-    # "auto": ask the camera what it offers and take MJPEG, else raw YUYV (encoded to JPEG);
-    # or an ffmpeg input format name to force one ("mjpeg", "yuyv422", ...).
-    input_format: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")] = "auto"
-    # Wanted frame size; the camera's nearest offered size is used when it lacks this one.
-    width: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 640
-    height: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 480
-    # Frames dropped after the device opens, while auto-exposure settles (they come out dark).
-    skip_frames: Annotated[int, msgspec.Meta(ge=0, le=300)] = 5
-    timeout_s: PositiveFloat = 5.0
-    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
-    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
-
-
-class HttpCameraDevice(_Section, tag_field="driver", tag="http"):
-    # A snapshot URL, or sim://NAME for the built-in simulated camera.
-    url: str
-    username: str = ""
-    password: str = ""
-    # "digest": answer only Digest (any WWW-Authenticate header, strongest algorithm); "auto": the
-    # strongest scheme the camera offers, Basic included; "basic": send Basic at once.
-    auth: Literal["auto", "basic", "digest"] = "digest"
-    # An MJPEG stream URL (multipart/x-mixed-replace): "first_frame" takes one frame of it,
-    # "refuse" fails with an error saying the URL is a stream, not a snapshot.
-    stream: Literal["first_frame", "refuse"] = "first_frame"
-    timeout_s: PositiveFloat = 5.0
-    max_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 5_000_000
-    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
-
-
-DeviceConfig = SamvDevice | EscposDevice | PcscDevice | V4l2Device | HttpCameraDevice
-
-
-def driver_name(cfg: DeviceConfig) -> str:
-    """The `driver` tag a device table was parsed with."""
-    return str(cfg.__struct_config__.tag)
-
-
 # The kind of peripheral each driver serves; stations and API routes name devices by kind.
-KIND_OF_DRIVER = {
-    "samv": "idcard",
-    "escpos": "printer",
-    "pcsc": "cardreader",
-    "v4l2": "camera",
-    "http": "camera",
-}
-DEVICE_KINDS = ("idcard", "cardreader", "printer", "camera")
+KIND_OF_DRIVER = {tag: entry.kind for tag, entry in DRIVERS.items()}
+DEVICE_KINDS = tuple(capability.kind for capability in CAPABILITIES)
 DEFAULT_STATION = "default"
 
 

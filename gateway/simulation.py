@@ -20,13 +20,10 @@ SIM_PREFIX = "sim://"
 
 
 def device_simulated(cfg: DeviceConfig) -> bool:
-    """Whether this device table starts a built-in simulator."""
-    for attribute in ("port", "url"):
-        value = getattr(cfg, attribute, None)
-        if isinstance(value, str):
-            return value.startswith(SIM_PREFIX)
-    simulate = getattr(cfg, "simulate", "")
-    return bool(simulate)
+    """Whether this device table starts a built-in simulator (its driver's registry entry says)."""
+    from gateway.drivers_registry import entry_for
+
+    return entry_for(cfg).simulated(cfg)
 
 
 def is_simulation(devices: Mapping[str, DeviceConfig]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from aiohttp import web
@@ -16,7 +16,20 @@ from gateway.api.sessions import devices, queued_device_call, session_of
 from gateway.auth.engine import Authenticator
 from gateway.auth.factors import AuthState, ProvenFactor
 from gateway.auth.settings import StaffId
+from gateway.drivers_registry.capabilities import (
+    CAMERA,
+    CARD_READER,
+    IDCARD_READER,
+    Camera,
+    CardReader,
+    IdCardReader,
+)
 from gateway.sessions import Session
+
+if TYPE_CHECKING:
+    from drivers.camera.jpeg import Frame
+    from drivers.cardreader.records import SocialSecurityCard
+    from drivers.idcard.card_types import IdDocument
 
 routes = web.RouteTableDef()
 
@@ -56,32 +69,41 @@ def proven(ctx: ApiContext, session: Session, factor: ProvenFactor) -> web.Respo
     return json_response({"factor": factor.as_dict(), "assurance": assurance})
 
 
-CardRead = Callable[[Any, float], Awaitable[Any]]
-CardProve = Callable[[Authenticator, AuthState, Any], Awaitable[ProvenFactor]]
+async def _prove_idcard(request: web.Request, session: Session, ctx: ApiContext) -> ProvenFactor:
+    async def read(reader: IdCardReader, remaining: float) -> IdDocument:
+        return await reader.read_card(timeout=remaining)
 
-# factor -> (the device kind that reads it, how to read, how to prove what was read)
-CARD_FACTORS: dict[str, tuple[str, CardRead, CardProve]] = {
-    "idcard": (
-        "idcard",
-        lambda device, remaining: device.read_card(timeout=remaining),
-        lambda auth, state, card: auth.prove_idcard(
-            state,
-            card.document_number,
-            photo=card.photo,
-            valid_until=card.valid_to,
-            document_type=card.document_type,
-        ),
-    ),
-    "sscard": (
-        "cardreader",
-        lambda device, remaining: device.read_social_security(timeout=remaining),
-        lambda auth, state, card: auth.prove_sscard(state, card.id_number),
-    ),
-    "staffcard": (
-        "cardreader",
-        lambda device, remaining: device.read_card_id(timeout=remaining),
-        lambda auth, state, card_id: auth.prove_staffcard(state, card_id),
-    ),
+    card = await queued_device_call(request, session, IDCARD_READER, read, label="idcard")
+    return await engine(ctx).prove_idcard(
+        state_of(session),
+        card.document_number,
+        photo=card.photo,
+        valid_until=card.valid_to,
+        document_type=card.document_type,
+    )
+
+
+async def _prove_sscard(request: web.Request, session: Session, ctx: ApiContext) -> ProvenFactor:
+    async def read(reader: CardReader, remaining: float) -> SocialSecurityCard:
+        return await reader.read_social_security(timeout=remaining)
+
+    card = await queued_device_call(request, session, CARD_READER, read, label="sscard")
+    return await engine(ctx).prove_sscard(state_of(session), card.id_number)
+
+
+async def _prove_staffcard(request: web.Request, session: Session, ctx: ApiContext) -> ProvenFactor:
+    async def read(reader: CardReader, remaining: float) -> str:
+        return await reader.read_card_id(timeout=remaining)
+
+    card_id = await queued_device_call(request, session, CARD_READER, read, label="staffcard")
+    return await engine(ctx).prove_staffcard(state_of(session), card_id)
+
+
+# factor -> how to read its card on the station's device (through the queue) and prove what was read
+CARD_FACTORS: dict[str, Callable[[web.Request, Session, ApiContext], Awaitable[ProvenFactor]]] = {
+    "idcard": _prove_idcard,
+    "sscard": _prove_sscard,
+    "staffcard": _prove_staffcard,
 }
 
 
@@ -89,10 +111,8 @@ async def card_factor(request: web.Request) -> web.Response:
     """Read the card on its device (through the queue, within the deadline) and prove the factor."""
     ctx = request.app[CONTEXT]
     session = session_of(request)
-    factor_kind = request.path.rsplit("/", 1)[-1]
-    device_kind, read, prove = CARD_FACTORS[factor_kind]
-    evidence = await queued_device_call(request, session, device_kind, read, label=factor_kind)
-    factor = await prove(engine(ctx), state_of(session), evidence)
+    prove = CARD_FACTORS[request.path.rsplit("/", 1)[-1]]
+    factor = await prove(request, session, ctx)
     return proven(ctx, session, factor)
 
 
@@ -100,11 +120,11 @@ for _kind in CARD_FACTORS:
     routes.post(f"/v1/sessions/{{session_id}}/factors/{_kind}")(card_factor)
 
 
-async def capture_frame(request: web.Request, session: Session) -> Any:
-    async def capture(device: Any, remaining: float) -> Any:
-        return await device.capture(timeout=remaining)
+async def capture_frame(request: web.Request, session: Session) -> Frame:
+    async def capture(camera: Camera, remaining: float) -> Frame:
+        return await camera.capture(timeout=remaining)
 
-    return await queued_device_call(request, session, "camera", capture, label="capture")
+    return await queued_device_call(request, session, CAMERA, capture, label="capture")
 
 
 @routes.post("/v1/sessions/{session_id}/factors/face")

@@ -45,6 +45,7 @@ from gateway.api.receipt_view import decode_receipt
 from gateway.api.sessions import session_of
 from gateway.api.tickets import StreamTickets
 from gateway.config import GatewayConfig, loopback_address
+from gateway.drivers_registry.capabilities import PRINTER
 from gateway.errors import StartupError
 from gateway.simulation import is_simulation
 
@@ -208,7 +209,7 @@ def _routes() -> web.RouteTableDef:
             raise Problem(404, "not-found", "Not found", "receipts are shown for simulated printers only")
         receipts = []
         for managed in ctx.devices.devices.values():
-            if managed.kind == "printer" and managed.simulator is not None:
+            if managed.kind == PRINTER.kind and managed.simulator is not None:
                 printed = list(managed.simulator.printed)
                 for index in range(max(0, len(printed) - RECEIPTS_SHOWN), len(printed)):
                     decoded = decode_receipt(printed[index]).as_dict()

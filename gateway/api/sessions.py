@@ -7,7 +7,8 @@ import contextlib
 import re
 import secrets
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -17,11 +18,18 @@ from gateway.api.app import AUTHENTICATED, CONTEXT, json_response, peer_uid, rea
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
 from gateway.devices import DeviceManager, ManagedDevice
+from gateway.drivers_registry.capabilities import PRINTER, Capability
 from gateway.queueing import Position, RequestCancelled
 from gateway.sessions import Job, Session, SessionRegistry, Unauthenticated
 from gateway.stations import StationForbidden, StationMap, StationRequired, UnknownStation
 
+if TYPE_CHECKING:
+    from drivers.printer.job import PrintJob
+
 log = structlog.get_logger(__name__)
+
+D = TypeVar("D")
+R = TypeVar("R")
 
 routes = web.RouteTableDef()
 
@@ -226,7 +234,7 @@ async def feedback(request: web.Request) -> web.Response:
 # Printing -----------------------------------------------------------------------------------
 
 
-def _print_job(body: PrintRequest) -> Any:
+def _print_job(body: PrintRequest) -> PrintJob:
     """The driver's job for this body; what the printer could not take is a 422 now, not a failed job."""
     from drivers.printer.errors import InvalidJob
     from drivers.printer.job import PrintJob, encode_job
@@ -242,9 +250,9 @@ def _print_job(body: PrintRequest) -> Any:
 
 
 async def _run_print(
-    session: Session, managed: ManagedDevice, job: Job, payload: Any, deadline: float
+    session: Session, managed: ManagedDevice, job: Job, payload: PrintJob, deadline: float
 ) -> None:
-    printer: Any = managed.device
+    printer = managed.capable(PRINTER)
 
     def on_position(position: Position) -> None:
         job.position = position.ahead
@@ -299,7 +307,7 @@ async def print_receipt(request: web.Request) -> web.Response:
                 503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping"
             )
         await ctx.auth.authorize("certificate_print", session.auth, online=ctx.is_online())
-    managed = station_device(ctx, session, "printer")
+    managed = station_device(ctx, session, PRINTER.kind)
     managed.require_usable()
     deadline = deadline_of(request, managed)
     queue = managed.queue
@@ -333,20 +341,26 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def queued_device_call(
-    request: web.Request, session: Session, kind: str, call: Any, *, label: str
-) -> Any:
-    """Run `call(device, timeout)` on the device of `kind` through its queue, as this request."""
+    request: web.Request,
+    session: Session,
+    capability: Capability[D],
+    call: Callable[[D, float], Awaitable[R]],
+    *,
+    label: str,
+) -> R:
+    """Run `call(device, timeout)` on the station's device of that capability's kind, through its queue."""
     ctx = request.app[CONTEXT]
-    managed = station_device(ctx, session, kind)
+    managed = station_device(ctx, session, capability.kind)
+    device = managed.capable(capability)
     managed.require_usable()
     deadline = deadline_of(request, managed)
     request_id = secrets.token_hex(4)
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    async def operation() -> Any:
+    async def operation() -> R:
         remaining = max(0.05, deadline - (loop.time() - started))
-        return await call(managed.device, remaining)
+        return await call(device, remaining)
 
     return await managed.queue.submit(
         operation,

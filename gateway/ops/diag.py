@@ -11,95 +11,43 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as dt
-import enum
 import json
 import os
-import socket
 import sqlite3
-import ssl
 import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
-import aiomqtt
-from cryptography import x509
 
-from gateway.config import (
-    EscposDevice,
-    GatewayConfig,
-    HttpCameraDevice,
-    PcscDevice,
-    SamvDevice,
-    V4l2Device,
-    driver_name,
-    load_config,
-)
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.ops import BUILD_DATE
+from gateway.ops.broker_check import check_broker as check_broker
+from gateway.ops.checks import DEFAULT_TIMEOUT, UNIT
+from gateway.ops.checks import CheckResult as CheckResult
+from gateway.ops.checks import Verdict as Verdict
+from gateway.ops.checks import duration as _duration
+from gateway.ops.checks import size as _size
+from gateway.ops.device_checks import check_devices as check_devices
+from gateway.ops.device_checks import check_stations as check_stations
 
-SIM_PREFIX: Final = "sim://"
-UNIT: Final = "edge-gateway.service"
 SYSTEMD_DIR: Final = Path("/run/systemd/system")
 TIMESYNC_FLAG: Final = Path("/run/systemd/timesync/synchronized")
-PCSCD_SOCKET: Final = Path("/run/pcscd/pcscd.comm")
 
 DISK_WARN: Final = 0.10
 DISK_FAIL: Final = 0.02
-CERT_WARN_DAYS: Final = 30
 OUTBOX_WARN_FILL: Final = 0.80
 OUTBOX_FAIL_FILL: Final = 0.95
 # tx/audit undelivered for longer than this means the uplink has been down for a while.
 OUTBOX_WARN_AGE_S: Final = 3600.0
-DEFAULT_TIMEOUT: Final = 3.0
 
-CHECK_NAMES: Final = (
-    "config",
-    "key",
-    "clock",
-    "disk",
-    "daemon",
-    "device",
-    "station",
-    "broker",
-    "outbox",
-    "systemd",
-)
 START_FIX: Final = f"start it: `systemctl start {UNIT}` (or `edge-gateway run -c CONFIG` by hand)"
-
-
-class Verdict(enum.StrEnum):
-    """How one check ended."""
-
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    WARN = "warn"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One named check: its verdict, a one-line detail, the fix when it failed, and raw figures."""
-
-    name: str
-    status: Verdict
-    detail: str
-    fix: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status.value,
-            "detail": self.detail,
-            "fix": self.fix,
-            "data": dict(self.data),
-        }
 
 
 class DiagError(GatewayError):
@@ -146,32 +94,6 @@ class DiagReport:
             "summary": self.counts(),
             "checks": [c.as_dict() for c in self.checks],
         }
-
-
-def _ago(then: float | None, now: float) -> str:
-    if then is None:
-        return "never"
-    return f"{_duration(max(0.0, now - then))} ago"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.1f} d"
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 # ------------------------------------------------------------------------------------ config, key
@@ -443,407 +365,6 @@ def check_daemon(
     )
 
 
-# ------------------------------------------------------------------------------------ devices
-
-_STATE_VERDICT: Final = {
-    "online": Verdict.PASS,
-    "busy": Verdict.PASS,
-    "user_error": Verdict.WARN,
-    "offline": Verdict.FAIL,
-    "no_device": Verdict.FAIL,
-    "hardware_error": Verdict.FAIL,
-}
-
-
-def _device_fix(driver: str, target: str) -> str:
-    if driver in ("samv", "escpos"):
-        return (
-            f"check the cable and that {target} exists (`ls -l {target}`); the gateway's user needs "
-            "the dialout group; `edge-gateway` reopens the port by itself once it is back"
-        )
-    if driver == "pcsc":
-        return "check pcscd runs (`systemctl status pcscd`) and the reader is plugged (`pcsc_scan`)"
-    if driver == "v4l2":
-        return f"check {target} exists (`v4l2-ctl --list-devices`); the gateway's user needs the video group"
-    if driver == "http":
-        return "check the camera answers at its URL and the credentials in config"
-    return "see the daemon's log for this device"
-
-
-def _device_target(cfg: Any) -> str:
-    if isinstance(cfg, SamvDevice | EscposDevice):
-        return cfg.port
-    if isinstance(cfg, V4l2Device):
-        return cfg.device
-    if isinstance(cfg, HttpCameraDevice):
-        return cfg.url
-    if isinstance(cfg, PcscDevice):
-        return cfg.reader or "first PC/SC reader"
-    return "?"
-
-
-def device_from_status(item: Mapping[str, Any], config: GatewayConfig, *, now: float) -> CheckResult:
-    """One device as the daemon reports it: state, reason, last error, last success."""
-    name = str(item.get("name", "?"))
-    state = str(item.get("state", "unknown"))
-    driver = str(item.get("driver", ""))
-    cfg = config.devices.get(name)
-    target = _device_target(cfg) if cfg is not None else "?"
-    verdict = _STATE_VERDICT.get(state, Verdict.WARN)
-    parts = [state]
-    if item.get("reason"):
-        parts[0] += f" ({item['reason']})"
-    if item.get("simulated"):
-        parts.append("simulated")
-    last_error = item.get("last_error")
-    if last_error:
-        parts.append(f"last error {_ago(item.get('last_error_at'), now)}: {last_error}")
-    parts.append(f"last success {_ago(item.get('last_success_at'), now)}")
-    queue = item.get("queue")
-    if isinstance(queue, dict) and queue.get("queued"):
-        parts.append(f"{queue['queued']} queued")
-    fix = (
-        _device_fix(driver or (driver_name(cfg) if cfg else ""), target)
-        if verdict is not Verdict.PASS
-        else None
-    )
-    data = {
-        k: item.get(k)
-        for k in ("state", "reason", "driver", "last_error", "last_error_at", "last_success_at")
-    }
-    return CheckResult(f"device:{name}", verdict, "; ".join(parts), fix=fix, data=data)
-
-
-async def _tcp_probe(host: str, port: int, *, timeout: float) -> str | None:
-    """None when a TCP connection opens, else why not."""
-    try:
-        async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host, port)
-    except TimeoutError:
-        return f"no answer from {host}:{port} within {timeout:g} s"
-    except ConnectionRefusedError:
-        return f"{host}:{port} refused the connection (nothing listens there)"
-    except OSError as err:
-        return f"{host}:{port}: {err.strerror or err}"
-    writer.close()
-    try:
-        async with asyncio.timeout(timeout):
-            await writer.wait_closed()
-    except (TimeoutError, OSError):
-        pass
-    return None
-
-
-def _char_device(path: Path, what: str, fix: str, name: str) -> CheckResult:
-    data = {"path": str(path), "source": "direct"}
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return CheckResult(name, Verdict.FAIL, f"{what} {path} does not exist", fix=fix, data=data)
-    except OSError as err:
-        return CheckResult(name, Verdict.FAIL, f"cannot stat {path}: {err.strerror}", fix=fix, data=data)
-    if not stat.S_ISCHR(st.st_mode):
-        return CheckResult(
-            name, Verdict.WARN, f"{path} exists but is not a character device", fix=fix, data=data
-        )
-    if not os.access(path, os.R_OK | os.W_OK):
-        return CheckResult(
-            name,
-            Verdict.WARN,
-            f"{path} exists; this user (uid {os.getuid()}) cannot open it",
-            fix=fix,
-            data=data,
-        )
-    return CheckResult(name, Verdict.PASS, f"{what} {path} present (daemon down: state not known)", data=data)
-
-
-async def device_direct(name: str, cfg: Any, *, timeout: float) -> CheckResult:
-    """Without the daemon: does what the config points at exist?"""
-    check = f"device:{name}"
-    driver = driver_name(cfg)
-    target = _device_target(cfg)
-    fix = _device_fix(driver, target)
-    data = {"driver": driver, "source": "direct"}
-    if target.startswith(SIM_PREFIX):
-        return CheckResult(check, Verdict.PASS, f"simulated ({target})", data=data)
-    if isinstance(cfg, SamvDevice | EscposDevice | HttpCameraDevice) and "://" in target:
-        parts = urlsplit(target)
-        if parts.hostname and parts.port:
-            why = await _tcp_probe(parts.hostname, parts.port, timeout=timeout)
-            if why:
-                return CheckResult(check, Verdict.FAIL, why, fix=fix, data=data)
-            return CheckResult(
-                check, Verdict.PASS, f"{parts.hostname}:{parts.port} accepts connections", data=data
-            )
-        return CheckResult(check, Verdict.SKIP, f"{target}: not probed without the daemon", data=data)
-    if isinstance(cfg, SamvDevice | EscposDevice):
-        return _char_device(Path(target), "serial port", fix, check)
-    if isinstance(cfg, V4l2Device):
-        return _char_device(Path(target), "video device", fix, check)
-    if isinstance(cfg, PcscDevice):
-        if PCSCD_SOCKET.exists():
-            return CheckResult(
-                check,
-                Verdict.PASS,
-                f"pcscd socket present; {target} not checked without the daemon",
-                data=data,
-            )
-        return CheckResult(
-            check, Verdict.FAIL, f"pcscd is not running (no {PCSCD_SOCKET})", fix=fix, data=data
-        )
-    return CheckResult(check, Verdict.SKIP, "not checked without the daemon", data=data)
-
-
-async def check_devices(
-    config: GatewayConfig,
-    status: Mapping[str, Any] | None,
-    *,
-    names: Sequence[str] | None = None,
-    now: float,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> list[CheckResult]:
-    """Each device: from /v1/status when the daemon answers, else directly from config."""
-    wanted = list(names) if names is not None else list(config.devices)
-    results: list[CheckResult] = []
-    if status is not None and isinstance(status.get("devices"), list):
-        reported = {str(d.get("name")): d for d in status["devices"] if isinstance(d, dict)}
-        for name in wanted:
-            if name in reported:
-                results.append(device_from_status(reported[name], config, now=now))
-            else:
-                results.append(
-                    CheckResult(
-                        f"device:{name}",
-                        Verdict.FAIL,
-                        "configured but the daemon does not run it (config changed since it started?)",
-                        fix=f"`systemctl restart {UNIT}` to apply the config",
-                    )
-                )
-        if names is None:
-            results.extend(
-                device_from_status(d, config, now=now) for n, d in reported.items() if n not in config.devices
-            )
-        return results
-    return list(
-        await asyncio.gather(*(device_direct(name, config.devices[name], timeout=timeout) for name in wanted))
-    )
-
-
-def check_stations(config: GatewayConfig, devices: Sequence[CheckResult]) -> list[CheckResult]:
-    """Each configured station: can it serve a citizen? Every kind it uses needs a working device
-    (a pool, at least one working member). Judged from the device checks."""
-    verdicts = {r.name.removeprefix("device:"): r.status for r in devices}
-    results = []
-    for name, station in config.stations.items():
-        worst = Verdict.PASS
-        parts: list[str] = []
-        broken: list[str] = []
-        for kind, target in station.uses().items():
-            members = config.pools[target].devices if target in config.pools else [target]
-            ok = [m for m in members if verdicts.get(m) in (Verdict.PASS, Verdict.SKIP)]
-            broken.extend(m for m in members if m not in ok)
-            if not ok:
-                worst = Verdict.FAIL
-            elif len(ok) < len(members) and worst is Verdict.PASS:
-                worst = Verdict.WARN
-            label = f"pool {target} {len(ok)}/{len(members)}" if target in config.pools else target
-            parts.append(f"{kind} {label}{'' if ok else ' DOWN'}")
-        title = f"{station.label}: " if station.label else ""
-        fix = f"see {', '.join(f'device:{d}' for d in broken)}" if broken else None
-        data = {"label": station.label, "uses": station.uses()}
-        results.append(CheckResult(f"station:{name}", worst, title + "; ".join(parts), fix=fix, data=data))
-    return results
-
-
-# ------------------------------------------------------------------------------------ broker
-
-
-def _cert_summary(cert: x509.Certificate, now: dt.datetime) -> tuple[str, float]:
-    days = (cert.not_valid_after_utc - now).total_seconds() / 86_400
-    return cert.subject.rfc4514_string(), days
-
-
-def _cert_files_verdict(
-    files: Mapping[str, str], now: dt.datetime
-) -> tuple[Verdict, list[str], list[dict[str, Any]], str | None]:
-    """Expiry of our own certificate files (CA bundle, client certificate)."""
-    verdict = Verdict.PASS
-    notes: list[str] = []
-    certs: list[dict[str, Any]] = []
-    fix = None
-    for role, name in files.items():
-        if not name:
-            continue
-        try:
-            loaded = x509.load_pem_x509_certificates(Path(name).read_bytes())
-        except (OSError, ValueError) as err:
-            return Verdict.FAIL, [f"cannot read {role} {name}: {err}"], certs, f"check uplink.{role}"
-        for cert in loaded:
-            subject, days = _cert_summary(cert, now)
-            certs.append({"role": role, "subject": subject, "days_left": round(days, 1)})
-            if days < 0:
-                verdict = Verdict.FAIL
-                notes.append(f"{role} {subject} expired {-days:.0f} days ago")
-                fix = f"renew {name}"
-            elif days < CERT_WARN_DAYS and verdict is not Verdict.FAIL:
-                verdict = Verdict.WARN
-                notes.append(f"{role} {subject} expires in {days:.0f} days")
-                fix = f"renew {name} before it expires"
-    return verdict, notes, certs, fix
-
-
-async def check_broker(
-    config: GatewayConfig,
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    now: dt.datetime | None = None,
-) -> CheckResult:
-    """DNS, TCP, TLS (chain and expiry) and an MQTT v5 connect with the node's credentials."""
-    from gateway.simulation import SIM_BROKER
-    from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, tls_context
-
-    uplink = config.uplink
-    if not uplink.broker:
-        commands = "" if uplink.cloud_keys else "; no uplink.cloud_keys, so cloud commands are refused"
-        return CheckResult(
-            "broker",
-            Verdict.WARN,
-            f"uplink.broker is empty: the MQTT link is off, messages wait in the outbox{commands}",
-            fix="connect to the cloud: copy the broker CA, the node certificate and key (and the cloud's "
-            "public JWK) to /etc/edge-gateway and set uplink.broker, ca_file, client_cert, client_key "
-            "and cloud_keys (docs/install.md, 'Connect to the cloud')",
-        )
-    if uplink.broker == SIM_BROKER:
-        return CheckResult(
-            "broker", Verdict.SKIP, "uplink.broker is sim://cloud: the in-process development cloud"
-        )
-    now = now or dt.datetime.now(dt.UTC)
-    try:
-        address = BrokerAddress.parse(uplink.broker)
-    except LinkConfigError as err:
-        return CheckResult("broker", Verdict.FAIL, str(err), fix="correct uplink.broker")
-    host, port = address.host, address.port
-    where = f"{host}:{port}"
-    steps: dict[str, Any] = {"broker": uplink.broker}
-
-    def fail(detail: str, fix: str) -> CheckResult:
-        return CheckResult("broker", Verdict.FAIL, detail, fix=fix, data={"steps": dict(steps)})
-
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except TimeoutError:
-        steps["dns"] = "timeout"
-        return fail(
-            f"DNS lookup of {host} took over {timeout:g} s", "check the resolver (`resolvectl status`)"
-        )
-    except OSError as err:
-        steps["dns"] = str(err)
-        return fail(
-            f"cannot resolve {host}: {err}", "check the host name in uplink.broker and DNS on this box"
-        )
-    steps["dns"] = sorted({str(info[4][0]) for info in infos})
-
-    why = await _tcp_probe(host, port, timeout=timeout)
-    if why:
-        steps["tcp"] = why
-        return fail(
-            f"TCP connect to {where} failed: {why}",
-            "is the broker running and reachable from this box? check uplink.broker, the broker's "
-            "listener and any firewall on the way; messages wait in the outbox meanwhile",
-        )
-    steps["tcp"] = "ok"
-
-    verdict = Verdict.PASS
-    notes: list[str] = []
-    fix: str | None = None
-    tls: ssl.SSLContext | None = None
-    if address.tls:
-        try:
-            tls = tls_context(
-                ca_file=uplink.ca_file, client_cert=uplink.client_cert, client_key=uplink.client_key
-            )
-        except LinkConfigError as err:
-            steps["tls"] = str(err)
-            return fail(str(err), "check uplink.ca_file, client_cert and client_key exist and are PEM")
-        try:
-            async with asyncio.timeout(timeout):
-                _reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
-        except ssl.SSLCertVerificationError as err:
-            steps["tls"] = err.verify_message
-            return fail(
-                f"TLS: the broker's certificate does not verify: {err.verify_message}",
-                "the broker certificate must chain to uplink.ca_file and name the host in uplink.broker",
-            )
-        except (ssl.SSLError, OSError, TimeoutError) as err:
-            steps["tls"] = str(err) or type(err).__name__
-            return fail(
-                f"TLS handshake with {where} failed: {steps['tls']}", "check the broker's TLS listener"
-            )
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        version = ssl_object.version() if ssl_object is not None else None
-        writer.close()
-        try:
-            async with asyncio.timeout(timeout):
-                await writer.wait_closed()
-        except (TimeoutError, OSError, ssl.SSLError):
-            pass
-        if der:
-            peer = x509.load_der_x509_certificate(der)
-            subject, days = _cert_summary(peer, now)
-            steps["tls"] = {"version": version, "subject": subject, "issuer": peer.issuer.rfc4514_string()}
-            steps["tls"]["days_left"] = round(days, 1)
-            if days < CERT_WARN_DAYS:
-                verdict = Verdict.WARN
-                notes.append(f"broker certificate expires in {days:.0f} days")
-                fix = "renew the broker's certificate"
-        own_verdict, own_notes, certs, own_fix = _cert_files_verdict(
-            {"ca_file": uplink.ca_file, "client_cert": uplink.client_cert}, now
-        )
-        steps["certificates"] = certs
-        notes.extend(own_notes)
-        if own_verdict is Verdict.FAIL:
-            return fail("; ".join(own_notes), own_fix or "renew the certificate")
-        if own_verdict is Verdict.WARN:
-            verdict, fix = Verdict.WARN, own_fix
-
-    # A distinct client id: reusing the node id would take over the running daemon's session.
-    client = aiomqtt.Client(
-        host,
-        port,
-        identifier=f"{config.node.id}-diag-{os.getpid()}",
-        protocol=aiomqtt.ProtocolVersion.V5,
-        tls_context=tls,
-        timeout=timeout,
-        keepalive=max(5, int(timeout * 2)),
-    )
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(timeout + 1):
-            async with client:
-                pass
-    except aiomqtt.MqttCodeError as err:
-        steps["mqtt"] = str(err)
-        return fail(
-            f"MQTT connect to {where} refused: {err}",
-            "the broker refused the node's credentials: check client_cert is issued for this node and "
-            "the broker's ACL admits it",
-        )
-    except (aiomqtt.MqttError, TimeoutError, OSError) as err:
-        steps["mqtt"] = str(err) or type(err).__name__
-        return fail(
-            f"MQTT connect to {where} failed: {steps['mqtt']}", "check the broker's MQTT listener and logs"
-        )
-    steps["mqtt"] = {"connect_s": round(time.monotonic() - started, 3)}
-    scheme = "mqtts" if address.tls else "mqtt"
-    detail = f"{scheme}://{where}: DNS, TCP{', TLS' if address.tls else ''} and MQTT v5 connect ok"
-    if notes:
-        detail += "; " + "; ".join(notes)
-    return CheckResult("broker", verdict, detail, fix=fix, data={"steps": steps})
-
-
 # ------------------------------------------------------------------------------------ outbox
 
 
@@ -1087,6 +608,120 @@ async def check_systemd(
 # ------------------------------------------------------------------------------------ runner
 
 
+class DiagRun:
+    """What the checks of one run share: the config, the daemon's /v1/status, the device checks."""
+
+    def __init__(
+        self, config: GatewayConfig, config_result: CheckResult, selection: Selection, *, timeout: float
+    ) -> None:
+        self.config = config
+        self.config_result = config_result
+        self.selection = selection
+        self.timeout = timeout
+        self.now = time.time()
+        self._status: asyncio.Task[tuple[dict[str, Any] | None, DaemonUnreachable | None]] | None = None
+        self._devices: asyncio.Task[list[CheckResult]] | None = None
+
+    async def _fetch(self) -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
+        try:
+            return await fetch_status(self.config.socket_path, timeout=self.timeout), None
+        except DaemonUnreachable as err:
+            return None, err
+
+    def ask_daemon(self) -> asyncio.Task[tuple[dict[str, Any] | None, DaemonUnreachable | None]]:
+        """Start asking /v1/status (once per run)."""
+        if self._status is None:
+            self._status = asyncio.create_task(self._fetch())
+        return self._status
+
+    async def status(self) -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
+        """/v1/status, or why the daemon did not answer."""
+        return await self.ask_daemon()
+
+    async def _every_device(self) -> list[CheckResult]:
+        status, _ = await self.status()
+        return await check_devices(self.config, status, now=self.now, timeout=self.timeout)
+
+    async def all_devices(self) -> list[CheckResult]:
+        """Every device's check, run once per run (the device and station checks share it)."""
+        if self._devices is None:
+            self._devices = asyncio.create_task(self._every_device())
+        return await self._devices
+
+
+async def _config(run: DiagRun) -> list[CheckResult]:
+    return [run.config_result]
+
+
+async def _key(run: DiagRun) -> list[CheckResult]:
+    return [await asyncio.to_thread(check_key, run.config)]
+
+
+async def _clock(run: DiagRun) -> list[CheckResult]:
+    return [await check_clock()]
+
+
+async def _disk(run: DiagRun) -> list[CheckResult]:
+    return [await asyncio.to_thread(check_disk, run.config.state_dir)]
+
+
+async def _daemon(run: DiagRun) -> list[CheckResult]:
+    status, error = await run.status()
+    return [check_daemon(run.config.socket_path, status, error, now=run.now)]
+
+
+async def _devices(run: DiagRun) -> list[CheckResult]:
+    if run.selection.all_devices:
+        return await run.all_devices()
+    status, _ = await run.status()
+    names = sorted(run.selection.devices)
+    return await check_devices(run.config, status, names=names, now=run.now, timeout=run.timeout)
+
+
+async def _stations(run: DiagRun) -> list[CheckResult]:
+    if not run.config.stations:
+        return []
+    return check_stations(run.config, await run.all_devices())
+
+
+async def _broker(run: DiagRun) -> list[CheckResult]:
+    return [await check_broker(run.config, timeout=run.timeout)]
+
+
+async def _outbox(run: DiagRun) -> list[CheckResult]:
+    status, _ = await run.status()
+    return [await check_outbox(run.config, status, now=run.now)]
+
+
+async def _systemd(run: DiagRun) -> list[CheckResult]:
+    return [await check_systemd(timeout=run.timeout)]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One named check: whether it needs the running daemon, and how it runs (its results, in order)."""
+
+    name: str
+    needs_daemon: bool
+    run: Callable[[DiagRun], Awaitable[list[CheckResult]]]
+
+
+# The checks in the order diag prints them; `--only` takes these names (and device:NAME).
+CHECKS: Final = (
+    Check("config", False, _config),
+    Check("key", False, _key),
+    Check("clock", False, _clock),
+    Check("disk", False, _disk),
+    Check("daemon", True, _daemon),
+    Check("device", True, _devices),
+    Check("station", True, _stations),
+    Check("broker", False, _broker),
+    Check("outbox", True, _outbox),
+    Check("systemd", False, _systemd),
+)
+CHECK_NAMES: Final = tuple(check.name for check in CHECKS)
+
+
 @dataclass(frozen=True, slots=True)
 class Selection:
     """Which checks `--only` asked for; device names are matched after the config loads."""
@@ -1128,7 +763,7 @@ async def diagnose(
     only: Sequence[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> DiagReport:
-    """Run the selected checks; independent ones run concurrently, the output keeps a fixed order."""
+    """Run the selected checks concurrently; the output keeps the registry's order."""
     selection = Selection.parse(only)
     config_result, config = check_config(config_path)
     if config is None:
@@ -1137,57 +772,14 @@ async def diagnose(
     if selection.devices - set(config.devices):
         unknown = ", ".join(sorted(selection.devices - set(config.devices)))
         raise DiagUsageError(f"no device named {unknown} in {config.source}")
-
-    now = time.time()
-    needs_status = bool(selection.names & {"daemon", "device", "station", "outbox"})
-
-    async def status_or_error() -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
-        if not needs_status:
-            return None, None
-        try:
-            return await fetch_status(config.socket_path, timeout=timeout), None
-        except DaemonUnreachable as err:
-            return None, err
-
-    async def maybe(name: str, make: Callable[[], Awaitable[CheckResult]]) -> CheckResult | None:
-        return await make() if selection.wants(name) else None
-
-    async def sync(result: Callable[[], CheckResult]) -> CheckResult:
-        return await asyncio.to_thread(result)
-
-    (status, error), key, clock, disk, broker, systemd = await asyncio.gather(
-        status_or_error(),
-        maybe("key", lambda: sync(lambda: check_key(config))),
-        maybe("clock", check_clock),
-        maybe("disk", lambda: sync(lambda: check_disk(config.state_dir))),
-        maybe("broker", lambda: check_broker(config, timeout=timeout)),
-        maybe("systemd", lambda: check_systemd(timeout=timeout)),
-    )
-    devices: list[CheckResult] = []
-    stations: list[CheckResult] = []
-    if selection.wants("device"):
-        names = None if selection.all_devices else sorted(selection.devices)
-        devices = await check_devices(config, status, names=names, now=now, timeout=timeout)
-    if selection.wants("station") and config.stations:
-        every = devices if selection.all_devices else None
-        every = every or await check_devices(config, status, now=now, timeout=timeout)
-        stations = check_stations(config, every)
-    outbox = await check_outbox(config, status, now=now) if selection.wants("outbox") else None
-    daemon = check_daemon(config.socket_path, status, error, now=now) if selection.wants("daemon") else None
-
-    ordered: list[CheckResult | None] = [
-        config_result if selection.wants("config") else None,
-        key,
-        clock,
-        disk,
-        daemon,
-        *devices,
-        *stations,
-        broker,
-        outbox,
-        systemd,
-    ]
-    return DiagReport(tuple(c for c in ordered if c is not None), status=status)
+    run = DiagRun(config, config_result, selection, timeout=timeout)
+    chosen = [check for check in CHECKS if selection.wants(check.name)]
+    needs_status = any(check.needs_daemon for check in chosen)
+    if needs_status:
+        run.ask_daemon()  # now, alongside the checks that do not need the daemon
+    results = await asyncio.gather(*(check.run(run) for check in chosen))
+    status = (await run.status())[0] if needs_status else None
+    return DiagReport(tuple(r for batch in results for r in batch), status=status)
 
 
 # ------------------------------------------------------------------------------------ output
