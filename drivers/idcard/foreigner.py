@@ -28,14 +28,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from drivers.idcard.identity import (
     CardDataError,
     CheckDigitMismatch,
     Gender,
+    MaskedRecord,
     decode_fields,
     encode_fields,
-    mask_id,
     parse_date,
     parse_gender,
     sample_photo,
@@ -87,9 +88,12 @@ def foreigner_number_valid(number: str) -> bool:
     return icao_check_digit(number[:14]) == number[14]
 
 
-@dataclass(frozen=True, slots=True)
-class ForeignPermanentCard:
+@dataclass(frozen=True, slots=True, repr=False)
+class ForeignPermanentCard(MaskedRecord):
     """One foreigner's permanent residence ID card as read; personal, so `repr` masks it."""
+
+    DOCUMENT_TYPE: ClassVar[str] = "foreign_permanent"
+    NUMBER_FIELD: ClassVar[str] = "number"
 
     english_name: str
     chinese_name: str
@@ -103,28 +107,6 @@ class ForeignPermanentCard:
     issuer_code: str
     photo: bytes = field(default=b"")
     fingerprint: bytes | None = None
-
-    @property
-    def document_type(self) -> str:
-        return "foreign_permanent"
-
-    @property
-    def document_number(self) -> str:
-        return self.number
-
-    @property
-    def masked_number(self) -> str:
-        return mask_id(self.number)
-
-    def __repr__(self) -> str:
-        fp = "none" if self.fingerprint is None else f"{len(self.fingerprint)} bytes"
-        return (
-            f"ForeignPermanentCard(english_name=***, chinese_name=***, gender=***, "
-            f"number={self.masked_number}, nationality=***, birth_date=***, valid_from=***, "
-            f"valid_to=***, photo={len(self.photo)} bytes, fingerprint={fp})"
-        )
-
-    __str__ = __repr__
 
 
 def parse_foreigner_block(

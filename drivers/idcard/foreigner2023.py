@@ -30,16 +30,17 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from drivers.idcard.identity import (
     CardDataError,
     CheckDigitMismatch,
     Gender,
+    MaskedRecord,
     check_digit,
     decode_fields,
     encode_fields,
     id_number_valid,
-    mask_id,
     parse_date,
     parse_gender,
     sample_photo,
@@ -68,9 +69,12 @@ _ENGLISH = re.compile(r"[A-Z][A-Z ,.'<-]*")
 _DIGITS = re.compile(r"[0-9]*")
 
 
-@dataclass(frozen=True, slots=True)
-class ForeignPermanentCard2023:
+@dataclass(frozen=True, slots=True, repr=False)
+class ForeignPermanentCard2023(MaskedRecord):
     """One 2023 foreigner's permanent residence ID card as read; `repr` masks everything personal."""
+
+    DOCUMENT_TYPE: ClassVar[str] = "foreign_permanent_2023"
+    NUMBER_FIELD: ClassVar[str] = "number"
 
     chinese_name: str
     english_name: str
@@ -84,28 +88,6 @@ class ForeignPermanentCard2023:
     previous_link: str  # digits that, with this card's data, rebuild the 2017 card's number
     photo: bytes = field(default=b"")
     fingerprint: bytes | None = None
-
-    @property
-    def document_type(self) -> str:
-        return "foreign_permanent_2023"
-
-    @property
-    def document_number(self) -> str:
-        return self.number
-
-    @property
-    def masked_number(self) -> str:
-        return mask_id(self.number)
-
-    def __repr__(self) -> str:
-        fp = "none" if self.fingerprint is None else f"{len(self.fingerprint)} bytes"
-        return (
-            f"ForeignPermanentCard2023(chinese_name=***, english_name=***, gender=***, "
-            f"number={self.masked_number}, nationality=***, birth_date=***, valid_from=***, "
-            f"valid_to=***, photo={len(self.photo)} bytes, fingerprint={fp})"
-        )
-
-    __str__ = __repr__
 
 
 def parse_foreigner2023_block(

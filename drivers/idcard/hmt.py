@@ -25,17 +25,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from drivers.idcard.identity import (
     NO_EXPIRY,
     CardDataError,
     CheckDigitMismatch,
     Gender,
+    MaskedRecord,
     check_digit,
     decode_fields,
     encode_fields,
     id_number_valid,
-    mask_id,
     parse_date,
     parse_gender,
     sample_photo,
@@ -64,9 +65,12 @@ _PASS = re.compile(r"[0-9A-Z]{8,9}")
 _COUNT = re.compile(r"\d{1,2}")
 
 
-@dataclass(frozen=True, slots=True)
-class HmtResidencePermit:
+@dataclass(frozen=True, slots=True, repr=False)
+class HmtResidencePermit(MaskedRecord):
     """One residence permit for Hong Kong, Macao or Taiwan residents; `repr` masks everything."""
+
+    DOCUMENT_TYPE: ClassVar[str] = "hmt_residence"
+    NUMBER_FIELD: ClassVar[str] = "id_number"
 
     name: str
     gender: Gender
@@ -82,31 +86,9 @@ class HmtResidencePermit:
     fingerprint: bytes | None = None
 
     @property
-    def document_type(self) -> str:
-        return "hmt_residence"
-
-    @property
-    def document_number(self) -> str:
-        return self.id_number
-
-    @property
     def region(self) -> str:
         """hong_kong, macao or taiwan, from the number's address code."""
         return REGIONS[self.id_number[:6]]
-
-    @property
-    def masked_number(self) -> str:
-        return mask_id(self.id_number)
-
-    def __repr__(self) -> str:
-        fp = "none" if self.fingerprint is None else f"{len(self.fingerprint)} bytes"
-        return (
-            f"HmtResidencePermit(name=***, gender=***, birth_date=***, address=***, "
-            f"id_number={self.masked_number}, issuer=***, valid_from=***, valid_to=***, "
-            f"travel_permit_number=***, issue_count=***, photo={len(self.photo)} bytes, fingerprint={fp})"
-        )
-
-    __str__ = __repr__
 
 
 def parse_hmt_block(

@@ -9,9 +9,11 @@ dispatched by card_types.py.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from drivers.idcard.frames import PHOTO_LEN, TEXT_LEN
 
@@ -143,9 +145,50 @@ def mask_id(number: str) -> str:
     return number[:3] + "*" * (len(number) - 7) + number[-4:]
 
 
-@dataclass(frozen=True, slots=True)
-class IdCard:
+class MaskedRecord:
+    """What every card record shares: its number is the holder's subject, and its `repr` (also
+    `str`) shows no personal data: the number masked, photo and fingerprint by size, every other
+    field (including any added later) as `***`. Records are dataclasses with `repr=False`."""
+
+    __slots__ = ()
+    DOCUMENT_TYPE: ClassVar[str]
+    NUMBER_FIELD: ClassVar[str]
+
+    @property
+    def document_type(self) -> str:
+        """Which document this is (the type byte pair at text offset 248 says)."""
+        return self.DOCUMENT_TYPE
+
+    @property
+    def document_number(self) -> str:
+        """The number the holder is known by (the auth subject, masked wherever it is shown)."""
+        number: str = getattr(self, self.NUMBER_FIELD)
+        return number
+
+    @property
+    def masked_number(self) -> str:
+        return mask_id(self.document_number)
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={self._shown(f.name, getattr(self, f.name))}" for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def _shown(self, name: str, value: Any) -> str:
+        if name == self.NUMBER_FIELD:
+            return self.masked_number
+        if name in ("photo", "fingerprint"):
+            return "none" if value is None else f"{len(value)} bytes"
+        return "***"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class IdCard(MaskedRecord):
     """One resident ID card as read; personal throughout, so `repr` masks every field."""
+
+    DOCUMENT_TYPE: ClassVar[str] = "resident"
+    NUMBER_FIELD: ClassVar[str] = "id_number"
 
     name: str
     gender: Gender
@@ -161,17 +204,7 @@ class IdCard:
 
     @property
     def masked_id(self) -> str:
-        return mask_id(self.id_number)
-
-    @property
-    def document_type(self) -> str:
-        """Which document this is (`resident`: the type byte pair at 248 is blank)."""
-        return "resident"
-
-    @property
-    def document_number(self) -> str:
-        """The number the holder is known by: the 18-character citizen ID number."""
-        return self.id_number
+        return self.masked_number
 
     @property
     def nation_code(self) -> str:
@@ -179,16 +212,6 @@ class IdCard:
             if name == self.nation:
                 return code
         raise CardDataError("nation not in GB 3304")
-
-    def __repr__(self) -> str:
-        fp = "none" if self.fingerprint is None else f"{len(self.fingerprint)} bytes"
-        return (
-            f"IdCard(name=***, gender=***, nation=***, birth_date=***, address=***, "
-            f"id_number={self.masked_id}, issuer=***, valid_from=***, valid_to=***, "
-            f"photo={len(self.photo)} bytes, fingerprint={fp})"
-        )
-
-    __str__ = __repr__
 
 
 def parse_date(text: str, what: str) -> dt.date:
