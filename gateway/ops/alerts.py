@@ -411,55 +411,61 @@ class AlertEngine:
 
     def _judge_device(self, device: str, window: _Window) -> None:
         r = self.rules
-        if window.count < r.device_min_samples:
-            return
-        rate = window.rate
-        self._judge(
+        self._judge_window(
             Severity.RED,
             DEVICE_FAILURE_RATE,
             device,
-            round(rate, 4),
-            r.device_raise_rate,
-            raise_when=rate >= r.device_raise_rate,
-            clear_when=rate < r.device_clear_rate,
-            detail=f"{device}: {window.failures} of {window.count} operations failed in the last "
-            f"{_minutes(r.device_window_s)} ({rate:.0%})",
+            window,
+            (r.device_min_samples, r.device_raise_rate, r.device_clear_rate),
+            f"{device}: {{failures}} of {{count}} operations failed",
         )
 
     def _judge_sessions(self) -> None:
         r = self.rules
-        window = self._sessions
-        if window.count < r.session_min_samples:
-            return
-        rate = window.rate
-        self._judge(
+        self._judge_window(
             Severity.YELLOW,
             SESSION_ERROR_RATE,
             "sessions",
-            round(rate, 4),
-            r.session_raise_rate,
-            raise_when=rate >= r.session_raise_rate,
-            clear_when=rate < r.session_clear_rate,
-            detail=f"{window.failures} of {window.count} sessions saw an error in the last "
-            f"{_minutes(r.session_window_s)} ({rate:.0%})",
+            self._sessions,
+            (r.session_min_samples, r.session_raise_rate, r.session_clear_rate),
+            "{failures} of {count} sessions saw an error",
         )
 
     def _judge_complaints(self) -> None:
         r = self.rules
-        window = self._complaints
-        if window.count < r.complaint_min_samples:
-            return
-        rate = window.rate
-        self._judge(
+        self._judge_window(
             Severity.YELLOW,
             COMPLAINT_RATE,
             "feedback",
+            self._complaints,
+            (r.complaint_min_samples, r.complaint_raise_rate, r.complaint_clear_rate),
+            "{failures} of {count} rated sessions complained",
+        )
+
+    def _judge_window(
+        self,
+        severity: Severity,
+        rule: str,
+        subject: str,
+        window: _Window,
+        limits: tuple[int, float, float],
+        what: str,
+    ) -> None:
+        """A failure-rate rule over a sliding window: (min samples, raise rate, clear rate)."""
+        min_samples, raise_rate, clear_rate = limits
+        if window.count < min_samples:
+            return
+        rate = window.rate
+        self._judge(
+            severity,
+            rule,
+            subject,
             round(rate, 4),
-            r.complaint_raise_rate,
-            raise_when=rate >= r.complaint_raise_rate,
-            clear_when=rate < r.complaint_clear_rate,
-            detail=f"{window.failures} of {window.count} rated sessions complained in the last "
-            f"{_minutes(r.complaint_window_s)} ({rate:.0%})",
+            raise_rate,
+            raise_when=rate >= raise_rate,
+            clear_when=rate < clear_rate,
+            detail=what.format(failures=window.failures, count=window.count)
+            + f" in the last {_minutes(window.span)} ({rate:.0%})",
         )
 
     def _judge_backlog(self, backlog: float) -> None:
