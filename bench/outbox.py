@@ -63,10 +63,11 @@ def bare_loop(path: Path, sealer: Any, n: int, *, batch: int, delay_s: float = 0
 
 async def outbox_rate(path: Path, sealer: Any, n: int, *, delay_s: float = 0.0) -> tuple[float, int]:
     """n enqueues from 50 concurrent producers; returns (messages per second, commits)."""
-    from gateway.uplink.outbox import Outbox, OutboxConfig
+    from gateway.uplink.outbox import OutboxConfig
+    from gateway.uplink.outbox.testing import SlowDiskOutbox
 
     config = OutboxConfig(max_batch=1000)
-    async with Outbox(path, sealer, config=config, commit_delay_s=delay_s) as outbox:
+    async with SlowDiskOutbox(path, sealer, config=config, commit_delay_s=delay_s) as outbox:
         per = n // PRODUCERS
 
         async def produce(w: int) -> None:
