@@ -20,7 +20,7 @@ Where each part lives:
 | testing | test and benchmark variants (a disk that fills up, a slow disk); not for the daemon |
 """
 
-from gateway.uplink.outbox.config import STREAMS, ClassConfig, OutboxConfig, Stream
+from gateway.uplink.outbox.config import STREAMS, ClassConfig, OutboxConfig
 from gateway.uplink.outbox.errors import (
     InvalidMessage,
     OutboxClosed,
@@ -49,6 +49,5 @@ __all__ = [
     "Seal",
     "StorageError",
     "StorageTimeout",
-    "Stream",
     "UnknownStream",
 ]

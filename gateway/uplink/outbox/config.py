@@ -7,7 +7,6 @@ from typing import Annotated, Final, Literal
 import msgspec
 
 STREAMS: Final = ("tx", "audit", "alert", "telemetry", "event")
-Stream = Literal["tx", "audit", "alert", "telemetry", "event"]
 
 
 class ClassConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

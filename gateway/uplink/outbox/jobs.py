@@ -19,7 +19,7 @@ from gateway.uplink.outbox.config import STREAMS
 from gateway.uplink.outbox.errors import InvalidMessage
 from gateway.uplink.outbox.quotas import Quotas
 from gateway.uplink.outbox.records import Enqueued, Pending, Seal
-from gateway.uplink.outbox.store import QUEUED, Corrupt, States
+from gateway.uplink.outbox.store import QUEUED, Corrupt, States, StreamState
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +117,25 @@ class DeliveredJob(Job):
                 tx.touched.add(stream)
 
 
+def _take_queued(
+    tx: Transaction, item: Pending, sql: str, params: tuple[Any, ...]
+) -> tuple[StreamState, int] | None:
+    """Take `item`'s row out of the queue with `sql` (RETURNING size): its stream's state and size.
+
+    None when the row is of an older generation or no longer queued (delivered, dropped, expired).
+    """
+    if item.generation != tx.generation:
+        return None
+    row = tx.conn.execute(sql, params).fetchone()
+    if row is None:
+        return None
+    st = tx.work[item.stream]
+    st.count -= 1
+    st.bytes -= row[0]
+    tx.touched.add(item.stream)
+    return st, int(row[0])
+
+
 @dataclass(eq=False)
 class RejectJob(Job):
     """The broker refused it: park the row (kept, not sent) until ops requeue it."""
@@ -126,22 +145,18 @@ class RejectJob(Job):
 
     def apply(self, tx: Transaction) -> None:
         item = self.item
-        if item.generation != tx.generation:
-            return
-        row = tx.conn.execute(
+        taken = _take_queued(
+            tx,
+            item,
             "UPDATE messages SET state = 1, reason = ? WHERE id = ? AND stream = ? AND seq = ? AND state = 0"
             " RETURNING size",
             (self.reason, item.id, item.stream, item.seq),
-        ).fetchone()
-        if row is None:
-            return
-        st = tx.work[item.stream]
-        st.count -= 1
-        st.bytes -= row[0]
-        st.parked += 1
-        st.parked_bytes += row[0]
-        st.counters["rejected"] += 1
-        tx.touched.add(item.stream)
+        )
+        if taken is not None:
+            st, size = taken
+            st.parked += 1
+            st.parked_bytes += size
+            st.counters["rejected"] += 1
 
 
 @dataclass(eq=False)
@@ -152,19 +167,14 @@ class ExpireJob(Job):
 
     def apply(self, tx: Transaction) -> None:
         item = self.item
-        if item.generation != tx.generation:
-            return
-        row = tx.conn.execute(
+        taken = _take_queued(
+            tx,
+            item,
             "DELETE FROM messages WHERE id = ? AND stream = ? AND seq = ? AND state = 0 RETURNING size",
             (item.id, item.stream, item.seq),
-        ).fetchone()
-        if row is None:
-            return
-        st = tx.work[item.stream]
-        st.count -= 1
-        st.bytes -= row[0]
-        st.counters["expired"] += 1
-        tx.touched.add(item.stream)
+        )
+        if taken is not None:
+            taken[0].counters["expired"] += 1
 
 
 @dataclass(eq=False)

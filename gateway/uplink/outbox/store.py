@@ -16,8 +16,8 @@ from typing import Final
 from gateway.uplink.outbox.config import STREAMS
 from gateway.uplink.outbox.errors import StorageError
 
+# messages.state: 0 queued; 1 parked (rejected by the broker, kept until ops requeue it).
 QUEUED: Final = 0
-REJECTED: Final = 1
 COUNTERS: Final = ("delivered", "expired", "dropped", "rejected", "refused", "requeued")
 
 _SQLITE_CORRUPT: Final = 11
