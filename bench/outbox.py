@@ -131,7 +131,8 @@ async def drain_outbox(path: Path, sealer: Any, url: str, n: int, window: int) -
         print(f"  backlog of {outbox.backlog()} filled in {time.perf_counter() - t0:.1f}s")
         rss = RssSampler()
         rss.start()
-        publisher = Publisher(outbox, "bench-node")
+        # No one subscribes here: tx would wait for a consumer (PUBACK 0x10), the drain would never end.
+        publisher = Publisher(outbox, "bench-node", keep_on_no_subscribers=())
         link = MqttLink(url, "bench-node", workers=[publisher.run], inflight=window)
         start = time.perf_counter()
         async with link:
