@@ -63,10 +63,11 @@ def bare_loop(path: Path, sealer: Any, n: int, *, batch: int, delay_s: float = 0
 
 async def outbox_rate(path: Path, sealer: Any, n: int, *, delay_s: float = 0.0) -> tuple[float, int]:
     """n enqueues from 50 concurrent producers; returns (messages per second, commits)."""
-    from gateway.uplink.outbox import Outbox, OutboxConfig
+    from gateway.uplink.outbox import OutboxConfig
+    from gateway.uplink.outbox.testing import SlowDiskOutbox
 
     config = OutboxConfig(max_batch=1000)
-    async with Outbox(path, sealer, config=config, commit_delay_s=delay_s) as outbox:
+    async with SlowDiskOutbox(path, sealer, config=config, commit_delay_s=delay_s) as outbox:
         per = n // PRODUCERS
 
         async def produce(w: int) -> None:
@@ -130,7 +131,8 @@ async def drain_outbox(path: Path, sealer: Any, url: str, n: int, window: int) -
         print(f"  backlog of {outbox.backlog()} filled in {time.perf_counter() - t0:.1f}s")
         rss = RssSampler()
         rss.start()
-        publisher = Publisher(outbox, "bench-node")
+        # No one subscribes here: tx would wait for a consumer (PUBACK 0x10), the drain would never end.
+        publisher = Publisher(outbox, "bench-node", keep_on_no_subscribers=())
         link = MqttLink(url, "bench-node", workers=[publisher.run], inflight=window)
         start = time.perf_counter()
         async with link:

@@ -102,7 +102,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_outbox_ack(args: argparse.Namespace) -> int:
-    from gateway.uplink import incidents
+    from gateway.uplink.outbox import incidents
 
     config = _load_or_exit(args.config)
     db = config.state_dir / config.outbox.file

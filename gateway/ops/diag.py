@@ -475,7 +475,7 @@ async def check_outbox(config: GatewayConfig, status: Mapping[str, Any] | None, 
     reported_incidents = stats.get("incidents")
     if not isinstance(reported_incidents, list):
         # The daemon is down (or older): the journal file says the same.
-        from gateway.uplink import incidents as journal
+        from gateway.uplink.outbox import incidents as journal
 
         reported_incidents = [i.as_dict() for i in journal.open_incidents(journal.journal_path(path))]
         stats = {**stats, "incidents": reported_incidents}

@@ -11,8 +11,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.uplink import incidents
 from gateway.uplink.keys import KeyRing
+from gateway.uplink.outbox import incidents
 from gateway.uplink.verifier import VerifyReport, verify_lines
 from tests.support.walcut import cut_last_commits
 from tests.uplink.helpers import Collector, payload_of

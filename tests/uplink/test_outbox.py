@@ -26,6 +26,7 @@ from gateway.uplink.outbox import (
     StorageError,
     UnknownStream,
 )
+from gateway.uplink.outbox.testing import SmallDiskOutbox
 from gateway.uplink.verifier import verify_lines
 from tests.uplink.helpers import payload_of
 
@@ -156,7 +157,7 @@ async def test_full_disk_keeps_running_drops_telemetry_and_refuses_critical(
 ) -> None:
     path = tmp_path / "o.db"
     alerts: list[OutboxAlert] = []
-    async with Outbox(path, sealer, max_page_count=48, on_alert=alerts.append) as outbox:
+    async with SmallDiskOutbox(path, sealer, max_page_count=48, on_alert=alerts.append) as outbox:
         pad = "z" * 1500
         for i in range(200):  # far more than 48 pages hold
             await outbox.enqueue("telemetry", "cpu", {"i": i, "pad": pad})
@@ -404,7 +405,7 @@ async def test_lost_wal_tail_never_reuses_a_seq_and_is_reported(
     async with Outbox(copy, sealer) as outbox:
         assert outbox.incidents == []
         assert len(outbox.stats()["incidents"]) == 1
-    from gateway.uplink import incidents
+    from gateway.uplink.outbox import incidents
 
     assert [i.id for i in incidents.acknowledge(incidents.journal_path(copy))] == [incident.id]
     async with Outbox(copy, sealer) as outbox:

@@ -11,7 +11,7 @@ per stream as unreadable; rows the index cannot place are counted under "?".
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -36,43 +36,66 @@ class Salvage:
     index_complete: bool = True
 
 
+def _read_around_damage(
+    page: Callable[[int], list[Row]],
+    one: Callable[[int], list[Row]],
+    key: int,
+    end: Callable[[], int],
+    failed: Callable[[int, bool], None],
+) -> Iterator[list[Row]]:
+    """Pages of rows in `key` column order; after a failed read, single keys until reads work again.
+
+    `page(after)` reads the rows after a key, `one(k)` the rows of key k; `failed(k, single)` hears
+    of each failed read. Single reads stop `_PAST_END` keys past `end()`.
+    """
+    after, careful = 0, 0
+    while True:
+        try:
+            if careful:
+                after += 1
+                if after > end() + _PAST_END:
+                    return
+                rows = one(after)
+                careful -= 1
+            else:
+                rows = page(after)
+                if not rows:
+                    return
+                after = int(rows[-1][key])
+        except sqlite3.Error:
+            failed(after, careful > 0)
+            careful = _CAREFUL
+            continue
+        yield rows
+
+
+def _index_pages(
+    conn: sqlite3.Connection, stream: str, last: int, failures: list[int]
+) -> Iterator[list[Row]]:
+    """One stream's (stream, seq, id) entries from the index alone, read around damaged pages."""
+    query = f"SELECT stream, seq, id FROM messages INDEXED BY {_INDEX} WHERE stream = ?"  # noqa: S608
+
+    def page(after: int) -> list[Row]:
+        return conn.execute(query + " AND seq > ? ORDER BY seq LIMIT ?", (stream, after, _PAGE)).fetchall()
+
+    def one(seq: int) -> list[Row]:
+        return conn.execute(query + " AND seq = ?", (stream, seq)).fetchall()
+
+    return _read_around_damage(page, one, 1, lambda: last, lambda seq, _single: failures.append(seq))
+
+
 def _index_entries(
     conn: sqlite3.Connection, streams: dict[str, int]
 ) -> tuple[dict[int, tuple[str, int]], bool]:
     """(row id -> (stream, seq)) from the (stream, seq) index alone; False if part of it failed."""
     found: dict[int, tuple[str, int]] = {}
-    complete = True
+    failures: list[int] = []
     for stream, last in streams.items():
-        after, careful = 0, 0
-        while True:
-            try:
-                if careful:
-                    after += 1
-                    if after > last + _PAST_END:
-                        break
-                    rows = conn.execute(
-                        f"SELECT stream, seq, id FROM messages INDEXED BY {_INDEX}"  # noqa: S608
-                        " WHERE stream = ? AND seq = ?",
-                        (stream, after),
-                    ).fetchall()
-                    careful -= 1
-                else:
-                    rows = conn.execute(
-                        f"SELECT stream, seq, id FROM messages INDEXED BY {_INDEX}"  # noqa: S608
-                        " WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
-                        (stream, after, _PAGE),
-                    ).fetchall()
-                    if not rows:
-                        break
-                    after = int(rows[-1][1])
-            except sqlite3.Error:
-                complete = False
-                careful = _CAREFUL
-                continue
+        for rows in _index_pages(conn, stream, last, failures):
             for s, q, row_id in rows:
                 if isinstance(row_id, int) and isinstance(q, int):
                     found[row_id] = (str(s), q)
-    return found, complete
+    return found, not failures
 
 
 def _last_seqs(conn: sqlite3.Connection, streams: tuple[str, ...]) -> dict[str, int]:
@@ -98,6 +121,47 @@ def _highest_id(conn: sqlite3.Connection, known: dict[int, tuple[str, int]]) -> 
     return best
 
 
+def _table_pages(conn: sqlite3.Connection, end: Callable[[], int], failed: set[int]) -> Iterator[list[Row]]:
+    """Message rows by id, read around damaged pages; ids whose single read failed go in `failed`."""
+    query = "SELECT id, stream, seq, created, expires, state, reason, envelope FROM messages"
+
+    def page(after: int) -> list[Row]:
+        return conn.execute(query + " WHERE id > ? ORDER BY id LIMIT ?", (after, _PAGE)).fetchall()
+
+    def one(row_id: int) -> list[Row]:
+        return conn.execute(query + " WHERE id = ?", (row_id,)).fetchall()
+
+    def note(row_id: int, single: bool) -> None:
+        if single:
+            failed.add(row_id)
+
+    return _read_around_damage(page, one, 0, end, note)
+
+
+def _read_table(
+    conn: sqlite3.Connection,
+    names: tuple[str, ...],
+    index: dict[int, tuple[str, int]],
+    fits: Callable[[Any, Any, Any], bool],
+    result: Salvage,
+) -> tuple[set[int], set[int], int]:
+    """Keep the rows that fit, count those that do not; returns (ids read, ids failed, highest id)."""
+    highest = _highest_id(conn, index)
+    read_ids: set[int] = set()
+    failed: set[int] = set()
+    # The end is read late on purpose: it moves up as higher ids read back.
+    for batch in _table_pages(conn, lambda: highest, failed):  # noqa: B023
+        for row_id, stream, seq, created, expires, state, reason, envelope in batch:
+            read_ids.add(row_id)
+            if fits(stream, seq, envelope):
+                result.rows.append((stream, seq, created, expires, len(envelope), state, reason, envelope))
+            else:
+                label = index.get(row_id, (stream if stream in names else "?", 0))[0]
+                result.unusable[label] = result.unusable.get(label, 0) + 1
+            highest = max(highest, row_id)
+    return read_ids, failed, highest
+
+
 def salvage_messages(
     path: Path, fits: Callable[[Any, Any, Any], bool], streams: tuple[str, ...] = ()
 ) -> Salvage:
@@ -117,46 +181,7 @@ def salvage_messages(
             index, result.index_complete = _index_entries(conn, _last_seqs(conn, names))
         except sqlite3.Error:
             index, result.index_complete = {}, False
-        highest = _highest_id(conn, index)
-        read_ids: set[int] = set()
-        failed: set[int] = set()
-        after, careful = 0, 0
-        while True:
-            try:
-                if careful:
-                    after += 1
-                    if after > highest + _PAST_END:
-                        break
-                    batch = conn.execute(
-                        "SELECT id, stream, seq, created, expires, state, reason, envelope"
-                        " FROM messages WHERE id = ?",
-                        (after,),
-                    ).fetchall()
-                    careful -= 1
-                else:
-                    batch = conn.execute(
-                        "SELECT id, stream, seq, created, expires, state, reason, envelope"
-                        " FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-                        (after, _PAGE),
-                    ).fetchall()
-                    if not batch:
-                        break
-                    after = int(batch[-1][0])
-            except sqlite3.Error:
-                if careful:
-                    failed.add(after)
-                careful = _CAREFUL
-                continue
-            for row_id, stream, seq, created, expires, state, reason, envelope in batch:
-                read_ids.add(row_id)
-                if fits(stream, seq, envelope):
-                    result.rows.append(
-                        (stream, seq, created, expires, len(envelope), state, reason, envelope)
-                    )
-                else:
-                    label = index.get(row_id, (stream if stream in names else "?", 0))[0]
-                    result.unusable[label] = result.unusable.get(label, 0) + 1
-                highest = max(highest, row_id)
+        read_ids, failed, highest = _read_table(conn, names, index, fits, result)
     finally:
         conn.close()
     for row_id, (stream, _seq) in index.items():
