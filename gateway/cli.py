@@ -133,25 +133,36 @@ def _cmd_support_bundle(args: argparse.Namespace) -> int:
     return make_bundle(args.config, Path(args.output))
 
 
+def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The `-c/--config` option every command that reads the config takes."""
+    p.add_argument(
+        "-c",
+        "--config",
+        help="config file (default: $EDGE_GATEWAY_CONFIG, "
+        "/etc/edge-gateway/gateway.toml, else the embedded default)",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-gateway", description="Kiosk edge daemon: peripherals, 2FA, signed uplink."
     )
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "-c",
-            "--config",
-            help="config file (default: $EDGE_GATEWAY_CONFIG, "
-            "/etc/edge-gateway/gateway.toml, else the embedded default)",
-        )
-        return p
-
     run = with_config(sub.add_parser("run", help="run the daemon in the foreground"))
     run.set_defaults(func=_cmd_run)
+    _add_config_and_keys(sub)
+    _add_verify(sub)
+    _add_ops(sub)
 
+    from gateway.devcloud.cli import add_parser as add_devcloud_parser
+
+    add_devcloud_parser(sub)
+    return parser
+
+
+def _add_config_and_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = with_config(config_sub.add_parser("check", help="validate the configuration"))
@@ -169,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys.set_defaults(func=_cmd_keys)
 
+
+def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     verify = sub.add_parser(
         "verify",
         help="check envelopes (one JSON per line): signatures, sequence gaps, duplicates, hash chain",
@@ -193,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.set_defaults(func=_cmd_verify)
 
+
+def _add_ops(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from gateway.ops.diag import add_arguments as add_diag_arguments
 
     diag = with_config(
@@ -222,11 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bundle.add_argument("-o", "--output", required=True, help="the tar.gz to write")
     bundle.set_defaults(func=_cmd_support_bundle)
-
-    from gateway.devcloud.cli import add_parser as add_devcloud_parser
-
-    add_devcloud_parser(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
