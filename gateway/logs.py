@@ -115,6 +115,21 @@ class JournalPrefixFormatter(structlog.stdlib.ProcessorFormatter):
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
+# Run on every event before it is rendered (ours and the standard library's).
+_PRE_CHAIN: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+# Run last, before the renderer: personal data is masked whatever the output.
+_FINAL_CHAIN: list[Any] = [
+    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+    structlog.processors.format_exc_info,
+    mask_personal_data,
+]
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -138,21 +153,10 @@ def configure_logging(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    pre_chain: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    final_chain: list[Any] = [
-        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-        structlog.processors.format_exc_info,
-        mask_personal_data,
-    ]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            *pre_chain,
+            *_PRE_CHAIN,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -166,21 +170,24 @@ def configure_logging(
         handler.close()
     console = logging.StreamHandler(stream)
     formatter = JournalPrefixFormatter if journal else structlog.stdlib.ProcessorFormatter
-    console.setFormatter(formatter(processors=[*final_chain, renderer], foreign_pre_chain=pre_chain))
+    console.setFormatter(formatter(processors=[*_FINAL_CHAIN, renderer], foreign_pre_chain=_PRE_CHAIN))
     root.addHandler(console)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        rotating = logging.handlers.RotatingFileHandler(
-            file, maxBytes=5_000_000, backupCount=3, encoding="utf-8"
-        )
-        rotating.setFormatter(
-            structlog.stdlib.ProcessorFormatter(
-                processors=[*final_chain, structlog.processors.JSONRenderer(ensure_ascii=False)],
-                foreign_pre_chain=pre_chain,
-            )
-        )
-        root.addHandler(rotating)
+        root.addHandler(_file_handler(file))
     set_level(level)
+
+
+def _file_handler(file: Path) -> logging.Handler:
+    """The rotating JSON log kept for support bundles (already masked)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    rotating = logging.handlers.RotatingFileHandler(file, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    rotating.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[*_FINAL_CHAIN, structlog.processors.JSONRenderer(ensure_ascii=False)],
+            foreign_pre_chain=_PRE_CHAIN,
+        )
+    )
+    return rotating
 
 
 def set_level(level: str) -> None:
