@@ -155,44 +155,15 @@ async def build_bundle(
     created = dt.datetime.now(dt.UTC)
     members: dict[str, str] = {}
     notes: list[str] = []
-    config: GatewayConfig | None = None
-    try:
-        config = load_config(config_path)
-    except ConfigError as err:
-        notes.append(f"config invalid: {err}")
-        members["config-error.txt"] = f"{err}\n"
-        if config_path:
-            try:
-                raw = await asyncio.to_thread(Path(config_path).read_text, encoding="utf-8")
-                members["config.toml.redacted"] = redact_raw_config(raw)
-            except OSError as read_err:
-                notes.append(f"cannot read {config_path}: {read_err.strerror}")
-    if config is not None:
-        members["config.json"] = _json({"source": config.source, "config": redacted(config)})
-
+    config = await _config_members(config_path, members, notes)
     if with_diag:
         report: DiagReport = await diagnose(config_path)
         members["diag.json"] = _json(report.as_dict())
         if report.status is not None:
             members["status.json"] = _json(report.status)
     members["versions.json"] = _json(versions())
-
     if config is not None:
-        budget = log_bytes
-        for path in log_files(config):
-            if budget <= 0:
-                break
-            try:
-                text, truncated = await asyncio.to_thread(read_tail, path, budget)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                notes.append(f"cannot read {path}: {err.strerror}")
-                continue
-            budget -= len(text.encode("utf-8"))
-            members[f"logs/{path.name}"] = scrub_log(text)
-            if truncated:
-                notes.append(f"{path.name}: only the newest part is included")
+        await _log_members(config, log_bytes, members, notes)
 
     # The final pass over the plain-text members (JSON members and logs were masked field by field).
     final = {
@@ -210,6 +181,44 @@ async def build_bundle(
     prefix = f"edge-gateway-support-{manifest['node'] or 'unknown'}-{created:%Y%m%dT%H%M%SZ}"
     await asyncio.to_thread(_write_tar, output, prefix, final, created.timestamp())
     return BundleResult(output, [f"{prefix}/{name}" for name in sorted(final)], notes)
+
+
+async def _config_members(
+    config_path: str | None, members: dict[str, str], notes: list[str]
+) -> GatewayConfig | None:
+    """The config, redacted; a config that does not load goes in as its error and raw redacted text."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as err:
+        notes.append(f"config invalid: {err}")
+        members["config-error.txt"] = f"{err}\n"
+        if config_path:
+            try:
+                raw = await asyncio.to_thread(Path(config_path).read_text, encoding="utf-8")
+                members["config.toml.redacted"] = redact_raw_config(raw)
+            except OSError as read_err:
+                notes.append(f"cannot read {config_path}: {read_err.strerror}")
+        return None
+    members["config.json"] = _json({"source": config.source, "config": redacted(config)})
+    return config
+
+
+async def _log_members(config: GatewayConfig, budget: int, members: dict[str, str], notes: list[str]) -> None:
+    """The newest log lines, masked, within `budget` bytes over all log files."""
+    for path in log_files(config):
+        if budget <= 0:
+            break
+        try:
+            text, truncated = await asyncio.to_thread(read_tail, path, budget)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            notes.append(f"cannot read {path}: {err.strerror}")
+            continue
+        budget -= len(text.encode("utf-8"))
+        members[f"logs/{path.name}"] = scrub_log(text)
+        if truncated:
+            notes.append(f"{path.name}: only the newest part is included")
 
 
 def _write_tar(output: Path, prefix: str, members: dict[str, str], mtime: float) -> None:
