@@ -131,77 +131,99 @@ def encode(
     profile = profile or PrinterProfile()
     if len(job.lines) > MAX_LINES:
         raise InvalidJob(f"more than {MAX_LINES} lines")
-    out = bytearray(INIT)
-    chinese = False
-    bold = False
-    double = False
-    align = Align.LEFT
-    raster_lines = 0
-    replaced = 0
+    encoder = _Encoder(profile, renderer)
     for line in job.lines:
         _check_text(line.text)
-        text = line.text
-        missing = unprintable(text, profile.charset)
-        if missing and profile.unprintable == "raster":
-            if renderer is None:
-                from drivers.printer.raster import LineRenderer
-
-                renderer = LineRenderer(profile.raster_fonts, width_dots=profile.width_dots)
-            if align != Align.LEFT:
-                # The row carries its own position; ESC a would move a narrow image (Telpar
-                # MTP-1500 manual: "ESC a is effective on raster bit images").
-                out += b"\x1b\x61\x00"
-                align = Align.LEFT
-            rows = renderer.render(
-                text,
-                double=line.double,
-                bold=line.bold,
-                align=int(line.align),
-                placeholder=profile.placeholder,
-            )
-            for row in rows:
-                out += row.image.command()
-                replaced += row.missing
-            raster_lines += 1
-            continue
-        if missing:
-            replaced += sum(text.count(c) for c in missing)
-            for char in missing:
-                text = text.replace(char, profile.placeholder)
-        if line.align != align:
-            out += bytes([0x1B, 0x61, line.align])
-            align = line.align
-        if line.bold != bold:
-            out += bytes([0x1B, 0x45, 1 if line.bold else 0])
-            bold = line.bold
-        if line.double != double:
-            out += bytes([0x1D, 0x21, 0x11 if line.double else 0x00])
-            double = line.double
-        wide = not text.isascii()
-        if wide != chinese:
-            out += CHINESE_ON if wide else CHINESE_OFF
-            chinese = wide
-        out += text.encode("gb18030")
-        out += LF
-    if chinese:
-        out += CHINESE_OFF
-    if bold:
-        out += b"\x1b\x45\x00"
-    if double:
-        out += b"\x1d\x21\x00"
+        encoder.line(line)
+    encoder.end_text()
     if job.qr is not None:
-        data = job.qr.encode("utf-8")
+        encoder.qr(job)
+    return encoder.finish(job)
+
+
+class _Encoder:
+    """Builds a job's bytes, sending a mode command (align, bold, size, Chinese) only on a change."""
+
+    def __init__(self, profile: PrinterProfile, renderer: LineRenderer | None) -> None:
+        self.profile = profile
+        self.renderer = renderer
+        self.out = bytearray(INIT)
+        self.chinese = False
+        self.bold = False
+        self.double = False
+        self.align = Align.LEFT
+        self.raster_lines = 0
+        self.replaced = 0
+
+    def line(self, line: Line) -> None:
+        text = line.text
+        missing = unprintable(text, self.profile.charset)
+        if missing and self.profile.unprintable == "raster":
+            self._raster(line)
+            return
+        if missing:
+            self.replaced += sum(text.count(c) for c in missing)
+            for char in missing:
+                text = text.replace(char, self.profile.placeholder)
+        self._align(line.align)
+        if line.bold != self.bold:
+            self.out += bytes([0x1B, 0x45, 1 if line.bold else 0])
+            self.bold = line.bold
+        if line.double != self.double:
+            self.out += bytes([0x1D, 0x21, 0x11 if line.double else 0x00])
+            self.double = line.double
+        wide = not text.isascii()
+        if wide != self.chinese:
+            self.out += CHINESE_ON if wide else CHINESE_OFF
+            self.chinese = wide
+        self.out += text.encode("gb18030") + LF
+
+    def _raster(self, line: Line) -> None:
+        if self.renderer is None:
+            from drivers.printer.raster import LineRenderer
+
+            self.renderer = LineRenderer(self.profile.raster_fonts, width_dots=self.profile.width_dots)
+        # The row carries its own position; ESC a would move a narrow image (Telpar MTP-1500
+        # manual: "ESC a is effective on raster bit images").
+        self._align(Align.LEFT)
+        rows = self.renderer.render(
+            line.text,
+            double=line.double,
+            bold=line.bold,
+            align=int(line.align),
+            placeholder=self.profile.placeholder,
+        )
+        for row in rows:
+            self.out += row.image.command()
+            self.replaced += row.missing
+        self.raster_lines += 1
+
+    def _align(self, align: Align) -> None:
+        if align != self.align:
+            self.out += bytes([0x1B, 0x61, align])
+            self.align = align
+
+    def end_text(self) -> None:
+        """Text modes back to normal after the last line."""
+        if self.chinese:
+            self.out += CHINESE_OFF
+        if self.bold:
+            self.out += b"\x1b\x45\x00"
+        if self.double:
+            self.out += b"\x1d\x21\x00"
+
+    def qr(self, job: PrintJob) -> None:
+        data = (job.qr or "").encode("utf-8")
         if not data or len(data) > MAX_QR_BYTES:
             raise InvalidJob(f"QR data must be 1..{MAX_QR_BYTES} bytes")
-        if align != Align.CENTER:
-            out += b"\x1b\x61\x01"
-            align = Align.CENTER
-        out += qr_code(data, module_size=job.qr_module_size, ec=job.qr_ec) + LF
-    if align != Align.LEFT:
-        out += b"\x1b\x61\x00"
-    if job.feed_lines:
-        out += bytes([0x1B, 0x64, min(job.feed_lines, 255)])
-    if job.cut:
-        # Function A after the feed: the same bytes python-escpos's cut() sends.
-        out += CUT_FULL if profile.cut == "full" else CUT_PARTIAL
-    return EncodedJob(bytes(out), raster_lines, replaced)
+        self._align(Align.CENTER)
+        self.out += qr_code(data, module_size=job.qr_module_size, ec=job.qr_ec) + LF
+
+    def finish(self, job: PrintJob) -> EncodedJob:
+        self._align(Align.LEFT)
+        if job.feed_lines:
+            self.out += bytes([0x1B, 0x64, min(job.feed_lines, 255)])
+        if job.cut:
+            # Function A after the feed: the same bytes python-escpos's cut() sends.
+            self.out += CUT_FULL if self.profile.cut == "full" else CUT_PARTIAL
+        return EncodedJob(bytes(self.out), self.raster_lines, self.replaced)
