@@ -107,70 +107,36 @@ class LiveVerifier:
         verdict.learned_kid = added.pop() if added else None
 
     def _track(self, env: Envelope, verdict: Verdict) -> None:
+        """Duplicates, conflicts, order, gaps and the hash chain of the envelope's stream."""
         state = self._streams.setdefault((env.node, env.stream), _Stream())
         label = f"stream {env.node}/{env.stream}"
         seq, digest = env.seq, env.digest
+
+        def problem(kind: str, text: str) -> None:
+            verdict.problems.append(
+                Problem(kind, f"{label}: {text}", node=env.node, stream=env.stream, seq=seq)
+            )
+
         seen = state.digests.get(seq)
         if seen is not None:
             if seen[0] == digest:
                 verdict.duplicate = True
                 self.duplicates += 1
             else:
-                verdict.problems.append(
-                    Problem(
-                        "conflict",
-                        f"{label}: seq {seq} seen twice with different content",
-                        node=env.node,
-                        stream=env.stream,
-                        seq=env.seq,
-                    )
-                )
+                problem("conflict", f"seq {seq} seen twice with different content")
             return
-        if state.max_seq is not None:
-            if seq < state.max_seq:
-                verdict.problems.append(
-                    Problem(
-                        "reorder",
-                        f"{label}: seq {seq} arrived after seq {state.max_seq}, out of order",
-                        node=env.node,
-                        stream=env.stream,
-                        seq=env.seq,
-                    )
-                )
-            elif seq > state.max_seq + 1:
-                low, high = state.max_seq, seq
-                what = f"seq {low + 1}" if high - low == 2 else f"seqs {low + 1}-{high - 1}"
-                verdict.problems.append(
-                    Problem(
-                        "gap",
-                        f"{label}: {what} missing between {low} and {high}",
-                        node=env.node,
-                        stream=env.stream,
-                        seq=env.seq,
-                    )
-                )
+        if state.max_seq is not None and seq < state.max_seq:
+            problem("reorder", f"seq {seq} arrived after seq {state.max_seq}, out of order")
+        elif state.max_seq is not None and seq > state.max_seq + 1:
+            low, high = state.max_seq, seq
+            what = f"seq {low + 1}" if high - low == 2 else f"seqs {low + 1}-{high - 1}"
+            problem("gap", f"{what} missing between {low} and {high}")
         before = state.digests.get(seq - 1)
         if before is not None and env.prev != before[0]:
-            verdict.problems.append(
-                Problem(
-                    "chain_broken",
-                    f"{label}: prev of seq {seq} does not match seq {seq - 1} (chain broken)",
-                    node=env.node,
-                    stream=env.stream,
-                    seq=env.seq,
-                )
-            )
+            problem("chain_broken", f"prev of seq {seq} does not match seq {seq - 1} (chain broken)")
         after = state.digests.get(seq + 1)
         if after is not None and after[1] != digest:
-            verdict.problems.append(
-                Problem(
-                    "chain_broken",
-                    f"{label}: prev of seq {seq + 1} does not match seq {seq}",
-                    node=env.node,
-                    stream=env.stream,
-                    seq=env.seq,
-                )
-            )
+            problem("chain_broken", f"prev of seq {seq + 1} does not match seq {seq}")
         state.digests[seq] = (digest, env.prev)
         while len(state.digests) > REMEMBER:
             state.digests.popitem(last=False)
