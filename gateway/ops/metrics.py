@@ -212,6 +212,11 @@ class _StatusCollector(Collector):
                 if value is not None:
                     counter.add_metric([str(name)], value)
         yield from (messages, size, oldest, parked, *counters.values())
+        yield from _StatusCollector._outbox_totals(outbox)
+
+    @staticmethod
+    def _outbox_totals(outbox: Mapping[str, Any]) -> Iterable[Metric]:
+        """The outbox's whole-store figures: quota, delivery, storage incidents, recoveries."""
         for key, name, text in (
             ("max_bytes", "outbox_max_bytes", "Outbox byte quota"),
             ("delivery_rate_per_s", "outbox_delivery_rate", "Messages delivered per second (last minute)"),
