@@ -189,20 +189,11 @@ class DeviceQueue:
         now = self._clock()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        arrival = next(self._arrivals)
-        if priority:
-            key = (0.0, 0, arrival)
-        else:
-            index = self._session_counts.get(session, 0)
-            tag = max(self._virtual, self._session_tags.get(session, 0.0)) + 1.0
-            self._session_tags[session] = tag
-            self._session_counts[session] = index + 1
-            key = (tag, index, arrival)
         request = _Request(
             operation=operation,
             session=session,
             deadline=now + (deadline_s if deadline_s is not None else self.deadline_s),
-            key=key,
+            key=self._key(session, priority),
             future=future,
             priority=priority,
             enqueued_at=now,
@@ -232,6 +223,17 @@ class DeviceQueue:
         except asyncio.CancelledError:
             self._withdraw(request)
             raise
+
+    def _key(self, session: str | None, priority: bool) -> tuple[float, int, int]:
+        """The request's place: priority first; else its session's virtual finish tag (fair queuing)."""
+        arrival = next(self._arrivals)
+        if priority:
+            return (0.0, 0, arrival)
+        index = self._session_counts.get(session, 0)
+        tag = max(self._virtual, self._session_tags.get(session, 0.0)) + 1.0
+        self._session_tags[session] = tag
+        self._session_counts[session] = index + 1
+        return (tag, index, arrival)
 
     def pending(self, session: str) -> int:
         """Requests of `session` waiting here or in flight (the idle rule counts them as activity)."""
