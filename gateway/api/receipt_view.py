@@ -33,63 +33,86 @@ class Receipt:
 
 def decode_receipt(job: bytes) -> Receipt:
     """Decode a job; unknown commands are skipped, text is GB18030 (ASCII outside Chinese mode)."""
-    receipt = Receipt()
-    text = bytearray()
-    style: dict[str, Any] = {"bold": False, "double": False, "align": "left"}
+    return _Decoder(job).run()
 
-    def end_line() -> None:
-        receipt.lines.append({"text": bytes(text).decode("gb18030", "replace"), **style})
-        text.clear()
 
-    i, n = 0, len(job)
-    while i < n:
-        b = job[i]
-        nxt = job[i + 1] if i + 1 < n else -1
-        if b == 0x0A:
-            end_line()
-            i += 1
-        elif b == ESC and nxt == 0x40:
-            style = {"bold": False, "double": False, "align": "left"}
-            i += 2
-        elif b == ESC and nxt == 0x61 and i + 2 < n:
-            style["align"] = _ALIGN.get(job[i + 2], "left")
-            i += 3
-        elif b == ESC and nxt == 0x45 and i + 2 < n:
-            style["bold"] = bool(job[i + 2] & 1)
-            i += 3
-        elif b == ESC and nxt == 0x64 and i + 2 < n:
-            if text:
-                end_line()
+class _Decoder:
+    """Walks a job's bytes: text into lines with their style, the commands it knows, the rest skipped."""
+
+    def __init__(self, job: bytes) -> None:
+        self.job = job
+        self.receipt = Receipt()
+        self.text = bytearray()
+        self.style: dict[str, Any] = {"bold": False, "double": False, "align": "left"}
+
+    def run(self) -> Receipt:
+        job, i, n = self.job, 0, len(self.job)
+        while i < n:
+            b = job[i]
+            nxt = job[i + 1] if i + 1 < n else -1
+            if b == 0x0A:
+                self.end_line()
+                i += 1
+            elif b == ESC:
+                i += self.esc(i, nxt)
+            elif b == GS:
+                i += self.gs(i, nxt)
+            elif b == FS and nxt in (0x26, 0x2E):
+                i += 2
+            elif b == DLE and nxt == 0x04:
+                i += 3
+            elif b < 0x20:
+                i += 1
+            else:
+                self.text.append(b)
+                i += 1
+        if self.text:
+            self.end_line()
+        while self.receipt.lines and not self.receipt.lines[-1]["text"]:
+            self.receipt.lines.pop()
+        return self.receipt
+
+    def end_line(self) -> None:
+        self.receipt.lines.append({"text": bytes(self.text).decode("gb18030", "replace"), **self.style})
+        self.text.clear()
+
+    def esc(self, i: int, nxt: int) -> int:
+        """ESC commands; returns how many bytes they take."""
+        job, has_arg = self.job, i + 2 < len(self.job)
+        if nxt == 0x40:
+            self.style = {"bold": False, "double": False, "align": "left"}
+            return 2
+        if nxt == 0x61 and has_arg:
+            self.style["align"] = _ALIGN.get(job[i + 2], "left")
+            return 3
+        if nxt == 0x45 and has_arg:
+            self.style["bold"] = bool(job[i + 2] & 1)
+            return 3
+        if nxt == 0x64 and has_arg:
+            if self.text:
+                self.end_line()
             for _ in range(job[i + 2]):
-                end_line()
-            i += 3
-        elif b == ESC and nxt in (0x21, 0x74, 0x4D, 0x2D):  # ESC ! / t / M / - n: one argument
-            i += 3
-        elif b == GS and nxt == 0x21 and i + 2 < n:
-            style["double"] = bool(job[i + 2] & 0x11)
-            i += 3
-        elif b == GS and nxt == 0x56 and i + 2 < n:
-            receipt.cut = True
-            i += 4 if job[i + 2] in (0x41, 0x42) else 3
-        elif b == GS and nxt == 0x28 and i + 4 < n:  # GS ( X pL pH data
+                self.end_line()
+            return 3
+        if nxt in (0x21, 0x74, 0x4D, 0x2D):  # ESC ! / t / M / - n: one argument
+            return 3
+        return 1
+
+    def gs(self, i: int, nxt: int) -> int:
+        """GS commands; returns how many bytes they take."""
+        job, n = self.job, len(self.job)
+        if nxt == 0x21 and i + 2 < n:
+            self.style["double"] = bool(job[i + 2] & 0x11)
+            return 3
+        if nxt == 0x56 and i + 2 < n:
+            self.receipt.cut = True
+            return 4 if job[i + 2] in (0x41, 0x42) else 3
+        if nxt == 0x28 and i + 4 < n:  # GS ( X pL pH data
             size = job[i + 3] | job[i + 4] << 8
             body = job[i + 5 : i + 5 + size]
             if job[i + 2] == 0x6B and len(body) >= 3 and body[0] == 0x31 and body[1] == 0x50:
-                receipt.qr = body[3:].decode("utf-8", "replace")
-            i += 5 + size
-        elif b == GS and nxt == 0x61:  # GS a n: status push mask
-            i += 3
-        elif b == FS and nxt in (0x26, 0x2E):
-            i += 2
-        elif b == DLE and nxt == 0x04:
-            i += 3
-        elif b < 0x20:
-            i += 1
-        else:
-            text.append(b)
-            i += 1
-    if text:
-        end_line()
-    while receipt.lines and not receipt.lines[-1]["text"]:
-        receipt.lines.pop()
-    return receipt
+                self.receipt.qr = body[3:].decode("utf-8", "replace")
+            return 5 + size
+        if nxt == 0x61:  # GS a n: status push mask
+            return 3
+        return 1
