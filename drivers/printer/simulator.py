@@ -186,51 +186,11 @@ class PrinterSimulator:
                     i += 3
                     continue
             elif b == GS:
-                if n - i < 3:
+                used = self._gs(buf, i)
+                if used == 0:
                     break
-                op = buf[i + 1]
-                if op == 0x61:  # GS a n
-                    self._enable_asb(buf[i + 2])
-                    i += 3
-                    continue
-                if op == 0x28:  # GS ( x pL pH payload
-                    if n - i < 5:
-                        break
-                    size = 5 + buf[i + 3] + 256 * buf[i + 4]
-                    if n - i < size:
-                        break
-                    command = bytes(buf[i : i + size])
-                    if command[2] == 0x48 and command[5:7] == b"00" and size == 11:
-                        self._end_job()
-                        self._queue.put_nowait(("pid", command[7:11]))
-                    else:
-                        self._job += command
-                    i += size
-                    continue
-                if op == 0x76 and buf[i + 2] == RASTER_IMAGE[2]:  # GS v 0 m xL xH yL yH data
-                    if n - i < 8:
-                        break
-                    size = raster_size(bytes(buf[i : i + 8]))
-                    if size > _MAX_INPUT:
-                        log.warning("printer_sim_raster_too_large", nbytes=size)
-                        i += 8
-                        continue
-                    if n - i < size:
-                        break
-                    # The image data is dots, not commands: take it whole, never parse inside.
-                    command = bytes(buf[i : i + size])
-                    self.rasters.append(decode_raster(command))
-                    self._job += command
-                    i += size
-                    continue
-                if op == 0x56:  # GS V m [n]: cut ends a job
-                    size = 4 if buf[i + 2] in (0x41, 0x42) else 3
-                    if n - i < size:
-                        break
-                    self.cuts.append(bytes(buf[i : i + size]))
-                    self._job += buf[i : i + size]
-                    i += size
-                    self._end_job()
+                if used is not None:
+                    i += used
                     continue
             elif b == ESC:
                 if n - i < 2:
@@ -240,6 +200,56 @@ class PrinterSimulator:
             self._job.append(b)
             i += 1
         return i
+
+    def _gs(self, buf: bytearray, i: int) -> int | None:
+        """A GS command at `i`: the bytes it took, 0 to wait for more, None for an ordinary byte."""
+        left = len(buf) - i
+        if left < 3:
+            return 0
+        op = buf[i + 1]
+        if op == 0x61:  # GS a n
+            self._enable_asb(buf[i + 2])
+            return 3
+        if op == 0x28:  # GS ( x pL pH payload
+            if left < 5:
+                return 0
+            size = 5 + buf[i + 3] + 256 * buf[i + 4]
+            if left < size:
+                return 0
+            command = bytes(buf[i : i + size])
+            if command[2] == 0x48 and command[5:7] == b"00" and size == 11:
+                self._end_job()
+                self._queue.put_nowait(("pid", command[7:11]))
+            else:
+                self._job += command
+            return size
+        if op == 0x76 and buf[i + 2] == RASTER_IMAGE[2]:  # GS v 0 m xL xH yL yH data
+            return self._raster(buf, i)
+        if op == 0x56:  # GS V m [n]: cut ends a job
+            size = 4 if buf[i + 2] in (0x41, 0x42) else 3
+            if left < size:
+                return 0
+            self.cuts.append(bytes(buf[i : i + size]))
+            self._job += buf[i : i + size]
+            self._end_job()
+            return size
+        return None
+
+    def _raster(self, buf: bytearray, i: int) -> int:
+        left = len(buf) - i
+        if left < 8:
+            return 0
+        size = raster_size(bytes(buf[i : i + 8]))
+        if size > _MAX_INPUT:
+            log.warning("printer_sim_raster_too_large", nbytes=size)
+            return 8
+        if left < size:
+            return 0
+        # The image data is dots, not commands: take it whole, never parse inside.
+        command = bytes(buf[i : i + size])
+        self.rasters.append(decode_raster(command))
+        self._job += command
+        return size
 
     def _end_job(self) -> None:
         if self._job:
