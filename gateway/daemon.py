@@ -48,6 +48,7 @@ from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.private import make_private
+from gateway.reload import merge_reload
 from gateway.remote import CommandDispatcher, CommandFailed
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
@@ -70,17 +71,6 @@ from gateway.uplink.sink import OutboxSink, SwitchableSealer
 
 log = structlog.get_logger(__name__)
 
-# Config keys a SIGHUP applies at once; every other change waits for a restart.
-LIVE_KEYS = (
-    "log.level",
-    "api.allowed_uids",
-    "api.max_sessions",
-    "api.session_idle_timeout_s",
-    "api.idle_warning_s",
-    "api.sse_heartbeat_s",
-    "ops.telemetry_interval_s",
-)
-
 ReloadHook = Callable[[GatewayConfig], None]
 
 # What a signed `config.set` command may change (a subset of what SIGHUP applies).
@@ -93,50 +83,6 @@ REMOTE_CONFIG_KEYS = frozenset(
         "ops.telemetry_interval_s",
     }
 )
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """`section.key` paths; a device is one entry (`devices.NAME`) plus its queue (`devices.NAME.queue`)."""
-    flat: dict[str, Any] = {}
-    for section, table in data.items():
-        if section == "devices":
-            for name, device in table.items():
-                flat[f"devices.{name}"] = {k: v for k, v in device.items() if k != "queue"}
-                flat[f"devices.{name}.queue"] = device.get("queue")
-        elif isinstance(table, dict) and table:
-            flat.update({f"{section}.{key}": value for key, value in table.items()})
-        else:
-            flat[section] = table
-    return flat
-
-
-_LIVE_QUEUE = re.compile(r"^devices\.[a-z][a-z0-9_]*\.queue$")
-
-
-def _is_live(path: str) -> bool:
-    # A device's queue depth and deadline change live; its driver and port need a restart.
-    return path in LIVE_KEYS or bool(_LIVE_QUEUE.match(path))
-
-
-def merge_reload(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, list[str], list[str]]:
-    """Take the live-changeable values from `new`; return (effective, applied, needs_restart)."""
-    old_flat, new_flat = _flatten(as_dict(old)), _flatten(as_dict(new))
-    applied, restart = [], []
-    merged = as_dict(old)
-    for path in sorted(set(old_flat) | set(new_flat)):
-        if old_flat.get(path) == new_flat.get(path):
-            continue
-        if _is_live(path) and path in old_flat and path in new_flat:
-            *parents, key = path.split(".")
-            table = merged
-            for part in parents:
-                table = table[part]
-            table[key] = new_flat[path]
-            applied.append(path)
-        else:
-            restart.append(path)
-    effective = msgspec.convert(merged, GatewayConfig)
-    return msgspec.structs.replace(effective, source=new.source), applied, restart
 
 
 class Daemon:
