@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -13,7 +14,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import structlog
 from aiohttp import web
 
@@ -30,7 +30,9 @@ from gateway.api.system import routes as system_routes
 from gateway.auth.engine import Authenticator
 from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
-from gateway.config import GatewayConfig, as_dict, load_config, locate_config
+from gateway.commands.handlers import NodeCommands
+from gateway.commands.requeue import requeue_rejected
+from gateway.config import GatewayConfig, load_config, locate_config
 from gateway.devcloud.simlink import SimCloudLink, sim_cloud_link
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
@@ -49,7 +51,7 @@ from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
 from gateway.private import make_private
 from gateway.reload import merge_reload
-from gateway.remote import CommandDispatcher, CommandFailed
+from gateway.remote import CommandDispatcher
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
 from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, FileProblem, UnusableFileError, check_files
@@ -59,7 +61,7 @@ from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key, rotate_key
 from gateway.uplink.mqtt import MqttLink
-from gateway.uplink.outbox import STREAMS, Outbox, OutboxAlert
+from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
 from gateway.uplink.rotation import (
@@ -72,17 +74,6 @@ from gateway.uplink.sink import OutboxSink, SwitchableSealer
 log = structlog.get_logger(__name__)
 
 ReloadHook = Callable[[GatewayConfig], None]
-
-# What a signed `config.set` command may change (a subset of what SIGHUP applies).
-REMOTE_CONFIG_KEYS = frozenset(
-    {
-        "log.level",
-        "api.max_sessions",
-        "api.session_idle_timeout_s",
-        "api.idle_warning_s",
-        "ops.telemetry_interval_s",
-    }
-)
 
 
 class Daemon:
@@ -487,7 +478,7 @@ class Daemon:
         self.ctx.auth = auth
         self.ctx.is_online = self.is_online
         self.ctx.reset_device = self._reset_device
-        self.ctx.requeue_rejected = self.requeue_rejected
+        self.ctx.requeue_rejected = functools.partial(requeue_rejected, self.outbox)
         self.sessions.on_create(
             lambda session: setattr(session, "auth", auth.new_state(session.id, session.kind))
         )
@@ -501,6 +492,20 @@ class Daemon:
         await managed.device.start()
         return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
 
+    async def _rotate_key(self) -> dict[str, Any]:
+        """`keys.rotate`: a new signing key, announced sealed by the old one."""
+        rotation = await asyncio.to_thread(
+            rotate_key,
+            self.config.key_path,
+            self.config.node.id,
+            overlap_s=self.config.uplink.key_overlap_s,
+        )
+        await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
+        self.node_key = rotation.new
+        if self.key_pruner is not None:
+            self.key_pruner.poke()
+        return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
+
     def _build_commands(self, stack: AsyncExitStack) -> None:
         replay = ReplayStore(self.config.state_dir / "replay.sqlite3")
         stack.callback(replay.close)
@@ -513,50 +518,15 @@ class Daemon:
         dispatcher = CommandDispatcher(verifier, self.cloud)
         self.dispatcher = dispatcher
 
-        async def ping(_body: Any) -> dict[str, Any]:
-            return {"pong": time.time(), "version": __version__}
-
-        async def config_set(body: Any) -> dict[str, Any]:
-            return self._remote_config_set(body)
-
-        async def device_reset(body: Any) -> dict[str, Any]:
-            return await self._reset_device(str(body.get("device", "")))
-
-        async def end_all(_body: Any) -> dict[str, Any]:
-            return {"ended": await self.sessions.end_all("ended_by_cloud")}
-
-        async def rotate(_body: Any) -> dict[str, Any]:
-            rotation = await asyncio.to_thread(
-                rotate_key,
-                self.config.key_path,
-                self.config.node.id,
-                overlap_s=self.config.uplink.key_overlap_s,
-            )
-            await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
-            self.node_key = rotation.new
-            if self.key_pruner is not None:
-                self.key_pruner.poke()
-            return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
-
-        async def reply(body: Any) -> dict[str, Any]:
-            return {"matched": self.requests.resolve(body)}
-
-        async def requeue(body: Any) -> dict[str, Any]:
-            try:
-                return await self.requeue_rejected(body)
-            except ValueError as err:
-                raise CommandFailed(str(err)) from err
-
-        for name, handler in {
-            "ping": ping,
-            "config.set": config_set,
-            "device.reset": device_reset,
-            "session.end_all": end_all,
-            "keys.rotate": rotate,
-            "outbox.requeue": requeue,
-            "reply": reply,
-        }.items():
-            dispatcher.register(name, handler)
+        NodeCommands(
+            config=lambda: self.config,
+            apply_config=self._apply,
+            reset_device=self._reset_device,
+            rotate_key=self._rotate_key,
+            sessions=self.sessions,
+            requests=self.requests,
+            outbox=self.outbox,
+        ).register(dispatcher)
         dispatcher.start()
         if isinstance(self.link, MqttLink):  # the in-process dev cloud's link drops nothing
             self.link.on_drop = dispatcher.count_dropped
@@ -568,48 +538,8 @@ class Daemon:
         """The dispatcher's counts (what the MQTT link dropped before it included)."""
         return self.dispatcher.stats()
 
-    async def requeue_rejected(self, body: Any) -> dict[str, Any]:
-        """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
-        the broker rejected back in the queue. ValueError names what is wrong with the body."""
-        if body is None:
-            body = {}
-        if not isinstance(body, dict) or set(body) - {"stream", "seqs"}:
-            raise ValueError('outbox.requeue takes {"stream": NAME, "seqs": [SEQ, ...]}, both optional')
-        stream, seqs = body.get("stream"), body.get("seqs")
-        if stream is not None and stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; one of {', '.join(STREAMS)}")
-        if seqs is not None and (
-            not isinstance(seqs, list)
-            or not 1 <= len(seqs) <= 10_000
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs)
-        ):
-            raise ValueError("seqs must be a list of 1 to 10000 positive integers")
-        requeued = await self.outbox.requeue_rejected(stream, seqs)
-        return {"requeued": requeued, "total": sum(requeued.values())}
-
     async def _on_command(self, topic: str, payload: bytes) -> None:
         await self.dispatcher.on_message(topic, payload)
-
-    def _remote_config_set(self, body: Any) -> dict[str, Any]:
-        """`config.set {"values": {"api.max_sessions": 150}}`: only live keys, validated as a whole."""
-        values = body.get("values") if isinstance(body, dict) else None
-        if not isinstance(values, dict) or not values:
-            raise CommandFailed('config.set needs {"values": {"key.path": value, ...}}')
-        refused = sorted(k for k in values if k not in REMOTE_CONFIG_KEYS)
-        if refused:
-            raise CommandFailed(f"not settable remotely: {', '.join(refused)}")
-        data = as_dict(self.config)
-        for path, value in values.items():
-            section, key = path.split(".", 1)
-            data[section][key] = value
-        try:
-            new = msgspec.convert(data, GatewayConfig)
-        except msgspec.ValidationError as err:
-            raise CommandFailed(f"invalid value: {err}") from err
-        new = msgspec.structs.replace(new, source=self.config.source, devices=self.config.devices)
-        effective, applied, _restart = merge_reload(self.config, new)
-        self._apply(effective)
-        return {"applied": applied}
 
     def _load_node_key(self) -> NodeKey:
         """The signing key; a missing key is made only where config allows, a loose one is refused."""
