@@ -59,16 +59,12 @@ from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
-from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key, rotate_key
+from gateway.uplink.keys import KeyRing, NodeKey
 from gateway.uplink.mqtt import MqttLink
 from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
-from gateway.uplink.rotation import (
-    RetiredKeyPruner,
-    clear_pending_announcement,
-    read_pending_announcement,
-)
+from gateway.uplink.rotation import RetiredKeyPruner, RotationAnnouncer
 from gateway.uplink.sink import OutboxSink, SwitchableSealer
 
 log = structlog.get_logger(__name__)
@@ -110,6 +106,7 @@ class Daemon:
         self.link: MqttLink | SimCloudLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
+        self.key_rotation: RotationAnnouncer | None = None
         # One pending re-judgement of the device-failure share (when a failed device's grace ends).
         self._share_timer: asyncio.TimerHandle | None = None
         self.devices = DeviceManager()
@@ -184,8 +181,8 @@ class Daemon:
         # Logged before the new level applies, so a quieter level still records the reload.
         log.warning("reloaded", applied=applied, needs_restart=restart)
         self._apply(effective)
-        if read_pending_announcement(self.config.state_dir) is not None:
-            self._spawn(self._announce_pending_rotation(reload_key=True), "key-rotation")
+        if self.key_rotation is not None and self.key_rotation.has_pending():
+            self._spawn(self.key_rotation.announce_pending(reload_key=True), "key-rotation")
         note = f"reloaded: {len(applied)} applied" + (
             f", restart needed for {', '.join(restart)}" if restart else ""
         )
@@ -274,7 +271,7 @@ class Daemon:
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
         config = self.config
-        await self._build_uplink(stack)
+        rotation = await self._build_uplink(stack)
 
         self.devices = DeviceManager()
         await self.devices.start(dict(config.devices), stack)
@@ -312,19 +309,20 @@ class Daemon:
         )
         self.route_tables.append(session_routes)
         await self._build_auth(stack)
-        self._build_commands(stack)
+        self._build_commands(stack, rotation)
         self._build_ops(stack)
         if self.link is not None:
             # Last: commands may touch sessions and devices, so those exist before the first one.
             await self.link.start()
             stack.push_async_callback(self.link.close)
 
-    async def _build_uplink(self, stack: AsyncExitStack) -> None:
-        """Node key, sealer, outbox (the CloudSink every part uses), publisher, MQTT link."""
+    async def _build_uplink(self, stack: AsyncExitStack) -> RotationAnnouncer:
+        """Node key, sealer, outbox (the CloudSink every part uses), publisher, MQTT link; returns
+        the part that holds the signing key and announces its rotations."""
         config = self.config
         node = config.node.id
-        self.node_key = self._load_node_key()
-        self.sealer = SwitchableSealer(Sealer(self.node_key, node))
+        node_key = self._load_node_key()
+        self.sealer = SwitchableSealer(Sealer(node_key, node))
         self.outbox = Outbox(
             config.state_dir / config.outbox.file,
             self.sealer,
@@ -340,8 +338,20 @@ class Daemon:
         self.outbox_alerts.start()
         stack.push_async_callback(self.outbox_alerts.close)
         stack.push_async_callback(self._drain_background)
-        await self._announce_pending_rotation()
         self.key_pruner = RetiredKeyPruner(config.key_path, node, config.state_dir)
+        rotation = RotationAnnouncer(
+            node_key,
+            node_id=node,
+            key_path=config.key_path,
+            state_dir=config.state_dir,
+            overlap_s=config.uplink.key_overlap_s,
+            sealer=self.sealer,
+            cloud=self.cloud,
+            pruner=self.key_pruner,
+            load_key=self._load_node_key,
+        )
+        self.key_rotation = rotation
+        await rotation.announce_pending()
         self.key_pruner.start()
         stack.push_async_callback(self.key_pruner.close)
         self.publisher = Publisher(
@@ -356,7 +366,7 @@ class Daemon:
             self.link = sim_cloud_link(
                 config.state_dir,
                 node,
-                self.node_key,
+                node_key,
                 config.key_path,
                 announce=self.announce,
                 on_command=self._on_command,
@@ -387,6 +397,14 @@ class Daemon:
         self.add_status("outbox", self._outbox_status)
         self.add_status("uplink", self._uplink_status)
         self.add_health_check("uplink", self._uplink_health)
+        return rotation
+
+    @property
+    def node_key(self) -> NodeKey:
+        """The key the node signs with now (it changes on rotation)."""
+        if self.key_rotation is None:
+            raise RuntimeError("the node key is loaded when the uplink is built")
+        return self.key_rotation.node_key
 
     def is_online(self) -> bool:
         return self.link is not None and self.link.state.connected
@@ -433,32 +451,6 @@ class Daemon:
             {"severity": alert.severity, "stream": alert.stream, "message": alert.message, **alert.fields},
         )
 
-    async def _announce_pending_rotation(self, *, reload_key: bool = False) -> None:
-        """A `keys rotate` from the CLI is announced here (at start or SIGHUP), sealed by the old key."""
-        pending = read_pending_announcement(self.config.state_dir)
-        if pending is None:
-            return
-        if reload_key:
-            self.node_key = self._load_node_key()
-        retired = load_previous_key(self.config.key_path, self.config.node.id)
-        if retired is None or retired.key.kid != pending.get("old_kid"):
-            log.error("rotation_announcement_dropped", reason="previous key missing or different")
-            clear_pending_announcement(self.config.state_dir)
-            return
-        await self._announce_rotation(retired.key, self.node_key, pending["body"])
-        clear_pending_announcement(self.config.state_dir)
-        if self.key_pruner is not None:
-            self.key_pruner.poke()
-
-    async def _announce_rotation(self, old: NodeKey, new: NodeKey, body: dict[str, Any]) -> None:
-        current = self.sealer.current
-        self.sealer.current = Sealer(old, self.config.node.id)
-        try:
-            await self.cloud.send("audit", "key_rotated", body)
-        finally:
-            self.sealer.current = Sealer(new, self.config.node.id) if current.kid == old.kid else current
-        log.info("key_rotation_announced", old_kid=old.kid, new_kid=new.kid)
-
     async def _build_auth(self, stack: AsyncExitStack) -> None:
         store = await AuthStore.open(self.config.state_dir)
         stack.push_async_callback(store.close)
@@ -492,21 +484,7 @@ class Daemon:
         await managed.device.start()
         return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
 
-    async def _rotate_key(self) -> dict[str, Any]:
-        """`keys.rotate`: a new signing key, announced sealed by the old one."""
-        rotation = await asyncio.to_thread(
-            rotate_key,
-            self.config.key_path,
-            self.config.node.id,
-            overlap_s=self.config.uplink.key_overlap_s,
-        )
-        await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
-        self.node_key = rotation.new
-        if self.key_pruner is not None:
-            self.key_pruner.poke()
-        return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
-
-    def _build_commands(self, stack: AsyncExitStack) -> None:
+    def _build_commands(self, stack: AsyncExitStack, rotation: RotationAnnouncer) -> None:
         replay = ReplayStore(self.config.state_dir / "replay.sqlite3")
         stack.callback(replay.close)
         ring = (
@@ -522,7 +500,7 @@ class Daemon:
             config=lambda: self.config,
             apply_config=self._apply,
             reset_device=self._reset_device,
-            rotate_key=self._rotate_key,
+            rotate_key=rotation.rotate,
             sessions=self.sessions,
             requests=self.requests,
             outbox=self.outbox,
