@@ -109,9 +109,20 @@ class Daemon:
         self.key_rotation: RotationAnnouncer | None = None
         # One pending re-judgement of the device-failure share (when a failed device's grace ends).
         self._share_timer: asyncio.TimerHandle | None = None
+        # Built here, started with the other parts: the devices once the uplink exists, then the sessions.
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
-            max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
+            max_sessions=config.api.max_sessions,
+            idle_timeout_s=config.api.session_idle_timeout_s,
+            idle_warning_s=config.api.idle_warning_s,
+            event_buffer=config.api.event_buffer,
+        )
+        self.on_reload(
+            lambda cfg: self.sessions.configure(
+                max_sessions=cfg.api.max_sessions,
+                idle_timeout_s=cfg.api.session_idle_timeout_s,
+                idle_warning_s=cfg.api.idle_warning_s,
+            )
         )
 
     # Registration points for parts -------------------------------------------------------
@@ -273,7 +284,6 @@ class Daemon:
         config = self.config
         rotation = await self._build_uplink(stack)
 
-        self.devices = DeviceManager()
         await self.devices.start(dict(config.devices), stack)
         self.ctx.devices = self.devices
         self.stations = StationMap(config, self.devices)
@@ -284,13 +294,7 @@ class Daemon:
         self.add_status("stations", self._station_overview)
         self.add_health_check("devices", self.devices.health)
 
-        sessions = SessionRegistry(
-            max_sessions=config.api.max_sessions,
-            idle_timeout_s=config.api.session_idle_timeout_s,
-            idle_warning_s=config.api.idle_warning_s,
-            event_buffer=config.api.event_buffer,
-        )
-        self.sessions = sessions
+        sessions = self.sessions
         sessions.on_end(lambda session, reason: self._release(session.id, reason))
         sessions.add_busy_probe(self._has_device_work)
         sessions.on_end(self._assist_when_idle)
@@ -300,13 +304,6 @@ class Daemon:
         self.devices.subscribe(self._broadcast_device_event)
         self.on_reload(self.devices.configure_queues)
         self.add_status("sessions", self._sessions_status)
-        self.on_reload(
-            lambda cfg: sessions.configure(
-                max_sessions=cfg.api.max_sessions,
-                idle_timeout_s=cfg.api.session_idle_timeout_s,
-                idle_warning_s=cfg.api.idle_warning_s,
-            )
-        )
         self.route_tables.append(session_routes)
         await self._build_auth(stack)
         self._build_commands(stack, rotation)
