@@ -8,7 +8,6 @@ import functools
 import os
 import re
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from drivers.base import DeviceEvent, UserActionNeeded
+from drivers.base import DeviceEvent
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
@@ -38,17 +37,11 @@ from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
 from gateway.ops.alerts import (
-    DEVICE_FAILURE_RATE,
-    FAILED_STATES,
-    OUTBOX_BACKLOG,
-    Alert,
-    AlertEngine,
-    AlertRules,
     OrderedSender,
 )
 from gateway.ops.metrics import GatewayMetrics
-from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
-from gateway.ops.usage import UsageReporter, UsageTracker
+from gateway.ops.supervision import Supervision
+from gateway.ops.usage import UsageTracker
 from gateway.private import make_private
 from gateway.reload import merge_reload
 from gateway.remote import CommandDispatcher
@@ -107,8 +100,6 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
         self.key_rotation: RotationAnnouncer | None = None
-        # One pending re-judgement of the device-failure share (when a failed device's grace ends).
-        self._share_timer: asyncio.TimerHandle | None = None
         # Built here, started with the other parts: the devices once the uplink exists, then the sessions.
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
@@ -572,81 +563,24 @@ class Daemon:
                 lambda: self.server.stats() if self.server is not None else {}, self._downlink_status
             )
         )
-        reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
-        reporter.start()
-        stack.push_async_callback(reporter.close)
-        lag = config.ops.loop_lag_warn_s
-        self.alerts = AlertEngine(
-            self.cloud,
-            rules=AlertRules(
-                loop_lag_raise_s=lag,
-                loop_lag_clear_s=lag / 2,
-                share_grace_s=config.ops.device_failure_grace_s,
-            ),
+        supervision = Supervision(
+            config,
+            cloud=self.cloud,
+            devices=self.devices,
+            stations=self.stations,
+            sessions=self.sessions,
+            usage=self.usage,
+            loop_lag=lambda: self.monitor.lag,
+            started_at=self.ctx.started_at,
+            outbox_backlog=self.outbox.backlog,
+            watchdog_slack=lambda: self.watchdog.slack() if self.watchdog is not None else None,
+            reset_device=self._reset_device,
         )
-        self.alerts.start()
-        stack.push_async_callback(self.alerts.close)
-        self.alerts.add_remedy(DEVICE_FAILURE_RATE, self._reopen_failing_device)
-        self.alerts.add_remedy(OUTBOX_BACKLOG, self._shed_telemetry)
-        for managed in self.devices.devices.values():
-            managed.queue.on_complete.append(self._device_op_done)
-        self.sessions.on_end(lambda session, _reason: self.alerts.record_session(session.errors == 0))
-        self.sessions.on_create(lambda session: self.usage.stations.session_started(session.station))
-        self.sessions.on_end(self._station_session_ended)
-        self.ctx.record_feedback = self._record_feedback
-        self.devices.subscribe(self._device_share_event)
-        self._judge_device_share()
-        stack.callback(self._cancel_share_timer)
-        collector = TelemetryCollector(config.state_dir, lambda: self.monitor.lag, self.ctx.started_at)
-        self.telemetry = TelemetryLoop(
-            collector, self.cloud, config.ops.telemetry_interval_s, on_sample=self._judge_system
-        )
-        self.telemetry.start()
-        stack.push_async_callback(self.telemetry.close)
-        self.on_reload(lambda cfg: setattr(self.telemetry, "interval_s", cfg.ops.telemetry_interval_s))
-        self.add_status("alerts", self.alerts.active)
+        supervision.start(stack)
+        self.ctx.record_feedback = supervision.record_feedback
+        self.on_reload(supervision.configure)
+        self.add_status("alerts", supervision.alerts.active)
         self.add_status("usage", self.usage.snapshot)
-
-    def _device_op_done(self, device: str, seconds: float, error: BaseException | None) -> None:
-        # A user's mistake (no card, paper out) is not the device failing.
-        ok = error is None or isinstance(error, UserActionNeeded)
-        self.usage.record(device, ok, seconds)
-        self.alerts.record_device_op(device, ok)
-
-    def _station_session_ended(self, session: Session, _reason: str) -> None:
-        seconds = time.time() - session.created_at
-        self.usage.stations.session_ended(session.station, seconds, used=session.used)
-        for _ in range(session.transactions):
-            self.usage.stations.transaction(session.station)
-
-    def _record_feedback(self, station: str, rating: int, complaint: bool) -> None:
-        self.usage.stations.feedback(station, rating, complaint)
-        self.alerts.record_feedback(complaint)
-
-    def _device_share_event(self, event: DeviceEvent) -> None:
-        if event.kind == "state":
-            self._judge_device_share()
-
-    def _judge_device_share(self) -> None:
-        """RED share rule now, and again once a newly failed device's grace period has passed."""
-        now = time.time()
-        states = {
-            name: (m.device.status.state.value, now - m.device.status.since)
-            for name, m in self.devices.devices.items()
-        }
-        where = {name: ", ".join(self.stations.stations_using(name)) for name in states}
-        self.alerts.evaluate_device_share(states, where)
-        grace = self.alerts.rules.share_grace_s
-        pending = [grace - age for state, age in states.values() if state in FAILED_STATES and age < grace]
-        self._cancel_share_timer()
-        if pending:
-            loop = asyncio.get_running_loop()
-            self._share_timer = loop.call_later(min(pending) + 0.05, self._judge_device_share)
-
-    def _cancel_share_timer(self) -> None:
-        if self._share_timer is not None:
-            self._share_timer.cancel()
-            self._share_timer = None
 
     def _station_overview(self) -> list[dict[str, Any]]:
         """GET /v1/stations: each station's devices and their states, open sessions, today's figures."""
@@ -662,26 +596,6 @@ class Daemon:
             }
             for name in self.stations.names
         ]
-
-    def _judge_system(self, sample: dict[str, Any]) -> None:
-        snapshot: dict[str, Any] = {
-            **sample,
-            "loop_lag_s": self.monitor.lag,
-            "outbox_backlog": self.outbox.backlog(),
-        }
-        if self.watchdog is not None:
-            snapshot["watchdog_slack_s"] = self.watchdog.slack()
-        self.alerts.evaluate_system(snapshot)
-
-    async def _reopen_failing_device(self, alert: Alert) -> None:
-        if alert.subject in self.devices.devices:
-            log.warning("remedy_reopen_device", device=alert.subject)
-            await self._reset_device(alert.subject)
-
-    def _shed_telemetry(self, alert: Alert) -> None:
-        """A growing backlog: send telemetry ten times less often until the next reload."""
-        self.telemetry.interval_s = max(self.telemetry.interval_s * 10, 600.0)
-        log.warning("remedy_shed_telemetry", interval_s=self.telemetry.interval_s, backlog=alert.value)
 
     def _has_device_work(self, session: Session) -> bool:
         return any(m.queue.pending(session.id) for m in self.devices.devices.values())
