@@ -296,8 +296,8 @@ class Daemon:
         self.on_reload(self.devices.configure_queues)
         self.add_status("sessions", self._sessions_status)
         self.route_tables.append(session_routes)
-        await self._build_auth(stack)
-        self._build_commands(stack, rotation)
+        self.auth = await self._build_auth(stack)
+        self.dispatcher = self._build_commands(stack, rotation)
         self._build_ops(stack)
         if self.link is not None:
             # Last: commands may touch sessions and devices, so those exist before the first one.
@@ -439,7 +439,8 @@ class Daemon:
             {"severity": alert.severity, "stream": alert.stream, "message": alert.message, **alert.fields},
         )
 
-    async def _build_auth(self, stack: AsyncExitStack) -> None:
+    async def _build_auth(self, stack: AsyncExitStack) -> Authenticator:
+        """The two-factor engine on its store; sessions get and clear their auth state."""
         store = await AuthStore.open(self.config.state_dir)
         stack.push_async_callback(store.close)
 
@@ -454,7 +455,6 @@ class Daemon:
             is_online=self.is_online,
         )
         stack.push_async_callback(auth.close)
-        self.auth = auth
         self.ctx.auth = auth
         self.ctx.is_online = self.is_online
         self.ctx.reset_device = self._reset_device
@@ -464,6 +464,7 @@ class Daemon:
         )
         self.sessions.on_end(lambda session, _reason: session.auth.clear() if session.auth else None)
         self.route_tables.append(auth_routes)
+        return auth
 
     async def _reset_device(self, name: str) -> dict[str, Any]:
         managed = self.devices.named(name)
@@ -472,7 +473,8 @@ class Daemon:
         await managed.device.start()
         return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
 
-    def _build_commands(self, stack: AsyncExitStack, rotation: RotationAnnouncer) -> None:
+    def _build_commands(self, stack: AsyncExitStack, rotation: RotationAnnouncer) -> CommandDispatcher:
+        """The downlink intake: verifier (cloud keys, replay store) and the node's commands."""
         replay = ReplayStore(self.config.state_dir / "replay.sqlite3")
         stack.callback(replay.close)
         ring = (
@@ -482,8 +484,6 @@ class Daemon:
             ring.add_jwk(self.link.cloud.public_jwk)  # the in-process development cloud
         verifier = CommandVerifier(self.config.node.id, ring, replay)
         dispatcher = CommandDispatcher(verifier, self.cloud)
-        self.dispatcher = dispatcher
-
         NodeCommands(
             config=lambda: self.config,
             apply_config=self._apply,
@@ -499,6 +499,7 @@ class Daemon:
         stack.push_async_callback(dispatcher.close)
         self.add_status("commands", self._downlink_status)
         self.add_status("api", lambda: self.server.stats() if self.server is not None else {})
+        return dispatcher
 
     def _downlink_status(self) -> dict[str, Any]:
         """The dispatcher's counts (what the MQTT link dropped before it included)."""
