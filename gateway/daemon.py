@@ -47,7 +47,7 @@ from gateway.reload import merge_reload
 from gateway.remote import CommandDispatcher
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
-from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, FileProblem, UnusableFileError, check_files
+from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, UnusableFileError, check_files, load_node_key
 from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
@@ -309,7 +309,7 @@ class Daemon:
         the part that holds the signing key and announces its rotations."""
         config = self.config
         node = config.node.id
-        node_key = self._load_node_key()
+        node_key = load_node_key(config)
         self.sealer = SwitchableSealer(Sealer(node_key, node))
         self.outbox = Outbox(
             config.state_dir / config.outbox.file,
@@ -336,7 +336,7 @@ class Daemon:
             sealer=self.sealer,
             cloud=self.cloud,
             pruner=self.key_pruner,
-            load_key=self._load_node_key,
+            load_key=lambda: load_node_key(self.config),
         )
         self.key_rotation = rotation
         await rotation.announce_pending()
@@ -349,43 +349,48 @@ class Daemon:
             no_subscribers_retry_min_s=config.uplink.backoff_min_s,
             no_subscribers_retry_max_s=config.uplink.no_subscribers_retry_max_s,
         )
-        self.link = None
+        self.link = self._build_link(node_key, self.publisher)
+        self.requests = CloudRequests(self.cloud, is_online=self.is_online)
+        self.add_status("outbox", self._outbox_status)
+        self.add_status("uplink", self._uplink_status)
+        self.add_health_check("uplink", self._uplink_health)
+        return rotation
+
+    def _build_link(self, node_key: NodeKey, publisher: Publisher) -> MqttLink | SimCloudLink | None:
+        """The broker link the config names: none, the in-process development cloud, or MQTT."""
+        config, node = self.config, self.config.node.id
         if config.uplink.broker == SIM_BROKER:
-            self.link = sim_cloud_link(
+            return sim_cloud_link(
                 config.state_dir,
                 node,
                 node_key,
                 config.key_path,
                 announce=self.announce,
                 on_command=self._on_command,
-                workers=[self.publisher.run],
+                workers=[publisher.run],
             )
-        elif config.uplink.broker:
-            up = config.uplink
-            self.link = MqttLink(
-                up.broker,
-                node,
-                ca_file=up.ca_file or None,
-                client_cert=up.client_cert or None,
-                client_key=up.client_key or None,
-                keepalive_s=up.keepalive_s,
-                backoff_min_s=up.backoff_min_s,
-                backoff_max_s=up.backoff_max_s,
-                first_connect_jitter_s=up.first_connect_jitter_s,
-                reconnect_spread_s=up.reconnect_spread_s,
-                session_expiry_s=up.session_expiry_s,
-                stable_after_s=up.stable_after_s,
-                connect_timeout_s=up.connect_timeout_s,
-                publish_timeout_s=config.outbox.publish_timeout_s,
-                inflight=config.outbox.inflight,
-                on_command=self._on_command,
-                workers=[self.publisher.run],
-            )
-        self.requests = CloudRequests(self.cloud, is_online=self.is_online)
-        self.add_status("outbox", self._outbox_status)
-        self.add_status("uplink", self._uplink_status)
-        self.add_health_check("uplink", self._uplink_health)
-        return rotation
+        if not config.uplink.broker:
+            return None
+        up = config.uplink
+        return MqttLink(
+            up.broker,
+            node,
+            ca_file=up.ca_file or None,
+            client_cert=up.client_cert or None,
+            client_key=up.client_key or None,
+            keepalive_s=up.keepalive_s,
+            backoff_min_s=up.backoff_min_s,
+            backoff_max_s=up.backoff_max_s,
+            first_connect_jitter_s=up.first_connect_jitter_s,
+            reconnect_spread_s=up.reconnect_spread_s,
+            session_expiry_s=up.session_expiry_s,
+            stable_after_s=up.stable_after_s,
+            connect_timeout_s=up.connect_timeout_s,
+            publish_timeout_s=config.outbox.publish_timeout_s,
+            inflight=config.outbox.inflight,
+            on_command=self._on_command,
+            workers=[publisher.run],
+        )
 
     @property
     def node_key(self) -> NodeKey:
@@ -507,47 +512,6 @@ class Daemon:
 
     async def _on_command(self, topic: str, payload: bytes) -> None:
         await self.dispatcher.on_message(topic, payload)
-
-    def _load_node_key(self) -> NodeKey:
-        """The signing key; a missing key is made only where config allows, a loose one is refused."""
-        from gateway.uplink.keys import (
-            KeyMissingError,
-            KeyPermissionError,
-            KeyStoreError,
-            init_key,
-            load_key,
-        )
-
-        path, node = self.config.key_path, self.config.node.id
-        try:
-            return load_key(path, node)
-        except KeyMissingError as err:
-            if not self.config.node.auto_init_key:
-                raise UnusableFileError(
-                    FileProblem(
-                        "uplink.key_file",
-                        str(path),
-                        "the node signing key is missing",
-                        f"create it as the daemon's user: `edge-gateway keys init -c {self.config.source}` "
-                        "(installed: `runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway "
-                        f"keys init -c {self.config.source}`)",
-                    )
-                ) from err
-            return init_key(path, node)
-        except KeyPermissionError as err:
-            raise UnusableFileError(
-                FileProblem("uplink.key_file", str(path), str(err), f"`chmod 600 {path}`")
-            ) from err
-        except KeyStoreError as err:
-            raise UnusableFileError(
-                FileProblem(
-                    "uplink.key_file",
-                    str(path),
-                    str(err),
-                    "restore the key from backup (owner edge-gateway, mode 0600), or move it away, "
-                    "`edge-gateway keys init` and register the new public key with the cloud",
-                )
-            ) from err
 
     def _build_ops(self, stack: AsyncExitStack) -> None:
         """Metrics, telemetry, device usage roll-ups and the red/yellow/blue alerts."""
