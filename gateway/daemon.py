@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import structlog
 from aiohttp import web
 
-from drivers.base import DeviceEvent, UserActionNeeded
+from drivers.base import DeviceEvent
 from gateway import __version__
 from gateway.api.app import build_app
 from gateway.api.auth import routes as auth_routes
@@ -30,113 +29,40 @@ from gateway.api.system import routes as system_routes
 from gateway.auth.engine import Authenticator
 from gateway.auth.store import AuthStore
 from gateway.cloud import CloudSink, MemorySink
-from gateway.config import GatewayConfig, as_dict, load_config, locate_config
+from gateway.commands.handlers import NodeCommands
+from gateway.commands.requeue import requeue_rejected
+from gateway.config import GatewayConfig, load_config, locate_config
 from gateway.devcloud.simlink import SimCloudLink, sim_cloud_link
 from gateway.devices import DeviceManager
 from gateway.errors import ConfigError, StartupError
 from gateway.logs import configure_logging, set_level
 from gateway.ops.alerts import (
-    DEVICE_FAILURE_RATE,
-    FAILED_STATES,
-    OUTBOX_BACKLOG,
-    Alert,
-    AlertEngine,
-    AlertRules,
     OrderedSender,
 )
 from gateway.ops.metrics import GatewayMetrics
-from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
-from gateway.ops.usage import UsageReporter, UsageTracker
+from gateway.ops.supervision import Supervision
+from gateway.ops.usage import UsageTracker
 from gateway.private import make_private
-from gateway.remote import CommandDispatcher, CommandFailed
+from gateway.reload import merge_reload
+from gateway.remote import CommandDispatcher
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
-from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, FileProblem, UnusableFileError, check_files
+from gateway.startup import EXIT_CONFIG, EXIT_FAILURE, UnusableFileError, check_files, load_node_key
 from gateway.stations import StationMap
 from gateway.systemd import LoopMonitor, Notifier, Watchdog, listen_sockets, watchdog_interval
 from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
-from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key, rotate_key
+from gateway.uplink.keys import KeyRing, NodeKey
 from gateway.uplink.mqtt import MqttLink
-from gateway.uplink.outbox import STREAMS, Outbox, OutboxAlert
+from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
-from gateway.uplink.rotation import (
-    RetiredKeyPruner,
-    clear_pending_announcement,
-    read_pending_announcement,
-)
+from gateway.uplink.rotation import RetiredKeyPruner, RotationAnnouncer
 from gateway.uplink.sink import OutboxSink, SwitchableSealer
 
 log = structlog.get_logger(__name__)
 
-# Config keys a SIGHUP applies at once; every other change waits for a restart.
-LIVE_KEYS = (
-    "log.level",
-    "api.allowed_uids",
-    "api.max_sessions",
-    "api.session_idle_timeout_s",
-    "api.idle_warning_s",
-    "api.sse_heartbeat_s",
-    "ops.telemetry_interval_s",
-)
-
 ReloadHook = Callable[[GatewayConfig], None]
-
-# What a signed `config.set` command may change (a subset of what SIGHUP applies).
-REMOTE_CONFIG_KEYS = frozenset(
-    {
-        "log.level",
-        "api.max_sessions",
-        "api.session_idle_timeout_s",
-        "api.idle_warning_s",
-        "ops.telemetry_interval_s",
-    }
-)
-
-
-def _flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """`section.key` paths; a device is one entry (`devices.NAME`) plus its queue (`devices.NAME.queue`)."""
-    flat: dict[str, Any] = {}
-    for section, table in data.items():
-        if section == "devices":
-            for name, device in table.items():
-                flat[f"devices.{name}"] = {k: v for k, v in device.items() if k != "queue"}
-                flat[f"devices.{name}.queue"] = device.get("queue")
-        elif isinstance(table, dict) and table:
-            flat.update({f"{section}.{key}": value for key, value in table.items()})
-        else:
-            flat[section] = table
-    return flat
-
-
-_LIVE_QUEUE = re.compile(r"^devices\.[a-z][a-z0-9_]*\.queue$")
-
-
-def _is_live(path: str) -> bool:
-    # A device's queue depth and deadline change live; its driver and port need a restart.
-    return path in LIVE_KEYS or bool(_LIVE_QUEUE.match(path))
-
-
-def merge_reload(old: GatewayConfig, new: GatewayConfig) -> tuple[GatewayConfig, list[str], list[str]]:
-    """Take the live-changeable values from `new`; return (effective, applied, needs_restart)."""
-    old_flat, new_flat = _flatten(as_dict(old)), _flatten(as_dict(new))
-    applied, restart = [], []
-    merged = as_dict(old)
-    for path in sorted(set(old_flat) | set(new_flat)):
-        if old_flat.get(path) == new_flat.get(path):
-            continue
-        if _is_live(path) and path in old_flat and path in new_flat:
-            *parents, key = path.split(".")
-            table = merged
-            for part in parents:
-                table = table[part]
-            table[key] = new_flat[path]
-            applied.append(path)
-        else:
-            restart.append(path)
-    effective = msgspec.convert(merged, GatewayConfig)
-    return msgspec.structs.replace(effective, source=new.source), applied, restart
 
 
 class Daemon:
@@ -173,11 +99,21 @@ class Daemon:
         self.link: MqttLink | SimCloudLink | None = None
         self.watchdog: Watchdog | None = None
         self.key_pruner: RetiredKeyPruner | None = None
-        # One pending re-judgement of the device-failure share (when a failed device's grace ends).
-        self._share_timer: asyncio.TimerHandle | None = None
+        self.key_rotation: RotationAnnouncer | None = None
+        # Built here, started with the other parts: the devices once the uplink exists, then the sessions.
         self.devices = DeviceManager()
         self.sessions = SessionRegistry(
-            max_sessions=1, idle_timeout_s=config.api.session_idle_timeout_s, idle_warning_s=0, event_buffer=8
+            max_sessions=config.api.max_sessions,
+            idle_timeout_s=config.api.session_idle_timeout_s,
+            idle_warning_s=config.api.idle_warning_s,
+            event_buffer=config.api.event_buffer,
+        )
+        self.on_reload(
+            lambda cfg: self.sessions.configure(
+                max_sessions=cfg.api.max_sessions,
+                idle_timeout_s=cfg.api.session_idle_timeout_s,
+                idle_warning_s=cfg.api.idle_warning_s,
+            )
         )
 
     # Registration points for parts -------------------------------------------------------
@@ -247,8 +183,8 @@ class Daemon:
         # Logged before the new level applies, so a quieter level still records the reload.
         log.warning("reloaded", applied=applied, needs_restart=restart)
         self._apply(effective)
-        if read_pending_announcement(self.config.state_dir) is not None:
-            self._spawn(self._announce_pending_rotation(reload_key=True), "key-rotation")
+        if self.key_rotation is not None and self.key_rotation.has_pending():
+            self._spawn(self.key_rotation.announce_pending(reload_key=True), "key-rotation")
         note = f"reloaded: {len(applied)} applied" + (
             f", restart needed for {', '.join(restart)}" if restart else ""
         )
@@ -337,9 +273,8 @@ class Daemon:
     async def _build_parts(self, stack: AsyncExitStack) -> None:
         """Devices, sessions, queues, uplink: each started here and closed in reverse by `stack`."""
         config = self.config
-        await self._build_uplink(stack)
+        rotation = await self._build_uplink(stack)
 
-        self.devices = DeviceManager()
         await self.devices.start(dict(config.devices), stack)
         self.ctx.devices = self.devices
         self.stations = StationMap(config, self.devices)
@@ -350,13 +285,7 @@ class Daemon:
         self.add_status("stations", self._station_overview)
         self.add_health_check("devices", self.devices.health)
 
-        sessions = SessionRegistry(
-            max_sessions=config.api.max_sessions,
-            idle_timeout_s=config.api.session_idle_timeout_s,
-            idle_warning_s=config.api.idle_warning_s,
-            event_buffer=config.api.event_buffer,
-        )
-        self.sessions = sessions
+        sessions = self.sessions
         sessions.on_end(lambda session, reason: self._release(session.id, reason))
         sessions.add_busy_probe(self._has_device_work)
         sessions.on_end(self._assist_when_idle)
@@ -366,28 +295,22 @@ class Daemon:
         self.devices.subscribe(self._broadcast_device_event)
         self.on_reload(self.devices.configure_queues)
         self.add_status("sessions", self._sessions_status)
-        self.on_reload(
-            lambda cfg: sessions.configure(
-                max_sessions=cfg.api.max_sessions,
-                idle_timeout_s=cfg.api.session_idle_timeout_s,
-                idle_warning_s=cfg.api.idle_warning_s,
-            )
-        )
         self.route_tables.append(session_routes)
-        await self._build_auth(stack)
-        self._build_commands(stack)
+        self.auth = await self._build_auth(stack)
+        self.dispatcher = self._build_commands(stack, rotation)
         self._build_ops(stack)
         if self.link is not None:
             # Last: commands may touch sessions and devices, so those exist before the first one.
             await self.link.start()
             stack.push_async_callback(self.link.close)
 
-    async def _build_uplink(self, stack: AsyncExitStack) -> None:
-        """Node key, sealer, outbox (the CloudSink every part uses), publisher, MQTT link."""
+    async def _build_uplink(self, stack: AsyncExitStack) -> RotationAnnouncer:
+        """Node key, sealer, outbox (the CloudSink every part uses), publisher, MQTT link; returns
+        the part that holds the signing key and announces its rotations."""
         config = self.config
         node = config.node.id
-        self.node_key = self._load_node_key()
-        self.sealer = SwitchableSealer(Sealer(self.node_key, node))
+        node_key = load_node_key(config)
+        self.sealer = SwitchableSealer(Sealer(node_key, node))
         self.outbox = Outbox(
             config.state_dir / config.outbox.file,
             self.sealer,
@@ -403,8 +326,20 @@ class Daemon:
         self.outbox_alerts.start()
         stack.push_async_callback(self.outbox_alerts.close)
         stack.push_async_callback(self._drain_background)
-        await self._announce_pending_rotation()
         self.key_pruner = RetiredKeyPruner(config.key_path, node, config.state_dir)
+        rotation = RotationAnnouncer(
+            node_key,
+            node_id=node,
+            key_path=config.key_path,
+            state_dir=config.state_dir,
+            overlap_s=config.uplink.key_overlap_s,
+            sealer=self.sealer,
+            cloud=self.cloud,
+            pruner=self.key_pruner,
+            load_key=lambda: load_node_key(self.config),
+        )
+        self.key_rotation = rotation
+        await rotation.announce_pending()
         self.key_pruner.start()
         stack.push_async_callback(self.key_pruner.close)
         self.publisher = Publisher(
@@ -414,42 +349,55 @@ class Daemon:
             no_subscribers_retry_min_s=config.uplink.backoff_min_s,
             no_subscribers_retry_max_s=config.uplink.no_subscribers_retry_max_s,
         )
-        self.link = None
-        if config.uplink.broker == SIM_BROKER:
-            self.link = sim_cloud_link(
-                config.state_dir,
-                node,
-                self.node_key,
-                config.key_path,
-                announce=self.announce,
-                on_command=self._on_command,
-                workers=[self.publisher.run],
-            )
-        elif config.uplink.broker:
-            up = config.uplink
-            self.link = MqttLink(
-                up.broker,
-                node,
-                ca_file=up.ca_file or None,
-                client_cert=up.client_cert or None,
-                client_key=up.client_key or None,
-                keepalive_s=up.keepalive_s,
-                backoff_min_s=up.backoff_min_s,
-                backoff_max_s=up.backoff_max_s,
-                first_connect_jitter_s=up.first_connect_jitter_s,
-                reconnect_spread_s=up.reconnect_spread_s,
-                session_expiry_s=up.session_expiry_s,
-                stable_after_s=up.stable_after_s,
-                connect_timeout_s=up.connect_timeout_s,
-                publish_timeout_s=config.outbox.publish_timeout_s,
-                inflight=config.outbox.inflight,
-                on_command=self._on_command,
-                workers=[self.publisher.run],
-            )
+        self.link = self._build_link(node_key, self.publisher)
         self.requests = CloudRequests(self.cloud, is_online=self.is_online)
         self.add_status("outbox", self._outbox_status)
         self.add_status("uplink", self._uplink_status)
         self.add_health_check("uplink", self._uplink_health)
+        return rotation
+
+    def _build_link(self, node_key: NodeKey, publisher: Publisher) -> MqttLink | SimCloudLink | None:
+        """The broker link the config names: none, the in-process development cloud, or MQTT."""
+        config, node = self.config, self.config.node.id
+        if config.uplink.broker == SIM_BROKER:
+            return sim_cloud_link(
+                config.state_dir,
+                node,
+                node_key,
+                config.key_path,
+                announce=self.announce,
+                on_command=self._on_command,
+                workers=[publisher.run],
+            )
+        if not config.uplink.broker:
+            return None
+        up = config.uplink
+        return MqttLink(
+            up.broker,
+            node,
+            ca_file=up.ca_file or None,
+            client_cert=up.client_cert or None,
+            client_key=up.client_key or None,
+            keepalive_s=up.keepalive_s,
+            backoff_min_s=up.backoff_min_s,
+            backoff_max_s=up.backoff_max_s,
+            first_connect_jitter_s=up.first_connect_jitter_s,
+            reconnect_spread_s=up.reconnect_spread_s,
+            session_expiry_s=up.session_expiry_s,
+            stable_after_s=up.stable_after_s,
+            connect_timeout_s=up.connect_timeout_s,
+            publish_timeout_s=config.outbox.publish_timeout_s,
+            inflight=config.outbox.inflight,
+            on_command=self._on_command,
+            workers=[publisher.run],
+        )
+
+    @property
+    def node_key(self) -> NodeKey:
+        """The key the node signs with now (it changes on rotation)."""
+        if self.key_rotation is None:
+            raise RuntimeError("the node key is loaded when the uplink is built")
+        return self.key_rotation.node_key
 
     def is_online(self) -> bool:
         return self.link is not None and self.link.state.connected
@@ -496,33 +444,8 @@ class Daemon:
             {"severity": alert.severity, "stream": alert.stream, "message": alert.message, **alert.fields},
         )
 
-    async def _announce_pending_rotation(self, *, reload_key: bool = False) -> None:
-        """A `keys rotate` from the CLI is announced here (at start or SIGHUP), sealed by the old key."""
-        pending = read_pending_announcement(self.config.state_dir)
-        if pending is None:
-            return
-        if reload_key:
-            self.node_key = self._load_node_key()
-        retired = load_previous_key(self.config.key_path, self.config.node.id)
-        if retired is None or retired.key.kid != pending.get("old_kid"):
-            log.error("rotation_announcement_dropped", reason="previous key missing or different")
-            clear_pending_announcement(self.config.state_dir)
-            return
-        await self._announce_rotation(retired.key, self.node_key, pending["body"])
-        clear_pending_announcement(self.config.state_dir)
-        if self.key_pruner is not None:
-            self.key_pruner.poke()
-
-    async def _announce_rotation(self, old: NodeKey, new: NodeKey, body: dict[str, Any]) -> None:
-        current = self.sealer.current
-        self.sealer.current = Sealer(old, self.config.node.id)
-        try:
-            await self.cloud.send("audit", "key_rotated", body)
-        finally:
-            self.sealer.current = Sealer(new, self.config.node.id) if current.kid == old.kid else current
-        log.info("key_rotation_announced", old_kid=old.kid, new_kid=new.kid)
-
-    async def _build_auth(self, stack: AsyncExitStack) -> None:
+    async def _build_auth(self, stack: AsyncExitStack) -> Authenticator:
+        """The two-factor engine on its store; sessions get and clear their auth state."""
         store = await AuthStore.open(self.config.state_dir)
         stack.push_async_callback(store.close)
 
@@ -537,16 +460,16 @@ class Daemon:
             is_online=self.is_online,
         )
         stack.push_async_callback(auth.close)
-        self.auth = auth
         self.ctx.auth = auth
         self.ctx.is_online = self.is_online
         self.ctx.reset_device = self._reset_device
-        self.ctx.requeue_rejected = self.requeue_rejected
+        self.ctx.requeue_rejected = functools.partial(requeue_rejected, self.outbox)
         self.sessions.on_create(
             lambda session: setattr(session, "auth", auth.new_state(session.id, session.kind))
         )
         self.sessions.on_end(lambda session, _reason: session.auth.clear() if session.auth else None)
         self.route_tables.append(auth_routes)
+        return auth
 
     async def _reset_device(self, name: str) -> dict[str, Any]:
         managed = self.devices.named(name)
@@ -555,7 +478,8 @@ class Daemon:
         await managed.device.start()
         return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
 
-    def _build_commands(self, stack: AsyncExitStack) -> None:
+    def _build_commands(self, stack: AsyncExitStack, rotation: RotationAnnouncer) -> CommandDispatcher:
+        """The downlink intake: verifier (cloud keys, replay store) and the node's commands."""
         replay = ReplayStore(self.config.state_dir / "replay.sqlite3")
         stack.callback(replay.close)
         ring = (
@@ -565,146 +489,29 @@ class Daemon:
             ring.add_jwk(self.link.cloud.public_jwk)  # the in-process development cloud
         verifier = CommandVerifier(self.config.node.id, ring, replay)
         dispatcher = CommandDispatcher(verifier, self.cloud)
-        self.dispatcher = dispatcher
-
-        async def ping(_body: Any) -> dict[str, Any]:
-            return {"pong": time.time(), "version": __version__}
-
-        async def config_set(body: Any) -> dict[str, Any]:
-            return self._remote_config_set(body)
-
-        async def device_reset(body: Any) -> dict[str, Any]:
-            return await self._reset_device(str(body.get("device", "")))
-
-        async def end_all(_body: Any) -> dict[str, Any]:
-            return {"ended": await self.sessions.end_all("ended_by_cloud")}
-
-        async def rotate(_body: Any) -> dict[str, Any]:
-            rotation = await asyncio.to_thread(
-                rotate_key,
-                self.config.key_path,
-                self.config.node.id,
-                overlap_s=self.config.uplink.key_overlap_s,
-            )
-            await self._announce_rotation(rotation.old, rotation.new, rotation.announcement_body())
-            self.node_key = rotation.new
-            if self.key_pruner is not None:
-                self.key_pruner.poke()
-            return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}
-
-        async def reply(body: Any) -> dict[str, Any]:
-            return {"matched": self.requests.resolve(body)}
-
-        async def requeue(body: Any) -> dict[str, Any]:
-            try:
-                return await self.requeue_rejected(body)
-            except ValueError as err:
-                raise CommandFailed(str(err)) from err
-
-        for name, handler in {
-            "ping": ping,
-            "config.set": config_set,
-            "device.reset": device_reset,
-            "session.end_all": end_all,
-            "keys.rotate": rotate,
-            "outbox.requeue": requeue,
-            "reply": reply,
-        }.items():
-            dispatcher.register(name, handler)
+        NodeCommands(
+            config=lambda: self.config,
+            apply_config=self._apply,
+            reset_device=self._reset_device,
+            rotate_key=rotation.rotate,
+            sessions=self.sessions,
+            requests=self.requests,
+            outbox=self.outbox,
+        ).register(dispatcher)
         dispatcher.start()
         if isinstance(self.link, MqttLink):  # the in-process dev cloud's link drops nothing
             self.link.on_drop = dispatcher.count_dropped
         stack.push_async_callback(dispatcher.close)
         self.add_status("commands", self._downlink_status)
         self.add_status("api", lambda: self.server.stats() if self.server is not None else {})
+        return dispatcher
 
     def _downlink_status(self) -> dict[str, Any]:
         """The dispatcher's counts (what the MQTT link dropped before it included)."""
         return self.dispatcher.stats()
 
-    async def requeue_rejected(self, body: Any) -> dict[str, Any]:
-        """`{"stream": "audit", "seqs": [4, 5]}` (both optional; seqs need the stream): put messages
-        the broker rejected back in the queue. ValueError names what is wrong with the body."""
-        if body is None:
-            body = {}
-        if not isinstance(body, dict) or set(body) - {"stream", "seqs"}:
-            raise ValueError('outbox.requeue takes {"stream": NAME, "seqs": [SEQ, ...]}, both optional')
-        stream, seqs = body.get("stream"), body.get("seqs")
-        if stream is not None and stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; one of {', '.join(STREAMS)}")
-        if seqs is not None and (
-            not isinstance(seqs, list)
-            or not 1 <= len(seqs) <= 10_000
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seqs)
-        ):
-            raise ValueError("seqs must be a list of 1 to 10000 positive integers")
-        requeued = await self.outbox.requeue_rejected(stream, seqs)
-        return {"requeued": requeued, "total": sum(requeued.values())}
-
     async def _on_command(self, topic: str, payload: bytes) -> None:
         await self.dispatcher.on_message(topic, payload)
-
-    def _remote_config_set(self, body: Any) -> dict[str, Any]:
-        """`config.set {"values": {"api.max_sessions": 150}}`: only live keys, validated as a whole."""
-        values = body.get("values") if isinstance(body, dict) else None
-        if not isinstance(values, dict) or not values:
-            raise CommandFailed('config.set needs {"values": {"key.path": value, ...}}')
-        refused = sorted(k for k in values if k not in REMOTE_CONFIG_KEYS)
-        if refused:
-            raise CommandFailed(f"not settable remotely: {', '.join(refused)}")
-        data = as_dict(self.config)
-        for path, value in values.items():
-            section, key = path.split(".", 1)
-            data[section][key] = value
-        try:
-            new = msgspec.convert(data, GatewayConfig)
-        except msgspec.ValidationError as err:
-            raise CommandFailed(f"invalid value: {err}") from err
-        new = msgspec.structs.replace(new, source=self.config.source, devices=self.config.devices)
-        effective, applied, _restart = merge_reload(self.config, new)
-        self._apply(effective)
-        return {"applied": applied}
-
-    def _load_node_key(self) -> NodeKey:
-        """The signing key; a missing key is made only where config allows, a loose one is refused."""
-        from gateway.uplink.keys import (
-            KeyMissingError,
-            KeyPermissionError,
-            KeyStoreError,
-            init_key,
-            load_key,
-        )
-
-        path, node = self.config.key_path, self.config.node.id
-        try:
-            return load_key(path, node)
-        except KeyMissingError as err:
-            if not self.config.node.auto_init_key:
-                raise UnusableFileError(
-                    FileProblem(
-                        "uplink.key_file",
-                        str(path),
-                        "the node signing key is missing",
-                        f"create it as the daemon's user: `edge-gateway keys init -c {self.config.source}` "
-                        "(installed: `runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway "
-                        f"keys init -c {self.config.source}`)",
-                    )
-                ) from err
-            return init_key(path, node)
-        except KeyPermissionError as err:
-            raise UnusableFileError(
-                FileProblem("uplink.key_file", str(path), str(err), f"`chmod 600 {path}`")
-            ) from err
-        except KeyStoreError as err:
-            raise UnusableFileError(
-                FileProblem(
-                    "uplink.key_file",
-                    str(path),
-                    str(err),
-                    "restore the key from backup (owner edge-gateway, mode 0600), or move it away, "
-                    "`edge-gateway keys init` and register the new public key with the cloud",
-                )
-            ) from err
 
     def _build_ops(self, stack: AsyncExitStack) -> None:
         """Metrics, telemetry, device usage roll-ups and the red/yellow/blue alerts."""
@@ -721,81 +528,24 @@ class Daemon:
                 lambda: self.server.stats() if self.server is not None else {}, self._downlink_status
             )
         )
-        reporter = UsageReporter(self.usage, self.cloud, config.state_dir)
-        reporter.start()
-        stack.push_async_callback(reporter.close)
-        lag = config.ops.loop_lag_warn_s
-        self.alerts = AlertEngine(
-            self.cloud,
-            rules=AlertRules(
-                loop_lag_raise_s=lag,
-                loop_lag_clear_s=lag / 2,
-                share_grace_s=config.ops.device_failure_grace_s,
-            ),
+        supervision = Supervision(
+            config,
+            cloud=self.cloud,
+            devices=self.devices,
+            stations=self.stations,
+            sessions=self.sessions,
+            usage=self.usage,
+            loop_lag=lambda: self.monitor.lag,
+            started_at=self.ctx.started_at,
+            outbox_backlog=self.outbox.backlog,
+            watchdog_slack=lambda: self.watchdog.slack() if self.watchdog is not None else None,
+            reset_device=self._reset_device,
         )
-        self.alerts.start()
-        stack.push_async_callback(self.alerts.close)
-        self.alerts.add_remedy(DEVICE_FAILURE_RATE, self._reopen_failing_device)
-        self.alerts.add_remedy(OUTBOX_BACKLOG, self._shed_telemetry)
-        for managed in self.devices.devices.values():
-            managed.queue.on_complete.append(self._device_op_done)
-        self.sessions.on_end(lambda session, _reason: self.alerts.record_session(session.errors == 0))
-        self.sessions.on_create(lambda session: self.usage.stations.session_started(session.station))
-        self.sessions.on_end(self._station_session_ended)
-        self.ctx.record_feedback = self._record_feedback
-        self.devices.subscribe(self._device_share_event)
-        self._judge_device_share()
-        stack.callback(self._cancel_share_timer)
-        collector = TelemetryCollector(config.state_dir, lambda: self.monitor.lag, self.ctx.started_at)
-        self.telemetry = TelemetryLoop(
-            collector, self.cloud, config.ops.telemetry_interval_s, on_sample=self._judge_system
-        )
-        self.telemetry.start()
-        stack.push_async_callback(self.telemetry.close)
-        self.on_reload(lambda cfg: setattr(self.telemetry, "interval_s", cfg.ops.telemetry_interval_s))
-        self.add_status("alerts", self.alerts.active)
+        supervision.start(stack)
+        self.ctx.record_feedback = supervision.record_feedback
+        self.on_reload(supervision.configure)
+        self.add_status("alerts", supervision.alerts.active)
         self.add_status("usage", self.usage.snapshot)
-
-    def _device_op_done(self, device: str, seconds: float, error: BaseException | None) -> None:
-        # A user's mistake (no card, paper out) is not the device failing.
-        ok = error is None or isinstance(error, UserActionNeeded)
-        self.usage.record(device, ok, seconds)
-        self.alerts.record_device_op(device, ok)
-
-    def _station_session_ended(self, session: Session, _reason: str) -> None:
-        seconds = time.time() - session.created_at
-        self.usage.stations.session_ended(session.station, seconds, used=session.used)
-        for _ in range(session.transactions):
-            self.usage.stations.transaction(session.station)
-
-    def _record_feedback(self, station: str, rating: int, complaint: bool) -> None:
-        self.usage.stations.feedback(station, rating, complaint)
-        self.alerts.record_feedback(complaint)
-
-    def _device_share_event(self, event: DeviceEvent) -> None:
-        if event.kind == "state":
-            self._judge_device_share()
-
-    def _judge_device_share(self) -> None:
-        """RED share rule now, and again once a newly failed device's grace period has passed."""
-        now = time.time()
-        states = {
-            name: (m.device.status.state.value, now - m.device.status.since)
-            for name, m in self.devices.devices.items()
-        }
-        where = {name: ", ".join(self.stations.stations_using(name)) for name in states}
-        self.alerts.evaluate_device_share(states, where)
-        grace = self.alerts.rules.share_grace_s
-        pending = [grace - age for state, age in states.values() if state in FAILED_STATES and age < grace]
-        self._cancel_share_timer()
-        if pending:
-            loop = asyncio.get_running_loop()
-            self._share_timer = loop.call_later(min(pending) + 0.05, self._judge_device_share)
-
-    def _cancel_share_timer(self) -> None:
-        if self._share_timer is not None:
-            self._share_timer.cancel()
-            self._share_timer = None
 
     def _station_overview(self) -> list[dict[str, Any]]:
         """GET /v1/stations: each station's devices and their states, open sessions, today's figures."""
@@ -811,26 +561,6 @@ class Daemon:
             }
             for name in self.stations.names
         ]
-
-    def _judge_system(self, sample: dict[str, Any]) -> None:
-        snapshot: dict[str, Any] = {
-            **sample,
-            "loop_lag_s": self.monitor.lag,
-            "outbox_backlog": self.outbox.backlog(),
-        }
-        if self.watchdog is not None:
-            snapshot["watchdog_slack_s"] = self.watchdog.slack()
-        self.alerts.evaluate_system(snapshot)
-
-    async def _reopen_failing_device(self, alert: Alert) -> None:
-        if alert.subject in self.devices.devices:
-            log.warning("remedy_reopen_device", device=alert.subject)
-            await self._reset_device(alert.subject)
-
-    def _shed_telemetry(self, alert: Alert) -> None:
-        """A growing backlog: send telemetry ten times less often until the next reload."""
-        self.telemetry.interval_s = max(self.telemetry.interval_s * 10, 600.0)
-        log.warning("remedy_shed_telemetry", interval_s=self.telemetry.interval_s, backlog=alert.value)
 
     def _has_device_work(self, session: Session) -> bool:
         return any(m.queue.pending(session.id) for m in self.devices.devices.values())

@@ -1,4 +1,4 @@
-"""Start-up checks of the files the config names: one clear error, naming the key and the fix."""
+"""Start-up checks of the config's files and the node key: one clear error, naming the key and the fix."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import GatewayConfig
 from gateway.errors import StartupError
+
+if TYPE_CHECKING:
+    from gateway.uplink.keys import NodeKey
 
 # `edge-gateway run` exit statuses. The unit's RestartPreventExitStatus= lists EXIT_CONFIG: a
 # restart cannot fix a config or a file it names, so systemd leaves the unit failed instead of
@@ -159,3 +163,45 @@ def left_to_do(config: GatewayConfig) -> list[str]:
             "cloud command is refused)"
         )
     return todo
+
+
+def load_node_key(config: GatewayConfig) -> NodeKey:
+    """The signing key; a missing key is made only where config allows, a loose one is refused."""
+    from gateway.uplink.keys import (
+        KeyMissingError,
+        KeyPermissionError,
+        KeyStoreError,
+        init_key,
+        load_key,
+    )
+
+    path, node = config.key_path, config.node.id
+    try:
+        return load_key(path, node)
+    except KeyMissingError as err:
+        if not config.node.auto_init_key:
+            raise UnusableFileError(
+                FileProblem(
+                    "uplink.key_file",
+                    str(path),
+                    "the node signing key is missing",
+                    f"create it as the daemon's user: `edge-gateway keys init -c {config.source}` "
+                    "(installed: `runuser -u edge-gateway -- /opt/edge-gateway/venv/bin/edge-gateway "
+                    f"keys init -c {config.source}`)",
+                )
+            ) from err
+        return init_key(path, node)
+    except KeyPermissionError as err:
+        raise UnusableFileError(
+            FileProblem("uplink.key_file", str(path), str(err), f"`chmod 600 {path}`")
+        ) from err
+    except KeyStoreError as err:
+        raise UnusableFileError(
+            FileProblem(
+                "uplink.key_file",
+                str(path),
+                str(err),
+                "restore the key from backup (owner edge-gateway, mode 0600), or move it away, "
+                "`edge-gateway keys init` and register the new public key with the cloud",
+            )
+        ) from err

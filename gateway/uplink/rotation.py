@@ -6,20 +6,28 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from gateway.tasks import cancel_and_wait
+from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import (
     KeyStoreError,
+    NodeKey,
     Rotation,
     format_rfc3339,
     load_previous_key,
     remove_previous_key,
+    rotate_key,
 )
+
+if TYPE_CHECKING:  # the CLI imports this module for `keys rotate`; it needs no outbox
+    from gateway.cloud import CloudSink
+    from gateway.uplink.sink import SwitchableSealer
 
 log = structlog.get_logger(__name__)
 
@@ -112,3 +120,70 @@ class RetiredKeyPruner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.05)):
                     await self._wake.wait()
+
+
+class RotationAnnouncer:
+    """Holds the node's signing key and announces each rotation on the uplink, sealed by the old key."""
+
+    def __init__(
+        self,
+        node_key: NodeKey,
+        *,
+        node_id: str,
+        key_path: Path,
+        state_dir: Path,
+        overlap_s: float,
+        sealer: SwitchableSealer,
+        cloud: CloudSink,
+        pruner: RetiredKeyPruner,
+        load_key: Callable[[], NodeKey],
+    ) -> None:
+        self.node_key = node_key
+        self._node_id = node_id
+        self._key_path = key_path
+        self._state_dir = state_dir
+        self._overlap_s = overlap_s
+        self._sealer = sealer
+        self._cloud = cloud
+        self._pruner = pruner
+        self._load_key = load_key
+
+    def has_pending(self) -> bool:
+        """Whether a `keys rotate` from the CLI still waits to be announced."""
+        return read_pending_announcement(self._state_dir) is not None
+
+    async def announce_pending(self, *, reload_key: bool = False) -> None:
+        """A `keys rotate` from the CLI is announced here (at start or SIGHUP), sealed by the old key."""
+        pending = read_pending_announcement(self._state_dir)
+        if pending is None:
+            return
+        if reload_key:
+            self.node_key = self._load_key()
+        retired = load_previous_key(self._key_path, self._node_id)
+        if retired is None or retired.key.kid != pending.get("old_kid"):
+            log.error("rotation_announcement_dropped", reason="previous key missing or different")
+            clear_pending_announcement(self._state_dir)
+            return
+        await self.announce(retired.key, self.node_key, pending["body"])
+        clear_pending_announcement(self._state_dir)
+        self._pruner.poke()
+
+    async def announce(self, old: NodeKey, new: NodeKey, body: dict[str, Any]) -> None:
+        """Queue `key_rotated` sealed by `old`; then seal with `new` (unless another key took over)."""
+        current = self._sealer.current
+        self._sealer.current = Sealer(old, self._node_id)
+        try:
+            await self._cloud.send("audit", "key_rotated", body)
+        finally:
+            self._sealer.current = Sealer(new, self._node_id) if current.kid == old.kid else current
+        log.info("key_rotation_announced", old_kid=old.kid, new_kid=new.kid)
+
+    async def rotate(self) -> dict[str, Any]:
+        """`keys.rotate`: a new signing key now, announced sealed by the old one."""
+        rotation = await asyncio.to_thread(
+            rotate_key, self._key_path, self._node_id, overlap_s=self._overlap_s
+        )
+        await self.announce(rotation.old, rotation.new, rotation.announcement_body())
+        self.node_key = rotation.new
+        self._pruner.poke()
+        return {"new_kid": rotation.new.kid, "old_kid": rotation.old.kid}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.config import EscposDevice, parse_config
-from gateway.daemon import merge_reload
+from gateway.reload import merge_reload
 from tests.support.daemon import inprocess_daemon
 
 PRINTER = """

@@ -1,0 +1,1 @@
+"""What the node's verified downlink commands do (the intake and verification live in `gateway.remote`)."""
