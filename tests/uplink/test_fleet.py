@@ -9,6 +9,7 @@ every command sent while it was away, and delivers everything queued during the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -114,6 +115,11 @@ async def test_a_fleet_rides_out_a_broker_restart(tmp_path: Path, make_broker: B
     assert {tracker.state(n.node_id) for n in fleet.nodes} == {"online"}
 
 
+def newer_online(payload: bytes, first: Presence) -> bool:
+    presence = Presence.parse(payload)
+    return presence.state == "online" and presence.conn > first.conn
+
+
 async def test_presence_orders_a_late_will_behind_the_newer_online(make_broker: BrokerFactory) -> None:
     from gateway.uplink.mqtt import MqttLink
 
@@ -147,15 +153,26 @@ async def test_presence_orders_a_late_will_behind_the_newer_online(make_broker: 
             await link.wait_disconnected(timeout=15)
             proxy.resume()
             await link.wait_connected(timeout=15)
-            await cloud.wait_for(lambda: len(cloud.received) >= 3, timeout=10)
-    online1, will, online2 = (Presence.parse(r.payload) for r in cloud.received[:3])
-    assert (online1.state, will.state, online2.state) == ("online", "offline", "online")
+            first = Presence.parse(cloud.received[0].payload)
+            await cloud.wait_for(
+                lambda: any(newer_online(r.payload, first) for r in cloud.received), timeout=10
+            )
+    # Up to the new connection's `online` (the link's clean `offline` at the end comes after it).
+    upto = next(i for i, r in enumerate(cloud.received) if newer_online(r.payload, first)) + 1
+    received = [Presence.parse(r.payload) for r in cloud.received[:upto]]
+    online1, will, online2 = received[0], received[1], received[-1]
+    assert (online1.state, will.state) == ("online", "offline")
     assert will.conn == online1.conn < online2.conn and will.epoch == online2.epoch == link.epoch
-    # The broker sent them in order; a consumer that gets the will late (another cluster member
-    # noticed the drop later, or another consumer of a shared subscription had it) still ends
-    # with the newer `online`.
-    for order in ([0, 1, 2], [0, 2, 1], [2, 0, 1], [2, 1, 0]):
+    # Every `offline` before the new `online` belongs to an older connection: the broker's will,
+    # the stalled connection's own last bytes when the network returns, or the will of an attempt
+    # that connected and dropped again while the machine was busy.
+    assert all(p.conn < online2.conn for p in received if p.state == "offline"), received
+    # The broker sent them in order; a consumer that gets an old `offline` late (another cluster
+    # member noticed the drop later, or another consumer of a shared subscription had it) still
+    # ends with the newer `online`.
+    payloads = [r.payload for r in cloud.received[:upto]]
+    for order in itertools.permutations(range(len(payloads))):
         tracker = PresenceTracker()
         for index in order:
-            tracker.apply(cloud.received[index].payload)
+            tracker.apply(payloads[index])
         assert tracker.state(NODE) == "online", order
