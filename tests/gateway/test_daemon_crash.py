@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.uplink.keys import KeyRing, NodeKey
 from gateway.uplink.verifier import verify_lines
@@ -63,6 +64,8 @@ async def wait_device_online(http: aiohttp.ClientSession, name: str) -> None:
     raise AssertionError(f"{name} did not come online: {devices}")
 
 
+# Several daemon starts, kills and a full drain: about 35 s on a quiet machine, more on a cold one.
+@pytest.mark.timeout(300)
 async def test_kill_9_loses_no_acknowledged_transaction(state_dir: Path) -> None:
     rng = random.Random(467)
     sms = SmsService()
@@ -109,19 +112,26 @@ backoff_max_s = 0.5
             # A last, clean run drains whatever the killed ones left behind.
             dp = await spawn_daemon(config)
             try:
+                # Each uplink is looked at once, as it arrives (a predicate that decoded every
+                # envelope again for each new one made this wait quadratic in the traffic).
+                wanted = set(acked)
+                seen_ids: set[str] = set()
 
-                def delivered() -> set[str]:
-                    return {
-                        u.payload["body"]["id"]
-                        for u in cloud.uplinks("tx")
-                        if u.payload["type"] == "transaction"
-                    }
+                def all_delivered(uplink: Uplink) -> bool:
+                    if uplink.stream == "tx":
+                        payload = uplink.payload
+                        if payload["type"] == "transaction":
+                            seen_ids.add(payload["body"]["id"])
+                    return wanted <= seen_ids
 
-                await cloud.wait_for(lambda _u: set(acked) <= delivered(), timeout=60)
+                await cloud.wait_for(all_delivered, timeout=60)
             finally:
                 assert await dp.stop() == 0
 
-        lost = set(acked) - delivered()
+        delivered = {
+            u.payload["body"]["id"] for u in cloud.uplinks("tx") if u.payload["type"] == "transaction"
+        }
+        lost = set(acked) - delivered
         assert lost == set()
         by_seq: dict[int, set[bytes]] = {}
         for uplink in cloud.uplinks("tx"):
