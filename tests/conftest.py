@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from tests.auth.face_service import FaceService
 from tests.support.daemon import short_tmpdir
 from tests.support.mosquitto import BrokerFactory, Mosquitto, MosquittoMissing, mosquitto_binary
 
@@ -55,3 +57,20 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
             task.cancel()
         await asyncio.gather(*leaked, return_exceptions=True)
         pytest.fail(f"test left {len(leaked)} task(s) running: {[t.get_coro() for t in leaked]}")
+
+
+@pytest.fixture
+async def face_service() -> AsyncIterator[FaceService]:
+    """The face-compare stand-in listening on a free loopback port."""
+    service = FaceService()
+    app = web.Application()
+    app.router.add_post("/compare", service.compare)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    service.url = f"http://127.0.0.1:{runner.addresses[0][1]}/compare"
+    try:
+        yield service
+    finally:
+        service.release.set()
+        await runner.cleanup()

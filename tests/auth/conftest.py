@@ -6,10 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from gateway.auth import Authenticator, AuthSettings, AuthStore, FaceVerifier
-from tests.auth.face_service import FaceService
 from tests.auth.helpers import AuditLog, CloudStandIn, EngineFactory, FakeClock, make_settings
 
 
@@ -63,22 +61,3 @@ async def make_engine(
     for engine, store in opened:
         await engine.close()
         await store.close()
-
-
-@pytest.fixture
-async def face_service() -> AsyncIterator[FaceService]:
-    """The face-compare stand-in listening on a free loopback port."""
-    service = FaceService()
-    app = web.Application()
-    app.router.add_post("/compare", service.compare)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    service.url = f"http://127.0.0.1:{port}/compare"
-    try:
-        yield service
-    finally:
-        service.release.set()
-        await runner.cleanup()

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
-from aiohttp import web
 
 from tests.auth.face_service import FaceService
 from tests.support.daemon import inprocess_daemon
@@ -28,22 +24,6 @@ port = "sim://printer"
 baudrate = 115200
 sim_print_time_s = 0.05
 """
-
-
-@pytest.fixture
-async def face_service() -> AsyncIterator[FaceService]:
-    service = FaceService()
-    app = web.Application()
-    app.router.add_post("/compare", service.compare)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    service.url = f"http://127.0.0.1:{runner.addresses[0][1]}/compare"
-    try:
-        yield service
-    finally:
-        service.release.set()
-        await runner.cleanup()
 
 
 def config(face_url: str) -> str:

@@ -5,12 +5,10 @@ logs. A card of an unknown type answers 409 unsupported-card-type."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
-from aiohttp import web
 
 from drivers.base import UserActionNeeded
 from drivers.idcard import (
@@ -27,22 +25,6 @@ from gateway.errors import ConfigError
 from tests.auth.face_service import FaceService
 from tests.support.daemon import running_daemon, unix_session, write_config
 from tests.support.mosquitto import free_port
-
-
-@pytest.fixture
-async def face_service() -> AsyncIterator[FaceService]:
-    service = FaceService()
-    app = web.Application()
-    app.router.add_post("/compare", service.compare)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    service.url = f"http://127.0.0.1:{runner.addresses[0][1]}/compare"
-    try:
-        yield service
-    finally:
-        service.release.set()
-        await runner.cleanup()
 
 
 def config(face_url: str, card: str) -> str:
