@@ -15,6 +15,7 @@ from gateway.drivers_registry import entry_for
 from gateway.drivers_registry.capabilities import Capability
 from gateway.errors import GatewayError
 from gateway.queueing import DeviceQueue
+from gateway.status import DeviceEntry
 
 log = structlog.get_logger(__name__)
 
@@ -48,16 +49,28 @@ class ManagedDevice:
     config: DeviceConfig
     simulator: Any = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(
+        self, stations: list[str], *, station: str | None = None, pool: str | None = None
+    ) -> DeviceEntry:
+        """The device as /v1/devices and /v1/status show it, with where it serves (from the stations)."""
         status = self.device.status
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "driver": self.device.driver,
-            "simulated": self.simulator is not None,
-            **status.as_dict(),
-            "queue": self.queue.snapshot(),
-        }
+        return DeviceEntry(
+            name=self.name,
+            kind=self.kind,
+            driver=self.device.driver,
+            simulated=self.simulator is not None,
+            state=status.state.value,
+            reason=status.reason,
+            since=status.since,
+            warnings=list(status.warnings),
+            last_error=status.last_error,
+            last_error_at=status.last_error_at,
+            last_success_at=status.last_success_at,
+            queue=self.queue.snapshot(),
+            stations=stations,
+            station=station,
+            pool=pool,
+        )
 
     def capable(self, capability: Capability[T]) -> T:
         """The driver as what its kind can do (drivers_registry.capabilities)."""
@@ -125,8 +138,13 @@ class DeviceManager:
     def cancel_session(self, session_id: str, reason: str) -> int:
         return sum(m.queue.cancel_session(session_id, reason) for m in self.devices.values())
 
-    def describe(self) -> list[dict[str, Any]]:
-        return [m.describe() for m in self.devices.values()]
+    async def reset(self, name: str) -> dict[str, Any]:
+        """Close and reopen a device; its queued requests are cancelled."""
+        managed = self.named(name)
+        cancelled = managed.queue.purge("the device is being reset")
+        await managed.device.close()
+        await managed.device.start()
+        return {"device": name, "cancelled": cancelled, "state": managed.device.status.state.value}
 
     def health(self) -> dict[str, Any]:
         down = {

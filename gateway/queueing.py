@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from gateway.errors import GatewayError
+from gateway.status import QueueSnapshot
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -269,7 +270,7 @@ class DeviceQueue:
         self.stats.cancelled += len(requests)
         return len(requests)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> QueueSnapshot:
         waits = sorted(self.stats.wait_samples)
 
         def pct(p: float) -> float | None:
@@ -277,19 +278,19 @@ class DeviceQueue:
                 return None
             return round(waits[min(len(waits) - 1, int(p * len(waits)))], 4)
 
-        return {
-            "depth_limit": self.depth,
-            "queued": self.queued,
-            "busy": self.busy,
-            "service_estimate_s": round(self.service_estimate, 4),
-            "served": self.stats.served,
-            "failed": self.stats.failed,
-            "expired": self.stats.expired,
-            "cancelled": self.stats.cancelled,
-            "rejected_full": self.stats.rejected_full,
-            "wait_p50_s": pct(0.5),
-            "wait_p99_s": pct(0.99),
-        }
+        return QueueSnapshot(
+            depth_limit=self.depth,
+            queued=self.queued,
+            busy=self.busy,
+            service_estimate_s=round(self.service_estimate, 4),
+            served=self.stats.served,
+            failed=self.stats.failed,
+            expired=self.stats.expired,
+            cancelled=self.stats.cancelled,
+            rejected_full=self.stats.rejected_full,
+            wait_p50_s=pct(0.5),
+            wait_p99_s=pct(0.99),
+        )
 
     # Internals ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import structlog
 from gateway.cloud import CloudSink
 from gateway.errors import GatewayError
 from gateway.ratelimit import Tally, echo
+from gateway.status import CommandStats
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.commands import MAX_DOWNLINK_BYTES, Command, CommandRejected, CommandVerifier
 
@@ -76,14 +77,14 @@ class CommandDispatcher:
     def commands(self) -> list[str]:
         return sorted(self._handlers)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "queued": self._queue.qsize(),
-            "alerts_sent": self.alerts_sent,
-            "alerts_suppressed": sum(self.rejected.values()) - self.reported_at_once,
-        }
+    def stats(self) -> CommandStats:
+        return CommandStats(
+            accepted=self.accepted,
+            rejected=dict(self.rejected),
+            queued=self._queue.qsize(),
+            alerts_sent=self.alerts_sent,
+            alerts_suppressed=sum(self.rejected.values()) - self.reported_at_once,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 from drivers.base import DeviceState, DeviceUnavailable
 from gateway.config import DEFAULT_STATION, DEVICE_KINDS, GatewayConfig, device_kind
 from gateway.devices import DeviceManager, ManagedDevice, NoSuchDevice
 from gateway.errors import GatewayError
+from gateway.status import DeviceEntry, StationDevice, StationEntry, StationFigures
 
 
 class StationError(GatewayError):
@@ -131,32 +131,33 @@ class StationMap:
         rotated = usable[start:] + usable[:start]
         return min(rotated, key=lambda m: m.queue.estimate_wait(m.queue.queued))
 
-    def placement(self, device: str) -> dict[str, Any]:
-        """Where a device serves: the stations that use it (directly or through its pool) and its pool."""
-        pool = next((p for p, names in self.pools.items() if device in names), None)
-        users = sorted(
+    def pool_of(self, device: str) -> str | None:
+        return next((p for p, names in self.pools.items() if device in names), None)
+
+    def stations_using(self, device: str) -> list[str]:
+        """The stations a device serves, directly or through its pool."""
+        pool = self.pool_of(device)
+        return sorted(
             name
             for name, station in self.stations.items()
             if device in station.uses.values() or (pool is not None and pool in station.uses.values())
         )
-        placed: dict[str, Any] = {"stations": users}
-        if pool is not None:
-            placed["pool"] = pool
-        elif len(users) == 1:
-            placed["station"] = users[0]
-        return placed
 
-    def describe_devices(self) -> list[dict[str, Any]]:
+    def describe_devices(self) -> list[DeviceEntry]:
         """GET /v1/devices and /v1/status: each device with the stations and pool it serves."""
-        return [{**d, **self.placement(d["name"])} for d in self.devices.describe()]
+        entries = []
+        for name, managed in self.devices.devices.items():
+            users, pool = self.stations_using(name), self.pool_of(name)
+            only = users[0] if pool is None and len(users) == 1 else None
+            entries.append(managed.describe(users, station=only, pool=pool))
+        return entries
 
-    def stations_using(self, device: str) -> list[str]:
-        placed: list[str] = self.placement(device)["stations"]
-        return placed
-
-    def describe_station(self, name: str) -> dict[str, Any]:
+    def describe_station(
+        self, name: str, *, sessions: int = 0, usage: StationFigures | None = None
+    ) -> StationEntry:
+        """One station's devices (a pool as one, with how many members are online) and their states."""
         station = self.get(name)
-        kinds: dict[str, Any] = {}
+        kinds: dict[str, StationDevice] = {}
         for kind in DEVICE_KINDS:
             target = station.uses.get(kind)
             if target is None:
@@ -164,16 +165,13 @@ class StationMap:
             if target in self.pools:
                 states = [m.device.status.state for m in self.members(name, kind)]
                 online = sum(1 for s in states if s.usable)
-                kinds[kind] = {
-                    "pool": target,
-                    "state": _pool_state(states),
-                    "online": online,
-                    "devices": len(states),
-                }
+                kinds[kind] = StationDevice(
+                    pool=target, state=_pool_state(states), online=online, devices=len(states)
+                )
             else:
                 state = self.devices.named(target).device.status.state
-                kinds[kind] = {"device": target, "state": state.value}
-        return {"name": name, "label": station.label, "devices": kinds}
+                kinds[kind] = StationDevice(device=target, state=state.value)
+        return StationEntry(name=name, label=station.label, devices=kinds, sessions=sessions, usage=usage)
 
 
 def _pool_state(states: list[DeviceState]) -> str:

@@ -139,6 +139,7 @@ class Watchdog:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self.last_ping = time.monotonic()
         self._task = asyncio.create_task(self._run(), name="watchdog")
 
     async def _run(self) -> None:

@@ -12,8 +12,7 @@ from aiohttp import web
 from gateway.api.app import CONTEXT, json_response, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
-from gateway.api.sessions import devices, queued_device_call, session_of
-from gateway.auth.engine import Authenticator
+from gateway.api.sessions import queued_device_call, session_of
 from gateway.auth.factors import AuthState, ProvenFactor
 from gateway.auth.settings import StaffId
 from gateway.drivers_registry.capabilities import (
@@ -51,12 +50,6 @@ class TransactionBody(msgspec.Struct, forbid_unknown_fields=True):
     data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-def engine(ctx: ApiContext) -> Authenticator:
-    if ctx.auth is None:
-        raise Problem(503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping")
-    return ctx.auth
-
-
 def state_of(session: Session) -> AuthState:
     assert isinstance(session.auth, AuthState)
     return session.auth
@@ -64,7 +57,7 @@ def state_of(session: Session) -> AuthState:
 
 def proven(ctx: ApiContext, session: Session, factor: ProvenFactor) -> web.Response:
     state = state_of(session)
-    assurance = engine(ctx).assurance(state).as_dict()
+    assurance = ctx.auth.assurance(state).as_dict()
     session.hub.publish("factor_proven", factor=factor.kind, level=assurance["level"])
     return json_response({"factor": factor.as_dict(), "assurance": assurance})
 
@@ -74,7 +67,7 @@ async def _prove_idcard(request: web.Request, session: Session, ctx: ApiContext)
         return await reader.read_card(timeout=remaining)
 
     card = await queued_device_call(request, session, IDCARD_READER, read, label="idcard")
-    return await engine(ctx).prove_idcard(
+    return await ctx.auth.prove_idcard(
         state_of(session),
         card.document_number,
         photo=card.photo,
@@ -88,7 +81,7 @@ async def _prove_sscard(request: web.Request, session: Session, ctx: ApiContext)
         return await reader.read_social_security(timeout=remaining)
 
     card = await queued_device_call(request, session, CARD_READER, read, label="sscard")
-    return await engine(ctx).prove_sscard(state_of(session), card.id_number)
+    return await ctx.auth.prove_sscard(state_of(session), card.id_number)
 
 
 async def _prove_staffcard(request: web.Request, session: Session, ctx: ApiContext) -> ProvenFactor:
@@ -96,7 +89,7 @@ async def _prove_staffcard(request: web.Request, session: Session, ctx: ApiConte
         return await reader.read_card_id(timeout=remaining)
 
     card_id = await queued_device_call(request, session, CARD_READER, read, label="staffcard")
-    return await engine(ctx).prove_staffcard(state_of(session), card_id)
+    return await ctx.auth.prove_staffcard(state_of(session), card_id)
 
 
 # factor -> how to read its card on the station's device (through the queue) and prove what was read
@@ -138,7 +131,7 @@ async def factor_face(request: web.Request) -> web.Response:
             409, "idcard-required", "ID card first", "read the ID card in this session before the face"
         )
     frame = await capture_frame(request, session)
-    factor = await engine(ctx).prove_face(state, frame.jpeg)
+    factor = await ctx.auth.prove_face(state, frame.jpeg)
     return proven(ctx, session, factor)
 
 
@@ -146,7 +139,7 @@ async def factor_face(request: web.Request) -> web.Response:
 async def otp_challenge(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     session = session_of(request)
-    answer = await engine(ctx).otp_challenge(state_of(session))
+    answer = await ctx.auth.otp_challenge(state_of(session))
     return json_response(answer, status=202)
 
 
@@ -154,7 +147,7 @@ async def code_factor(request: web.Request) -> web.Response:
     """A typed-in code: SMS one-time code, TOTP, or a staff PIN."""
     ctx = request.app[CONTEXT]
     session = session_of(request)
-    auth, state = engine(ctx), state_of(session)
+    auth, state = ctx.auth, state_of(session)
     kind = request.path.rsplit("/", 1)[-1]
     if kind == "pin":
         pin = await read_json(request, PinBody)
@@ -185,9 +178,7 @@ async def transaction(request: web.Request) -> web.Response:
     if len(msgspec.json.encode(body.data)) > MAX_SERVICE_BYTES:
         raise Problem(422, "invalid-body", "Invalid body", f"data must be under {MAX_SERVICE_BYTES} bytes")
     state = state_of(session)
-    decision = await engine(ctx).authorize("transaction", state, online=ctx.is_online())
-    if ctx.cloud is None:
-        raise Problem(503, "not-ready", "Uplink unavailable", "the gateway is starting or stopping")
+    decision = await ctx.auth.authorize("transaction", state, online=ctx.is_online())
     tx_id = secrets.token_hex(12)
     holder = state.idcard or state.sscard
     queued = await ctx.cloud.send(
@@ -216,15 +207,13 @@ async def _maintenance(request: web.Request) -> ApiContext:
         raise Problem(
             403, "technician-only", "Technician session required", "maintenance needs a technician session"
         )
-    await engine(ctx).authorize("maintenance", state_of(session), online=ctx.is_online())
+    await ctx.auth.authorize("maintenance", state_of(session), online=ctx.is_online())
     return ctx
 
 
 @routes.post("/v1/sessions/{session_id}/maintenance/devices/{device}/reset")
 async def maintenance_reset(request: web.Request) -> web.Response:
     ctx = await _maintenance(request)
-    if ctx.reset_device is None:
-        raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")
     result = await ctx.reset_device(request.match_info["device"])
     return json_response(result)
 
@@ -233,7 +222,7 @@ async def maintenance_reset(request: web.Request) -> web.Response:
 async def maintenance_purge(request: web.Request) -> web.Response:
     ctx = await _maintenance(request)
     name = request.match_info["device"]
-    purged = devices(ctx).named(name).queue.purge()
+    purged = ctx.devices.named(name).queue.purge()
     return json_response({"device": name, "purged": purged})
 
 
@@ -250,8 +239,6 @@ async def maintenance_requeue(request: web.Request) -> web.Response:
     """Messages the broker rejected go back in the queue, once ops fixed the cause."""
     ctx = await _maintenance(request)
     body = await read_json(request, RequeueBody, optional=True)
-    if ctx.requeue_rejected is None:
-        raise Problem(503, "not-ready", "Unavailable", "the gateway is starting or stopping")
     try:
         result = await ctx.requeue_rejected(msgspec.to_builtins(body))
     except ValueError as err:

@@ -205,7 +205,7 @@ def _routes() -> web.RouteTableDef:
     async def sim_receipts(request: web.Request) -> web.Response:
         """What the simulated printers printed, decoded (the page shows the citizen the receipt)."""
         ctx = request.app[CONTEXT]
-        if ctx.devices is None or not is_simulation(ctx.config.devices):
+        if not is_simulation(ctx.config.devices):
             raise Problem(404, "not-found", "Not found", "receipts are shown for simulated printers only")
         receipts = []
         for managed in ctx.devices.devices.values():

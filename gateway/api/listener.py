@@ -33,6 +33,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.ratelimit import Tally
+from gateway.status import ConnectionStats
 
 log = structlog.get_logger(__name__)
 
@@ -185,16 +186,16 @@ class ConnectionGuard:
         for tally in self.tallies:
             tally.flush(force=True)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "open": self.open,
-            "max": self.limits.max_connections,
-            "reserved": self.limits.reserved_connections,
-            "accepted": self.accepted,
-            "refused": dict(self.refused),
-            "header_timeouts": self.header_timeouts,
-            "accept_errors": self.accept_errors,
-        }
+    def stats(self) -> ConnectionStats:
+        return ConnectionStats(
+            open=self.open,
+            max=self.limits.max_connections,
+            reserved=self.limits.reserved_connections,
+            accepted=self.accepted,
+            refused=dict(self.refused),
+            header_timeouts=self.header_timeouts,
+            accept_errors=self.accept_errors,
+        )
 
     # ------------------------------------------------------------------ accepting
 

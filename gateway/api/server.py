@@ -11,7 +11,6 @@ import os
 import socket
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -20,6 +19,7 @@ from gateway.api.httplog import QuietServerLogger
 from gateway.api.listener import ConnectionGuard, Limits, connection_cap, open_file_limit
 from gateway.config import debug_tcp_address
 from gateway.errors import StartupError
+from gateway.status import ApiStats
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,6 @@ class ApiServer:
 
     def __init__(
         self,
-        app: web.Application,
         *,
         socket_path: Path,
         socket_mode: int,
@@ -75,7 +74,8 @@ class ApiServer:
         idle_timeout_s: float = 60.0,
         allowed_uids: Callable[[], Collection[int]] = lambda: (),
     ) -> None:
-        self.app = app
+        # The application it serves, from `start` on.
+        self.app: web.Application | None = None
         self.socket_path = socket_path
         self.socket_mode = socket_mode
         self.drain_timeout = drain_timeout
@@ -101,14 +101,16 @@ class ApiServer:
     def socket_activated(self) -> bool:
         return bool(self.inherited)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ApiStats:
         """Connection and malformed-request counters for /v1/status and /metrics."""
-        base = self.guard.stats() if self.guard is not None else {}
-        return {"connections": base, "malformed_requests": self.http_log.malformed}
+        connections = self.guard.stats() if self.guard is not None else None
+        return ApiStats(connections=connections, malformed_requests=self.http_log.malformed)
 
-    async def start(self) -> None:
+    async def start(self, app: web.Application) -> None:
+        """Serve `app` on the inherited sockets (socket activation) or the socket file, and debug TCP."""
+        self.app = app
         runner = web.AppRunner(
-            self.app,
+            app,
             handle_signals=False,
             access_log=None,
             shutdown_timeout=self.drain_timeout,

@@ -17,11 +17,11 @@ from aiohttp import web
 from gateway.api.app import AUTHENTICATED, CONTEXT, json_response, peer_uid, read_json
 from gateway.api.context import ApiContext
 from gateway.api.problems import Problem
-from gateway.devices import DeviceManager, ManagedDevice
+from gateway.devices import ManagedDevice
 from gateway.drivers_registry.capabilities import PRINTER, Capability
 from gateway.queueing import Position, RequestCancelled
-from gateway.sessions import Job, Session, SessionRegistry, Unauthenticated
-from gateway.stations import StationForbidden, StationMap, StationRequired, UnknownStation
+from gateway.sessions import Job, Session, Unauthenticated
+from gateway.stations import StationForbidden, StationRequired, UnknownStation
 
 if TYPE_CHECKING:
     from drivers.printer.job import PrintJob
@@ -55,27 +55,9 @@ class PrintRequest(msgspec.Struct, forbid_unknown_fields=True):
     document: Literal["receipt", "certificate"] = "receipt"
 
 
-def registry(ctx: ApiContext) -> SessionRegistry:
-    if ctx.sessions is None:
-        raise Problem(503, "not-ready", "Sessions unavailable", "the gateway is starting or stopping")
-    return ctx.sessions
-
-
-def devices(ctx: ApiContext) -> DeviceManager:
-    if ctx.devices is None:
-        raise Problem(503, "not-ready", "Devices unavailable", "the gateway is starting or stopping")
-    return ctx.devices
-
-
-def stations(ctx: ApiContext) -> StationMap:
-    if ctx.stations is None:
-        raise Problem(503, "not-ready", "Stations unavailable", "the gateway is starting or stopping")
-    return ctx.stations
-
-
 def station_device(ctx: ApiContext, session: Session, kind: str) -> ManagedDevice:
     """The device of `kind` that serves this session's station (a pool picks a usable member)."""
-    managed = stations(ctx).device_for(session.station, kind)
+    managed = ctx.stations.device_for(session.station, kind)
     session.used = True
     return managed
 
@@ -101,7 +83,7 @@ def session_of(request: web.Request, *, recently_ended: bool = False) -> Session
     `recently_ended` also finds a session that ended a moment ago (feedback on the way out)."""
     ctx = request.app[CONTEXT]
     authorization = f"Bearer {bearer_token(request.headers.get('Authorization'))}"
-    find = registry(ctx).authenticate_recent if recently_ended else registry(ctx).authenticate
+    find = ctx.sessions.authenticate_recent if recently_ended else ctx.sessions.authenticate
     session = find(request.match_info["session_id"], authorization)
     request[AUTHENTICATED] = session
     return session
@@ -135,7 +117,7 @@ def position_reporter(session: Session, device: str, request_id: str) -> Any:
 
 
 def session_view(ctx: ApiContext, session: Session) -> dict[str, Any]:
-    reg = registry(ctx)
+    reg = ctx.sessions
     view: dict[str, Any] = {
         "id": session.id,
         "kind": session.kind,
@@ -158,21 +140,21 @@ async def create_session(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     body = await read_json(request, CreateSession, optional=True)
     try:
-        station = stations(ctx).for_new_session(body.station, peer_uid(request))
+        station = ctx.stations.for_new_session(body.station, peer_uid(request))
     except StationRequired as err:
         raise Problem(422, "station-required", "Station required", str(err)) from err
     except UnknownStation as err:
         raise Problem(422, "unknown-station", "Unknown station", str(err), station=err.name) from err
     except StationForbidden as err:
         raise Problem(403, "station-not-allowed", "Station not allowed", str(err), station=err.name) from err
-    session, token = registry(ctx).create(body.kind, station.name)
+    session, token = ctx.sessions.create(body.kind, station.name)
     return json_response(
         {
             "id": session.id,
             "token": token,
             "kind": session.kind,
             "station": session.station,
-            "idle_timeout_s": registry(ctx).idle_timeout_s,
+            "idle_timeout_s": ctx.sessions.idle_timeout_s,
         },
         status=201,
         headers={"Location": f"/v1/sessions/{session.id}"},
@@ -188,21 +170,18 @@ async def get_session(request: web.Request) -> web.Response:
 @routes.delete("/v1/sessions/{session_id}")
 async def delete_session(request: web.Request) -> web.Response:
     session = session_of(request)
-    await registry(request.app[CONTEXT]).end(session, "ended_by_client")
+    await request.app[CONTEXT].sessions.end(session, "ended_by_client")
     return web.Response(status=204)
 
 
 @routes.get("/v1/devices")
 async def list_devices(request: web.Request) -> web.Response:
-    return json_response({"devices": stations(request.app[CONTEXT]).describe_devices()})
+    return json_response({"devices": request.app[CONTEXT].stations.describe_devices()})
 
 
 @routes.get("/v1/stations")
 async def list_stations(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    if ctx.station_overview is None:
-        raise Problem(503, "not-ready", "Stations unavailable", "the gateway is starting or stopping")
-    return json_response({"stations": ctx.station_overview()})
+    return json_response({"stations": request.app[CONTEXT].station_overview()})
 
 
 @routes.post("/v1/sessions/{session_id}/feedback")
@@ -213,8 +192,6 @@ async def feedback(request: web.Request) -> web.Response:
     body = await read_json(request, FeedbackBody)
     if session.feedback_given:
         raise Problem(409, "feedback-given", "Feedback already given", "one rating per session")
-    if ctx.cloud is None or ctx.record_feedback is None:
-        raise Problem(503, "not-ready", "Uplink unavailable", "the gateway is starting or stopping")
     queued = await ctx.cloud.send(
         "event",
         "feedback",
@@ -302,7 +279,7 @@ async def print_receipt(request: web.Request) -> web.Response:
     body = await read_json(request, PrintRequest)
     payload = _print_job(body)
     if body.document == "certificate":
-        if ctx.auth is None or session.auth is None:
+        if session.auth is None:
             raise Problem(
                 503, "not-ready", "Authentication unavailable", "the gateway is starting or stopping"
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
 
@@ -27,15 +26,13 @@ def openapi_document() -> bytes:
 @routes.get("/v1/health")
 async def health(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    body: dict[str, Any] = await ctx.health() if ctx.health else {"status": "ok", "checks": {}}
+    body = await ctx.health()
     return json_response(body, status=HEALTH_STATUS_CODE.get(body["status"], 200))
 
 
 @routes.get("/v1/status")
 async def status(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    body: dict[str, Any] = await ctx.status() if ctx.status else {}
-    return json_response(body)
+    return json_response(await request.app[CONTEXT].status())
 
 
 @routes.get("/v1/openapi.json")
@@ -45,6 +42,5 @@ async def openapi(_request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    body = await ctx.metrics() if ctx.metrics else b""
+    body = await request.app[CONTEXT].metrics()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

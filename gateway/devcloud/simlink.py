@@ -14,16 +14,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from gateway.devcloud.cloud import DevCloud, load_cloud_key
 from gateway.devcloud.feed import Feed
 from gateway.simulation import SIM_BROKER
+from gateway.status import LinkState
 from gateway.uplink.keys import KeyRing, NodeKey, load_previous_key
-from gateway.uplink.mqtt import CommandHandler, LinkDown, LinkState, LinkTimeout, SessionWorker
+from gateway.uplink.mqtt import CommandHandler, LinkDown, LinkTimeout, SessionWorker
 from gateway.uplink.presence import presence_payload
 
 log = structlog.get_logger(__name__)
@@ -111,7 +112,7 @@ class SimCloudLink:
 
     async def _run(self) -> None:
         channel = _SimChannel(self)
-        self._state = replace(
+        self._state = msgspec.structs.replace(
             self._state, connected=True, since=time.time(), connects=self._state.connects + 1
         )
         self._connected.set()
@@ -126,7 +127,7 @@ class SimCloudLink:
         try:
             await asyncio.gather(*tasks)
         finally:
-            self._state = replace(self._state, connected=False, since=time.time())
+            self._state = msgspec.structs.replace(self._state, connected=False, since=time.time())
             self._connected.clear()
             for task in tasks:
                 task.cancel()

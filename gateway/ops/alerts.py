@@ -27,6 +27,7 @@ from typing import Any, Final
 import structlog
 
 from gateway.cloud import CloudSink
+from gateway.status import AlertEntry, SystemSample
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,9 @@ class Alert:
             "threshold": self.threshold,
         }
 
+    def entry(self) -> AlertEntry:
+        return AlertEntry(**self.body(), raised_at=self.raised_at)
+
 
 Remedy = Callable[[Alert], Awaitable[None] | None]
 
@@ -147,14 +151,7 @@ async def _retry_until_stored(
 class OrderedSender:
     """Alert-stream messages from elsewhere (the outbox's own alerts): in order, each retried until stored."""
 
-    def __init__(
-        self,
-        sink: Callable[[], CloudSink],
-        *,
-        retry_min_s: float = RETRY_MIN_S,
-        retry_max_s: float = RETRY_MAX_S,
-    ) -> None:
-        self._sink = sink
+    def __init__(self, *, retry_min_s: float = RETRY_MIN_S, retry_max_s: float = RETRY_MAX_S) -> None:
         self._retry = (retry_min_s, retry_max_s)
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -165,9 +162,11 @@ class OrderedSender:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def start(self) -> None:
+    def start(self, sink: CloudSink) -> None:
+        """Send what was submitted so far, and everything after, to `sink` (alerts submitted
+        before, while the outbox was still opening, wait in the queue)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="alert-ordered-sender")
+            self._task = asyncio.create_task(self._run(sink), name="alert-ordered-sender")
 
     async def flush(self) -> None:
         await self._queue.join()
@@ -178,12 +177,12 @@ class OrderedSender:
         if self._queue.qsize():
             log.error("alerts_not_stored_at_exit", count=self._queue.qsize())
 
-    async def _run(self) -> None:
+    async def _run(self, sink: CloudSink) -> None:
         while True:
             type, body = await self._queue.get()
             try:
                 first, limit = self._retry
-                await _retry_until_stored(self._sink(), type, body, first=first, limit=limit)
+                await _retry_until_stored(sink, type, body, first=first, limit=limit)
             finally:
                 self._queue.task_done()
 
@@ -227,15 +226,23 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
-def _number(snapshot: Mapping[str, Any], *paths: str) -> float | None:
-    """The first numeric value found at one of the dotted paths."""
-    for path in paths:
-        value: Any = snapshot
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+def system_sample(
+    telemetry: Mapping[str, Any],
+    *,
+    loop_lag_s: float | None = None,
+    watchdog_slack_s: float | None = None,
+    outbox_backlog: int | None = None,
+) -> SystemSample:
+    """The BLUE rules' figures: the free disk from a telemetry sample (`disk.free_fraction`), the rest
+    as the daemon measures them."""
+    disk = telemetry.get("disk")
+    free = disk.get("free_fraction") if isinstance(disk, Mapping) else None
+    return SystemSample(
+        loop_lag_s=loop_lag_s,
+        disk_free_fraction=float(free) if isinstance(free, int | float) else None,
+        watchdog_slack_s=watchdog_slack_s,
+        outbox_backlog=outbox_backlog,
+    )
 
 
 class AlertEngine:
@@ -352,12 +359,11 @@ class AlertEngine:
         self._complaints.prune(now)
         self._judge_complaints()
 
-    def evaluate_system(self, snapshot: Mapping[str, Any]) -> None:
-        """BLUE rules from a snapshot: `loop_lag_s`, `disk_free_fraction`, `watchdog_slack_s`,
-        `outbox_backlog` (a telemetry sample's `disk.free_fraction` and `/v1/status`'s
-        `outbox.count` are read too); missing figures leave their rule as it is."""
+    def evaluate_system(self, sample: SystemSample) -> None:
+        """BLUE rules: loop lag, free disk, watchdog slack, outbox backlog; a figure left None
+        leaves its rule as it is."""
         r = self.rules
-        lag = _number(snapshot, "loop_lag_s", "loop.lag_s")
+        lag = sample.loop_lag_s
         if lag is not None:
             self._judge(
                 Severity.BLUE,
@@ -369,7 +375,7 @@ class AlertEngine:
                 clear_when=lag < r.loop_lag_clear_s,
                 detail=f"event loop lag {lag * 1000:.0f} ms (limit {r.loop_lag_raise_s * 1000:.0f} ms)",
             )
-        free = _number(snapshot, "disk_free_fraction", "disk.free_fraction")
+        free = sample.disk_free_fraction
         if free is not None:
             self._judge(
                 Severity.BLUE,
@@ -381,7 +387,7 @@ class AlertEngine:
                 clear_when=free >= r.disk_clear_free,
                 detail=f"{free:.1%} free on the state file system (alert below {r.disk_raise_free:.0%})",
             )
-        slack = _number(snapshot, "watchdog_slack_s", "watchdog.slack_s")
+        slack = sample.watchdog_slack_s
         if slack is not None:
             self._judge(
                 Severity.BLUE,
@@ -393,19 +399,15 @@ class AlertEngine:
                 clear_when=slack >= r.watchdog_clear_slack_s,
                 detail=f"{slack:.1f} s left before the systemd watchdog fires",
             )
-        backlog = _number(snapshot, "outbox_backlog", "outbox.count")
-        if backlog is not None:
-            self._judge_backlog(backlog)
+        if sample.outbox_backlog is not None:
+            self._judge_backlog(float(sample.outbox_backlog))
         self.evaluate()
 
     # ---------------------------------------------------------------- state
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self) -> list[AlertEntry]:
         """Alerts raised and not cleared (for /v1/status), oldest first."""
-        return [
-            {**a.body(), "raised_at": a.raised_at}
-            for a in sorted(self._active.values(), key=lambda a: a.raised_at)
-        ]
+        return [a.entry() for a in sorted(self._active.values(), key=lambda a: a.raised_at)]
 
     # ---------------------------------------------------------------- rules
 

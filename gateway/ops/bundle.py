@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
+
 from gateway import __version__
 from gateway.config import GatewayConfig, load_config, redacted
 from gateway.errors import ConfigError
@@ -160,7 +162,7 @@ async def build_bundle(
         report: DiagReport = await diagnose(config_path)
         members["diag.json"] = _json(report.as_dict())
         if report.status is not None:
-            members["status.json"] = _json(report.status)
+            members["status.json"] = _json(msgspec.to_builtins(report.status))
     members["versions.json"] = _json(versions())
     if config is not None:
         await _log_members(config, log_bytes, members, notes)

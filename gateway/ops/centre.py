@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.status import StationFigures
+
 HOURS = 24
 
 
@@ -31,18 +33,18 @@ class _StationDay:
     complaints: int = 0
     hours: list[int] = field(default_factory=lambda: [0] * HOURS)
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "sessions": self.sessions,
-            "uses": self.uses,
-            "transactions": self.transactions,
-            "mean_session_s": round(self.session_s / self.ended, 1) if self.ended else None,
-            "rated": self.rated,
-            "mean_rating": round(self.rating_sum / self.rated, 2) if self.rated else None,
-            "complaints": self.complaints,
-            "complaint_rate": round(self.complaints / self.rated, 4) if self.rated else 0.0,
-            "hourly_sessions": list(self.hours),
-        }
+    def summary(self) -> StationFigures:
+        return StationFigures(
+            sessions=self.sessions,
+            uses=self.uses,
+            transactions=self.transactions,
+            mean_session_s=round(self.session_s / self.ended, 1) if self.ended else None,
+            rated=self.rated,
+            mean_rating=round(self.rating_sum / self.rated, 2) if self.rated else None,
+            complaints=self.complaints,
+            complaint_rate=round(self.complaints / self.rated, 4) if self.rated else 0.0,
+            hourly_sessions=list(self.hours),
+        )
 
     def dump(self) -> dict[str, Any]:
         return {
@@ -112,13 +114,13 @@ class StationUsage:
         if complaint:
             figures.complaints += 1
 
-    def rollup(self, day: dt.date) -> dict[str, Any]:
+    def rollup(self, day: dt.date) -> dict[str, StationFigures]:
         """Every configured station's figures for `day`, zeros where unused."""
         figures = self._days.get(day, {})
         names = list(dict.fromkeys([*self.stations, *sorted(figures)]))
         return {name: figures.get(name, _StationDay()).summary() for name in names}
 
-    def today(self) -> dict[str, Any]:
+    def today(self) -> dict[str, StationFigures]:
         return self.rollup(self._day())
 
     def forget(self, through: dt.date) -> None:

@@ -7,12 +7,13 @@ from its driver's entry in `gateway.drivers_registry`; this module only judges a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.drivers_registry import DRIVERS, SIM_PREFIX, entry_for
 from gateway.ops.checks import DEFAULT_TIMEOUT, UNIT, CheckResult, Verdict, ago
+from gateway.status import DeviceEntry, GatewayStatus
 
 _STATE_VERDICT: Final = {
     "online": Verdict.PASS,
@@ -29,36 +30,35 @@ def _device_fix(driver: str, target: str) -> str:
     return entry.fix(target) if entry is not None else "see the daemon's log for this device"
 
 
-def device_from_status(item: Mapping[str, Any], config: GatewayConfig, *, now: float) -> CheckResult:
+def device_from_status(item: DeviceEntry, config: GatewayConfig, *, now: float) -> CheckResult:
     """One device as the daemon reports it: state, reason, last error, last success."""
-    name = str(item.get("name", "?"))
-    state = str(item.get("state", "unknown"))
-    driver = str(item.get("driver", ""))
-    cfg = config.devices.get(name)
+    cfg = config.devices.get(item.name)
     target = entry_for(cfg).target(cfg) if cfg is not None else "?"
-    verdict = _STATE_VERDICT.get(state, Verdict.WARN)
-    parts = [state]
-    if item.get("reason"):
-        parts[0] += f" ({item['reason']})"
-    if item.get("simulated"):
+    verdict = _STATE_VERDICT.get(item.state, Verdict.WARN)
+    parts = [item.state]
+    if item.reason:
+        parts[0] += f" ({item.reason})"
+    if item.simulated:
         parts.append("simulated")
-    last_error = item.get("last_error")
-    if last_error:
-        parts.append(f"last error {ago(item.get('last_error_at'), now)}: {last_error}")
-    parts.append(f"last success {ago(item.get('last_success_at'), now)}")
-    queue = item.get("queue")
-    if isinstance(queue, dict) and queue.get("queued"):
-        parts.append(f"{queue['queued']} queued")
+    if item.last_error:
+        parts.append(f"last error {ago(item.last_error_at, now)}: {item.last_error}")
+    parts.append(f"last success {ago(item.last_success_at, now)}")
+    if item.queue.queued:
+        parts.append(f"{item.queue.queued} queued")
     fix = (
-        _device_fix(driver or (entry_for(cfg).driver if cfg else ""), target)
+        _device_fix(item.driver or (entry_for(cfg).driver if cfg else ""), target)
         if verdict is not Verdict.PASS
         else None
     )
     data = {
-        k: item.get(k)
-        for k in ("state", "reason", "driver", "last_error", "last_error_at", "last_success_at")
+        "state": item.state,
+        "reason": item.reason,
+        "driver": item.driver,
+        "last_error": item.last_error,
+        "last_error_at": item.last_error_at,
+        "last_success_at": item.last_success_at,
     }
-    return CheckResult(f"device:{name}", verdict, "; ".join(parts), fix=fix, data=data)
+    return CheckResult(f"device:{item.name}", verdict, "; ".join(parts), fix=fix, data=data)
 
 
 async def device_direct(name: str, cfg: DeviceConfig, *, timeout: float) -> CheckResult:
@@ -74,7 +74,7 @@ async def device_direct(name: str, cfg: DeviceConfig, *, timeout: float) -> Chec
 
 async def check_devices(
     config: GatewayConfig,
-    status: Mapping[str, Any] | None,
+    status: GatewayStatus | None,
     *,
     names: Sequence[str] | None = None,
     now: float,
@@ -83,8 +83,8 @@ async def check_devices(
     """Each device: from /v1/status when the daemon answers, else directly from config."""
     wanted = list(names) if names is not None else list(config.devices)
     results: list[CheckResult] = []
-    if status is not None and isinstance(status.get("devices"), list):
-        reported = {str(d.get("name")): d for d in status["devices"] if isinstance(d, dict)}
+    if status is not None and status.devices is not None:
+        reported = {d.name: d for d in status.devices}
         for name in wanted:
             if name in reported:
                 results.append(device_from_status(reported[name], config, now=now))

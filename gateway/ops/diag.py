@@ -24,6 +24,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -36,6 +37,7 @@ from gateway.ops.checks import duration as _duration
 from gateway.ops.checks import size as _size
 from gateway.ops.device_checks import check_devices as check_devices
 from gateway.ops.device_checks import check_stations as check_stations
+from gateway.status import GatewayStatus, IncidentReport, OutboxClassStats, OutboxStats, decode_status
 
 SYSTEMD_DIR: Final = Path("/run/systemd/system")
 TIMESYNC_FLAG: Final = Path("/run/systemd/timesync/synchronized")
@@ -76,7 +78,7 @@ class DiagReport:
 
     checks: tuple[CheckResult, ...]
     config_ok: bool = True
-    status: Mapping[str, Any] | None = None
+    status: GatewayStatus | None = None
 
     @property
     def exit_code(self) -> int:
@@ -294,7 +296,7 @@ def check_disk(state_dir: Path) -> CheckResult:
 # ------------------------------------------------------------------------------------ daemon
 
 
-async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> GatewayStatus:
     """GET /v1/status over the daemon's Unix socket; DaemonUnreachable says why not."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
@@ -308,7 +310,7 @@ async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -
                     f"/v1/status answered HTTP {resp.status}",
                     fix=f"see the daemon's log: `journalctl -u {UNIT} -n 100`",
                 )
-            body = await resp.json()
+            body = await resp.read()
     except aiohttp.ClientConnectorError as err:
         cause = err.os_error
         if isinstance(cause, FileNotFoundError):
@@ -335,13 +337,16 @@ async def fetch_status(socket_path: Path, *, timeout: float = DEFAULT_TIMEOUT) -
         raise DaemonUnreachable(
             f"/v1/status failed: {err}", fix=f"see the daemon's log: `journalctl -u {UNIT} -n 100`"
         ) from err
-    if not isinstance(body, dict):
-        raise DaemonUnreachable("/v1/status is not a JSON object", fix="is another program on this socket?")
-    return body
+    try:
+        return decode_status(body)
+    except msgspec.DecodeError as err:
+        raise DaemonUnreachable(
+            f"/v1/status is not a gateway's status ({err})", fix="is another program on this socket?"
+        ) from err
 
 
 def check_daemon(
-    socket_path: Path, status: Mapping[str, Any] | None, error: DaemonUnreachable | None, *, now: float
+    socket_path: Path, status: GatewayStatus | None, error: DaemonUnreachable | None, *, now: float
 ) -> CheckResult:
     """Turn the /v1/status outcome into the `daemon` check."""
     if status is None:
@@ -353,15 +358,12 @@ def check_daemon(
             fix=error.fix if error else START_FIX,
             data={"socket": str(socket_path)},
         )
-    started = status.get("started_at")
-    up = f", up {_duration(now - started)}" if isinstance(started, int | float) else ""
-    loop = status.get("loop") or {}
-    lag = loop.get("lag_s") if isinstance(loop, dict) else None
-    lag_text = f", loop lag {lag * 1000:.0f} ms" if isinstance(lag, int | float) else ""
-    who = f"edge-gateway {status.get('version', '?')} (node {status.get('node', '?')})"
+    up = f", up {_duration(now - status.started_at)}"
+    lag_text = f", loop lag {status.loop.lag_s * 1000:.0f} ms"
+    who = f"edge-gateway {status.version} (node {status.node})"
     detail = f"{socket_path}: {who}{up}{lag_text}"
     return CheckResult(
-        "daemon", Verdict.PASS, detail, data={"socket": str(socket_path), "version": status.get("version")}
+        "daemon", Verdict.PASS, detail, data={"socket": str(socket_path), "version": status.version}
     )
 
 
@@ -377,7 +379,7 @@ def _outbox_settings(config: GatewayConfig) -> tuple[Path, int]:
     return (path if path.is_absolute() else config.state_dir / path), max_bytes
 
 
-def read_outbox(path: Path, *, now: float) -> dict[str, Any]:
+def read_outbox(path: Path, *, now: float) -> OutboxStats:
     """Backlog per class from the SQLite file, opened read-only (the daemon may be writing it)."""
     uri = f"file:{quote(str(path))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=1.0)
@@ -388,44 +390,38 @@ def read_outbox(path: Path, *, now: float) -> dict[str, Any]:
         ).fetchall()
     finally:
         conn.close()
-    classes: dict[str, dict[str, Any]] = {}
+    classes: dict[str, OutboxClassStats] = {}
     for stream, state, count, size, oldest in rows:
-        entry = classes.setdefault(str(stream), {"count": 0, "bytes": 0, "oldest_age_s": None, "parked": 0})
+        entry = classes.setdefault(str(stream), OutboxClassStats())
+        entry.bytes += int(size)
         if state == 0:
-            entry["count"] += int(count)
-            entry["bytes"] += int(size)
-            entry["oldest_age_s"] = max(0.0, now - float(oldest)) if oldest is not None else None
+            entry.count += int(count)
+            entry.oldest_age_s = max(0.0, now - float(oldest)) if oldest is not None else None
         else:
-            entry["parked"] += int(count)
-            entry["bytes"] += int(size)
-    return {
-        "classes": classes,
-        "count": sum(c["count"] for c in classes.values()),
-        "bytes": sum(c["bytes"] for c in classes.values()),
-    }
+            entry.parked += int(count)
+    return OutboxStats(
+        classes=classes,
+        count=sum(c.count for c in classes.values()),
+        bytes=sum(c.bytes for c in classes.values()),
+    )
 
 
-def outbox_verdict(stats: Mapping[str, Any], max_bytes: int) -> tuple[Verdict, str, str | None]:
+def outbox_verdict(stats: OutboxStats, max_bytes: int) -> tuple[Verdict, str, str | None]:
     """Judge a backlog: quota fill, age of undelivered tx/audit, messages the broker rejected."""
-    classes = stats.get("classes") or {}
-    total = int(stats.get("bytes") or 0)
-    limit = int(stats.get("max_bytes") or max_bytes)
+    total = stats.bytes
+    limit = stats.max_bytes or max_bytes
     fill = total / limit if limit else 0.0
     parts = []
     verdict = Verdict.PASS
     fix: str | None = None
     parked = 0
-    for name in sorted(classes):
-        entry = classes[name]
-        if not isinstance(entry, dict):
-            continue
-        count = int(entry.get("count") or 0)
-        parked += int(entry.get("parked") or 0)
-        age = entry.get("oldest_age_s")
-        if count:
-            oldest = f", oldest {_duration(float(age))}" if isinstance(age, int | float) else ""
-            parts.append(f"{name} {count} ({_size(int(entry.get('bytes') or 0))}{oldest})")
-        if name in ("tx", "audit") and isinstance(age, int | float) and age > OUTBOX_WARN_AGE_S:
+    for name, entry in sorted(stats.classes.items()):
+        parked += entry.parked
+        age = entry.oldest_age_s
+        if entry.count:
+            oldest = f", oldest {_duration(age)}" if age is not None else ""
+            parts.append(f"{name} {entry.count} ({_size(entry.bytes)}{oldest})")
+        if name in ("tx", "audit") and age is not None and age > OUTBOX_WARN_AGE_S:
             verdict = Verdict.WARN
             fix = "the uplink has not delivered for a while: see the broker check"
     backlog = ", ".join(parts) if parts else "empty"
@@ -450,13 +446,14 @@ def outbox_verdict(stats: Mapping[str, Any], max_bytes: int) -> tuple[Verdict, s
     return verdict, detail, fix
 
 
-async def check_outbox(config: GatewayConfig, status: Mapping[str, Any] | None, *, now: float) -> CheckResult:
+async def check_outbox(config: GatewayConfig, status: GatewayStatus | None, *, now: float) -> CheckResult:
     """Backlog, bytes and oldest age per message class: from /v1/status, else the SQLite file."""
     path, max_bytes = _outbox_settings(config)
-    reported = status.get("outbox") if status is not None else None
+    reported = status.outbox if status is not None else None
     source = "daemon"
-    if isinstance(reported, dict) and "classes" in reported:
-        stats: dict[str, Any] = reported
+    stats: OutboxStats
+    if reported is not None:
+        stats = reported
     else:
         source = "file"
         if not path.exists():
@@ -472,42 +469,37 @@ async def check_outbox(config: GatewayConfig, status: Mapping[str, Any] | None, 
                 f"`systemctl restart {UNIT}`",
             )
     verdict, detail, fix = outbox_verdict(stats, max_bytes)
-    reported_incidents = stats.get("incidents")
-    if not isinstance(reported_incidents, list):
+    incidents = stats.incidents
+    if incidents is None:
         # The daemon is down (or older): the journal file says the same.
         from gateway.uplink.outbox import incidents as journal
 
-        reported_incidents = [i.as_dict() for i in journal.open_incidents(journal.journal_path(path))]
-        stats = {**stats, "incidents": reported_incidents}
-    if reported_incidents:
-        verdict, detail, fix = incident_verdict(reported_incidents, verdict, detail, fix)
-    return CheckResult(
-        "outbox", verdict, f"{detail} (from the {source})", fix=fix, data={"source": source, **stats}
-    )
+        incidents = [i.report() for i in journal.open_incidents(journal.journal_path(path))]
+        stats = msgspec.structs.replace(stats, incidents=incidents)
+    if incidents:
+        verdict, detail, fix = incident_verdict(incidents, verdict, detail, fix)
+    data = {"source": source, **msgspec.to_builtins(stats)}
+    return CheckResult("outbox", verdict, f"{detail} (from the {source})", fix=fix, data=data)
 
 
-def _incident_text(incident: Mapping[str, Any]) -> str:
+def _incident_text(incident: IncidentReport) -> str:
     """One incident in a line: what happened, when, what may be lost, per stream."""
-    at = incident.get("at")
-    when = dt.datetime.fromtimestamp(float(at), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "?"
+    at = incident.at
+    when = dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if at else "?"
     parts = []
-    for stream, span in sorted((incident.get("unaccounted") or {}).items()):
-        first, last = span
+    for stream, (first, last) in sorted(incident.unaccounted.items()):
         parts.append(f"{stream} seq {first}" if first == last else f"{stream} seqs {first}-{last}")
-    unreadable = incident.get("unreadable") or {}
-    parts += [f"{stream} {count} unreadable row(s)" for stream, count in sorted(unreadable.items())]
-    lost = int(incident.get("possibly_lost") or 0)
+    parts += [f"{stream} {count} unreadable row(s)" for stream, count in sorted(incident.unreadable.items())]
     what = "; ".join(parts) if parts else "nothing lost"
-    salvaged = int(incident.get("salvaged") or 0)
-    kept = f", {salvaged} message(s) salvaged" if incident.get("kind") == "corrupt" else ""
-    return f"{incident.get('kind')} at {when}: {lost} possibly lost ({what}){kept}"
+    kept = f", {incident.salvaged} message(s) salvaged" if incident.kind == "corrupt" else ""
+    return f"{incident.kind} at {when}: {incident.possibly_lost} possibly lost ({what}){kept}"
 
 
 def incident_verdict(
-    incidents: list[Mapping[str, Any]], verdict: Verdict, detail: str, fix: str | None
+    incidents: list[IncidentReport], verdict: Verdict, detail: str, fix: str | None
 ) -> tuple[Verdict, str, str | None]:
     """Storage incidents not acknowledged yet: FAIL when messages may be lost, else WARN."""
-    red = any(int(i.get("possibly_lost") or 0) for i in incidents)
+    red = any(i.possibly_lost for i in incidents)
     texts = "; ".join(_incident_text(i) for i in incidents)
     detail = f"{detail}; storage incident(s) not acknowledged: {texts}"
     advice = (
@@ -619,22 +611,22 @@ class DiagRun:
         self.selection = selection
         self.timeout = timeout
         self.now = time.time()
-        self._status: asyncio.Task[tuple[dict[str, Any] | None, DaemonUnreachable | None]] | None = None
+        self._status: asyncio.Task[tuple[GatewayStatus | None, DaemonUnreachable | None]] | None = None
         self._devices: asyncio.Task[list[CheckResult]] | None = None
 
-    async def _fetch(self) -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
+    async def _fetch(self) -> tuple[GatewayStatus | None, DaemonUnreachable | None]:
         try:
             return await fetch_status(self.config.socket_path, timeout=self.timeout), None
         except DaemonUnreachable as err:
             return None, err
 
-    def ask_daemon(self) -> asyncio.Task[tuple[dict[str, Any] | None, DaemonUnreachable | None]]:
+    def ask_daemon(self) -> asyncio.Task[tuple[GatewayStatus | None, DaemonUnreachable | None]]:
         """Start asking /v1/status (once per run)."""
         if self._status is None:
             self._status = asyncio.create_task(self._fetch())
         return self._status
 
-    async def status(self) -> tuple[dict[str, Any] | None, DaemonUnreachable | None]:
+    async def status(self) -> tuple[GatewayStatus | None, DaemonUnreachable | None]:
         """/v1/status, or why the daemon did not answer."""
         return await self.ask_daemon()
 

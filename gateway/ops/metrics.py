@@ -1,4 +1,5 @@
-"""Prometheus metrics for `GET /metrics`: HTTP requests by route, and figures read from /v1/status.
+"""Prometheus metrics for `GET /metrics`: HTTP requests by route, and figures read from the node's
+typed status (`gateway.status.GatewayStatus`, the same document `/v1/status` serves).
 
 Everything lives in this object's own CollectorRegistry (no module-level registry). Labels carry
 route templates, device names, message classes and states only: never a session id, a token or
@@ -8,12 +9,25 @@ anything a citizen typed or presented.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from gateway.status import (
+    AlertEntry,
+    ApiStats,
+    CommandStats,
+    DeviceEntry,
+    GatewayStatus,
+    OutboxStats,
+    PublisherStats,
+    SessionCounts,
+    StationEntry,
+    UplinkStatus,
+)
 
 PREFIX: Final = "edge_gateway"
 DEVICE_STATES: Final = ("online", "offline", "no_device", "hardware_error", "user_error", "busy")
@@ -23,21 +37,8 @@ QUEUE_COUNTERS: Final = ("served", "failed", "expired", "cancelled", "rejected_f
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, int | float):
-        return float(value)
-    return None
-
-
-def _dict(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-# (usage key, metric suffix, help) of the per-station gauges.
-STATION_GAUGES = (
-    ("sessions_open", "sessions_open", "Open sessions at the station"),
+# (StationFigures attribute, metric suffix, help) of the per-station gauges.
+STATION_GAUGES: Final = (
     ("sessions", "sessions_today", "Sessions opened at the station today"),
     ("uses", "uses_today", "Sessions today in which a device was used or a transaction sent"),
     ("transactions", "transactions_today", "Transactions sent from the station today"),
@@ -47,253 +48,268 @@ STATION_GAUGES = (
 )
 
 
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", text, value=float(value))
+
+
+def _counter(name: str, text: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{PREFIX}_{name}", text, value=float(value))
+
+
+def _labelled(family: GaugeMetricFamily | CounterMetricFamily, values: Mapping[str, float]) -> Metric:
+    for label, value in sorted(values.items()):
+        family.add_metric([label], float(value))
+    return family
+
+
 class _StatusCollector(Collector):
-    """Turns the latest /v1/status document into metric families at scrape time."""
+    """Turns the latest `GatewayStatus` into metric families at scrape time; a part the status
+    does not have (None) yields none of its families."""
 
     def __init__(self) -> None:
-        self.status: Mapping[str, Any] = {}
+        self.status: GatewayStatus | None = None
 
     def collect(self) -> Iterable[Metric]:
         status = self.status
-        yield from self._general(status)
-        yield from self._sessions(_dict(status.get("sessions")))
-        devices = status.get("devices")
-        yield from self._devices(devices if isinstance(devices, list) else [])
-        yield from self._outbox(_dict(status.get("outbox")))
-        yield from self._uplink(
-            _dict(status.get("uplink")), _dict(_dict(status.get("outbox")).get("publisher"))
-        )
-        alerts = status.get("alerts")
-        yield from self._alerts(alerts if isinstance(alerts, list) else [])
-        stations = status.get("stations")
-        yield from self._stations(stations if isinstance(stations, list) else [])
-
-    @staticmethod
-    def _stations(stations: list[Any]) -> Iterable[Metric]:
-        """The centre's figures per station, today so far (the daily roll-up has whole days)."""
-        families = {
-            key: GaugeMetricFamily(f"{PREFIX}_station_{name}", text, labels=["station"])
-            for key, name, text in STATION_GAUGES
-        }
-        for item in stations:
-            if not isinstance(item, Mapping) or not item.get("name"):
-                continue
-            figures = {**_dict(item.get("usage")), "sessions_open": item.get("sessions")}
-            for key, family in families.items():
-                value = _num(figures.get(key))
-                if value is not None:
-                    family.add_metric([str(item["name"])], value)
-        yield from families.values()
-
-    @staticmethod
-    def _general(status: Mapping[str, Any]) -> Iterable[Metric]:
-        info = GaugeMetricFamily(f"{PREFIX}_info", "Gateway version and node id", labels=["version", "node"])
-        info.add_metric([str(status.get("version", "")), str(status.get("node", ""))], 1.0)
-        yield info
-        started = _num(status.get("started_at"))
-        if started is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_start_time_seconds", "Unix time the daemon started", value=started
-            )
-        loop = _dict(status.get("loop"))
-        for key, name, text in (
-            ("lag_s", "loop_lag_seconds", "Latest event-loop lag"),
-            ("max_lag_s", "loop_max_lag_seconds", "Largest event-loop lag since start"),
-        ):
-            value = _num(loop.get(key))
-            if value is not None:
-                yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
-
-    @staticmethod
-    def _sessions(sessions: Mapping[str, Any]) -> Iterable[Metric]:
-        for key, name, text in (
-            ("open", "sessions_open", "Open kiosk sessions"),
-            ("max", "sessions_max", "Session limit (api.max_sessions)"),
-        ):
-            value = _num(sessions.get(key))
-            if value is not None:
-                yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
-        created = _num(sessions.get("created_total"))
-        if created is not None:
-            yield CounterMetricFamily(f"{PREFIX}_sessions_created", "Sessions created", value=created)
-        ended = _dict(sessions.get("ended_total"))
-        if ended:
-            family = CounterMetricFamily(
-                f"{PREFIX}_sessions_ended", "Sessions ended, by reason", labels=["reason"]
-            )
-            for reason, count in sorted(ended.items()):
-                value = _num(count)
-                if value is not None:
-                    family.add_metric([str(reason)], value)
-            yield family
-
-    @staticmethod
-    def _devices(devices: list[Any]) -> Iterable[Metric]:
-        state = GaugeMetricFamily(
-            f"{PREFIX}_device_state", "1 for the state each device is in", labels=["device", "state"]
-        )
-        up = GaugeMetricFamily(f"{PREFIX}_device_up", "1 when the device can take work", labels=["device"])
-        gauges = {
-            "queued": GaugeMetricFamily(
-                f"{PREFIX}_device_queue_queued", "Requests waiting", labels=["device"]
-            ),
-            "busy": GaugeMetricFamily(
-                f"{PREFIX}_device_queue_busy", "1 while serving a request", labels=["device"]
-            ),
-            "wait_p50_s": GaugeMetricFamily(
-                f"{PREFIX}_device_queue_wait_p50_seconds", "Median queue wait (recent)", labels=["device"]
-            ),
-            "wait_p99_s": GaugeMetricFamily(
-                f"{PREFIX}_device_queue_wait_p99_seconds",
-                "99th percentile queue wait (recent)",
-                labels=["device"],
-            ),
-        }
-        counters = {
-            key: CounterMetricFamily(
-                f"{PREFIX}_device_queue_{key}", f"Device requests {key.replace('_', ' ')}", labels=["device"]
-            )
-            for key in QUEUE_COUNTERS
-        }
-        for item in devices:
-            if not isinstance(item, Mapping) or not item.get("name"):
-                continue
-            name = str(item["name"])
-            current = str(item.get("state", ""))
-            for candidate in DEVICE_STATES:
-                state.add_metric([name, candidate], 1.0 if candidate == current else 0.0)
-            up.add_metric([name], 1.0 if current in ("online", "busy") else 0.0)
-            queue = _dict(item.get("queue"))
-            for key, family in gauges.items():
-                value = _num(queue.get(key))
-                if value is not None:
-                    family.add_metric([name], value)
-            for key, counter in counters.items():
-                value = _num(queue.get(key))
-                if value is not None:
-                    counter.add_metric([name], value)
-        yield state
-        yield up
-        yield from gauges.values()
-        yield from counters.values()
-
-    @staticmethod
-    def _outbox(outbox: Mapping[str, Any]) -> Iterable[Metric]:
-        if not outbox:
+        if status is None:
             return
-        classes = _dict(outbox.get("classes"))
-        messages = GaugeMetricFamily(f"{PREFIX}_outbox_messages", "Queued messages", labels=["class"])
-        size = GaugeMetricFamily(f"{PREFIX}_outbox_bytes", "Stored envelope bytes", labels=["class"])
-        oldest = GaugeMetricFamily(
-            f"{PREFIX}_outbox_oldest_age_seconds", "Age of the oldest queued message", labels=["class"]
-        )
-        parked = GaugeMetricFamily(
-            f"{PREFIX}_outbox_parked_messages", "Messages the broker rejected, kept aside", labels=["class"]
-        )
-        counters = {
-            key: CounterMetricFamily(f"{PREFIX}_outbox_{key}", f"Messages {key}", labels=["class"])
-            for key in OUTBOX_COUNTERS
-        }
-        for name, raw in sorted(classes.items()):
-            entry = _dict(raw)
-            for family, key in (
-                (messages, "count"),
-                (size, "bytes"),
-                (oldest, "oldest_age_s"),
-                (parked, "parked"),
-            ):
-                value = _num(entry.get(key))
-                if value is None and key == "oldest_age_s":
-                    value = 0.0
-                if value is not None:
-                    family.add_metric([str(name)], value)
-            for key, counter in counters.items():
-                value = _num(entry.get(key))
-                if value is not None:
-                    counter.add_metric([str(name)], value)
-        yield from (messages, size, oldest, parked, *counters.values())
-        yield from _StatusCollector._outbox_totals(outbox)
+        yield from _general(status)
+        if status.sessions is not None:
+            yield from _sessions(status.sessions)
+        if status.devices is not None:
+            yield from _devices(status.devices)
+        if status.outbox is not None:
+            yield from _outbox(status.outbox)
+        if status.uplink is not None:
+            yield from _uplink(status.uplink)
+        if status.outbox is not None and status.outbox.publisher is not None:
+            yield from _publisher(status.outbox.publisher)
+        if status.alerts is not None:
+            yield from _alerts(status.alerts)
+        if status.stations is not None:
+            yield from _stations(status.stations)
+        if status.api is not None:
+            yield from _api(status.api)
+        if status.commands is not None:
+            yield from _downlink(status.commands)
 
-    @staticmethod
-    def _outbox_totals(outbox: Mapping[str, Any]) -> Iterable[Metric]:
-        """The outbox's whole-store figures: quota, delivery, storage incidents, recoveries."""
-        for key, name, text in (
-            ("max_bytes", "outbox_max_bytes", "Outbox byte quota"),
-            ("delivery_rate_per_s", "outbox_delivery_rate", "Messages delivered per second (last minute)"),
-            ("last_puback", "outbox_last_puback_time_seconds", "Unix time of the last PUBACK"),
-        ):
-            value = _num(outbox.get(key))
+
+def _general(status: GatewayStatus) -> Iterable[Metric]:
+    info = GaugeMetricFamily(f"{PREFIX}_info", "Gateway version and node id", labels=["version", "node"])
+    info.add_metric([status.version, status.node], 1.0)
+    yield info
+    yield _gauge("start_time_seconds", "Unix time the daemon started", status.started_at)
+    yield _gauge("loop_lag_seconds", "Latest event-loop lag", status.loop.lag_s)
+    yield _gauge("loop_max_lag_seconds", "Largest event-loop lag since start", status.loop.max_lag_s)
+
+
+def _sessions(sessions: SessionCounts) -> Iterable[Metric]:
+    yield _gauge("sessions_open", "Open kiosk sessions", sessions.open)
+    yield _gauge("sessions_max", "Session limit (api.max_sessions)", sessions.max)
+    yield _counter("sessions_created", "Sessions created", sessions.created_total)
+    if sessions.ended_total:
+        family = CounterMetricFamily(
+            f"{PREFIX}_sessions_ended", "Sessions ended, by reason", labels=["reason"]
+        )
+        yield _labelled(family, sessions.ended_total)
+
+
+# (QueueSnapshot attribute, metric suffix, help) of the per-device queue gauges.
+QUEUE_GAUGES: Final = (
+    ("queued", "queued", "Requests waiting"),
+    ("busy", "busy", "1 while serving a request"),
+    ("wait_p50_s", "wait_p50_seconds", "Median queue wait (recent)"),
+    ("wait_p99_s", "wait_p99_seconds", "99th percentile queue wait (recent)"),
+)
+
+
+def _devices(devices: list[DeviceEntry]) -> Iterable[Metric]:
+    state = GaugeMetricFamily(
+        f"{PREFIX}_device_state", "1 for the state each device is in", labels=["device", "state"]
+    )
+    up = GaugeMetricFamily(f"{PREFIX}_device_up", "1 when the device can take work", labels=["device"])
+    gauges: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
+        (key, GaugeMetricFamily(f"{PREFIX}_device_queue_{name}", text, labels=["device"]))
+        for key, name, text in QUEUE_GAUGES
+    ]
+    counters: list[tuple[str, GaugeMetricFamily | CounterMetricFamily]] = [
+        (
+            key,
+            CounterMetricFamily(
+                f"{PREFIX}_device_queue_{key}", f"Device requests {key.replace('_', ' ')}", labels=["device"]
+            ),
+        )
+        for key in QUEUE_COUNTERS
+    ]
+    for device in devices:
+        for candidate in DEVICE_STATES:
+            state.add_metric([device.name, candidate], 1.0 if candidate == device.state else 0.0)
+        up.add_metric([device.name], 1.0 if device.state in ("online", "busy") else 0.0)
+        for key, family in [*gauges, *counters]:
+            value = getattr(device.queue, key)
             if value is not None:
-                yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
-        incidents = outbox.get("incidents")
-        if isinstance(incidents, list):
-            lost = sum(_num(_dict(i).get("possibly_lost")) or 0.0 for i in incidents)
-            yield GaugeMetricFamily(
-                f"{PREFIX}_outbox_possibly_lost_messages",
-                "Messages storage incidents not yet acknowledged may have lost (edge-gateway outbox-ack)",
-                value=lost,
-            )
-        awaiting = _num(outbox.get("awaiting_delete"))
-        if awaiting is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_outbox_awaiting_delete_messages",
-                "Delivered messages whose delete waits for disk space",
-                value=awaiting,
-            )
-        recoveries = _num(outbox.get("recoveries"))
-        if recoveries is not None:
-            yield CounterMetricFamily(
-                f"{PREFIX}_outbox_recoveries", "Corrupt outbox databases moved aside", value=recoveries
-            )
-
-    @staticmethod
-    def _uplink(uplink: Mapping[str, Any], publisher: Mapping[str, Any]) -> Iterable[Metric]:
-        if uplink:
-            connected = _num(uplink.get("connected"))
-            yield GaugeMetricFamily(
-                f"{PREFIX}_uplink_connected", "1 while the MQTT link is up", value=connected or 0.0
-            )
-            for key, name, text in (
-                ("configured", "uplink_configured", "1 when a broker is configured"),
-                ("failures", "uplink_connect_failures", "Failed attempts since the last stable connection"),
-                ("since", "uplink_state_since_time_seconds", "Unix time of the last connect/disconnect"),
-            ):
-                value = _num(uplink.get(key))
-                if value is not None:
-                    yield GaugeMetricFamily(f"{PREFIX}_{name}", text, value=value)
-            connects = _num(uplink.get("connects"))
-            if connects is not None:
-                yield CounterMetricFamily(
-                    f"{PREFIX}_uplink_connects", "Successful connections", value=connects
-                )
-        for key, text in (
-            ("sent", "Messages published"),
-            ("delivered", "Messages acknowledged by the broker"),
-            ("rejected", "Messages the broker refused"),
-            ("no_subscribers", "PUBACKs 0x10: no subscriber matched (kept classes are resent)"),
-        ):
-            value = _num(publisher.get(key))
-            if value is not None:
-                yield CounterMetricFamily(f"{PREFIX}_uplink_published_{key}", text, value=value)
-        in_flight = _num(publisher.get("in_flight"))
-        if in_flight is not None:
-            yield GaugeMetricFamily(
-                f"{PREFIX}_uplink_in_flight", "Publishes awaiting PUBACK", value=in_flight
-            )
-
-    @staticmethod
-    def _alerts(alerts: list[Any]) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            f"{PREFIX}_alerts_active", "Alerts raised and not cleared", labels=["severity"]
-        )
-        counts = dict.fromkeys(("red", "yellow", "blue"), 0)
-        for alert in alerts:
-            severity = str(_dict(alert).get("severity", ""))
-            if severity in counts:
-                counts[severity] += 1
-        for severity, count in counts.items():
-            family.add_metric([severity], float(count))
+                family.add_metric([device.name], float(value))
+    yield state
+    yield up
+    for _key, family in [*gauges, *counters]:
         yield family
+
+
+def _outbox(outbox: OutboxStats) -> Iterable[Metric]:
+    def per_class(family: GaugeMetricFamily | CounterMetricFamily, key: str) -> Metric:
+        for name, entry in sorted(outbox.classes.items()):
+            family.add_metric([name], float(getattr(entry, key) or 0.0))
+        return family
+
+    yield per_class(
+        GaugeMetricFamily(f"{PREFIX}_outbox_messages", "Queued messages", labels=["class"]), "count"
+    )
+    yield per_class(
+        GaugeMetricFamily(f"{PREFIX}_outbox_bytes", "Stored envelope bytes", labels=["class"]), "bytes"
+    )
+    yield per_class(
+        GaugeMetricFamily(
+            f"{PREFIX}_outbox_oldest_age_seconds", "Age of the oldest queued message", labels=["class"]
+        ),
+        "oldest_age_s",
+    )
+    yield per_class(
+        GaugeMetricFamily(
+            f"{PREFIX}_outbox_parked_messages", "Messages the broker rejected, kept aside", labels=["class"]
+        ),
+        "parked",
+    )
+    for key in OUTBOX_COUNTERS:
+        yield per_class(
+            CounterMetricFamily(f"{PREFIX}_outbox_{key}", f"Messages {key}", labels=["class"]), key
+        )
+    yield from _outbox_totals(outbox)
+
+
+def _outbox_totals(outbox: OutboxStats) -> Iterable[Metric]:
+    """The outbox's whole-store figures: quota, delivery, storage incidents, recoveries."""
+    for value, name, text in (
+        (outbox.max_bytes, "outbox_max_bytes", "Outbox byte quota"),
+        (outbox.delivery_rate_per_s, "outbox_delivery_rate", "Messages delivered per second (last minute)"),
+        (outbox.last_puback, "outbox_last_puback_time_seconds", "Unix time of the last PUBACK"),
+    ):
+        if value is not None:
+            yield _gauge(name, text, value)
+    if outbox.incidents is not None:
+        yield _gauge(
+            "outbox_possibly_lost_messages",
+            "Messages storage incidents not yet acknowledged may have lost (edge-gateway outbox-ack)",
+            sum(incident.possibly_lost for incident in outbox.incidents),
+        )
+    yield _gauge(
+        "outbox_awaiting_delete_messages",
+        "Delivered messages whose delete waits for disk space",
+        outbox.awaiting_delete,
+    )
+    yield _counter("outbox_recoveries", "Corrupt outbox databases moved aside", outbox.recoveries)
+
+
+def _uplink(uplink: UplinkStatus) -> Iterable[Metric]:
+    yield _gauge("uplink_connected", "1 while the MQTT link is up", 1.0 if uplink.connected else 0.0)
+    yield _gauge("uplink_configured", "1 when a broker is configured", 1.0 if uplink.configured else 0.0)
+    if not uplink.configured:
+        return
+    yield _gauge(
+        "uplink_connect_failures", "Failed attempts since the last stable connection", uplink.failures
+    )
+    yield _gauge("uplink_state_since_time_seconds", "Unix time of the last connect/disconnect", uplink.since)
+    yield _counter("uplink_connects", "Successful connections", uplink.connects)
+
+
+def _publisher(publisher: PublisherStats) -> Iterable[Metric]:
+    for value, key, text in (
+        (publisher.sent, "sent", "Messages published"),
+        (publisher.delivered, "delivered", "Messages acknowledged by the broker"),
+        (publisher.rejected, "rejected", "Messages the broker refused"),
+        (
+            publisher.no_subscribers,
+            "no_subscribers",
+            "PUBACKs 0x10: no subscriber matched (kept classes are resent)",
+        ),
+    ):
+        yield _counter(f"uplink_published_{key}", text, value)
+    yield _gauge("uplink_in_flight", "Publishes awaiting PUBACK", publisher.in_flight)
+
+
+def _alerts(alerts: list[AlertEntry]) -> Iterable[Metric]:
+    counts = dict.fromkeys(("red", "yellow", "blue"), 0.0)
+    for alert in alerts:
+        if alert.severity in counts:
+            counts[alert.severity] += 1
+    family = GaugeMetricFamily(
+        f"{PREFIX}_alerts_active", "Alerts raised and not cleared", labels=["severity"]
+    )
+    for severity, count in counts.items():
+        family.add_metric([severity], count)
+    yield family
+
+
+def _stations(stations: list[StationEntry]) -> Iterable[Metric]:
+    """The centre's figures per station, today so far (the daily roll-up has whole days)."""
+    open_now = GaugeMetricFamily(
+        f"{PREFIX}_station_sessions_open", "Open sessions at the station", labels=["station"]
+    )
+    families = [
+        (key, GaugeMetricFamily(f"{PREFIX}_station_{name}", text, labels=["station"]))
+        for key, name, text in STATION_GAUGES
+    ]
+    for station in stations:
+        open_now.add_metric([station.name], float(station.sessions))
+        if station.usage is None:
+            continue
+        for key, family in families:
+            value = getattr(station.usage, key)
+            if value is not None:
+                family.add_metric([station.name], float(value))
+    yield open_now
+    for _key, family in families:
+        yield family
+
+
+def _api(api: ApiStats) -> Iterable[Metric]:
+    """The API listener's connections (bounded by the cap) and requests aiohttp could not parse."""
+    conns = api.connections
+    if conns is not None:
+        yield _gauge("api_connections_open", "Open API connections", conns.open)
+        yield _gauge("api_connections_max", "Connection cap (api.max_connections, resolved)", conns.max)
+        yield _counter("api_connections_accepted", "Connections admitted", conns.accepted)
+        refused = CounterMetricFamily(
+            f"{PREFIX}_api_connections_refused",
+            "Connections closed at accept: peer (uid not allowed) or full (cap reached)",
+            labels=["reason"],
+        )
+        yield _labelled(refused, conns.refused)
+        yield _counter(
+            "api_header_timeouts",
+            "Connections closed for not sending a request head in time",
+            conns.header_timeouts,
+        )
+        yield _counter(
+            "api_accept_errors",
+            "accept() failures (out of descriptors), each pausing accept briefly",
+            conns.accept_errors,
+        )
+    yield _counter(
+        "api_malformed_requests", "Requests aiohttp could not parse (answered 400)", api.malformed_requests
+    )
+
+
+def _downlink(commands: CommandStats) -> Iterable[Metric]:
+    yield _counter("downlink_accepted", "Downlink commands run", commands.accepted)
+    rejected = CounterMetricFamily(
+        f"{PREFIX}_downlink_rejected", "Downlink messages refused, by kind", labels=["kind"]
+    )
+    yield _labelled(rejected, commands.rejected)
+    yield _counter(
+        "downlink_alerts_suppressed",
+        "Rejections counted into a summary alert instead of an alert each",
+        commands.alerts_suppressed,
+    )
 
 
 class GatewayMetrics:
@@ -326,7 +342,7 @@ class GatewayMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(max(0.0, seconds))
 
-    def render(self, status: Mapping[str, Any]) -> bytes:
-        """The Prometheus text exposition, with gauges refreshed from a /v1/status document."""
+    def render(self, status: GatewayStatus) -> bytes:
+        """The Prometheus text exposition, with gauges refreshed from the node's status."""
         self._status.status = status
         return generate_latest(self.registry)

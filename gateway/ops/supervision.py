@@ -21,6 +21,7 @@ from gateway.ops.alerts import (
     Alert,
     AlertEngine,
     AlertRules,
+    system_sample,
 )
 from gateway.ops.telemetry import TelemetryCollector, TelemetryLoop
 from gateway.ops.usage import UsageReporter, UsageTracker
@@ -137,16 +138,15 @@ class Supervision:
             self._share_timer.cancel()
             self._share_timer = None
 
-    def _judge_system(self, sample: dict[str, Any]) -> None:
-        snapshot: dict[str, Any] = {
-            **sample,
-            "loop_lag_s": self._loop_lag(),
-            "outbox_backlog": self._outbox_backlog(),
-        }
-        slack = self._watchdog_slack()
-        if slack is not None:
-            snapshot["watchdog_slack_s"] = slack
-        self.alerts.evaluate_system(snapshot)
+    def _judge_system(self, telemetry: dict[str, Any]) -> None:
+        self.alerts.evaluate_system(
+            system_sample(
+                telemetry,
+                loop_lag_s=self._loop_lag(),
+                watchdog_slack_s=self._watchdog_slack(),
+                outbox_backlog=self._outbox_backlog(),
+            )
+        )
 
     async def _reopen_failing_device(self, alert: Alert) -> None:
         if alert.subject in self._devices.devices:

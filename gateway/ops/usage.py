@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import structlog
 
 from gateway.cloud import CloudSink
 from gateway.ops.centre import StationUsage
+from gateway.status import DeviceFigures, UsageDay
 from gateway.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -57,16 +59,16 @@ class _DayFigures:
             if slot < cap:
                 self.samples[slot] = seconds
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> DeviceFigures:
         ordered = sorted(self.samples)
         p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)] if ordered else None
-        return {
-            "operations": self.operations,
-            "failures": self.failures,
-            "failure_rate": round(self.failures / self.operations, 4) if self.operations else 0.0,
-            "mean_s": round(self.total_s / self.operations, 4) if self.operations else None,
-            "p95_s": round(p95, 4) if p95 is not None else None,
-        }
+        return DeviceFigures(
+            operations=self.operations,
+            failures=self.failures,
+            failure_rate=round(self.failures / self.operations, 4) if self.operations else 0.0,
+            mean_s=round(self.total_s / self.operations, 4) if self.operations else None,
+            p95_s=round(p95, 4) if p95 is not None else None,
+        )
 
 
 class UsageTracker:
@@ -118,17 +120,17 @@ class UsageTracker:
         day = self._days.setdefault(self.counting_day(), {})
         day.setdefault(device, _DayFigures()).add(ok, max(0.0, seconds), self._rng, self._max_samples)
 
-    def rollup(self, day: dt.date) -> dict[str, Any]:
+    def rollup(self, day: dt.date) -> UsageDay:
         """The figures of one day: every known device, zeros where unused."""
         figures = self._days.get(day, {})
         names = sorted(self.devices | set(figures))
-        return {
-            "day": day.isoformat(),
-            "devices": {name: figures.get(name, _DayFigures()).summary() for name in names},
-            "stations": self.stations.rollup(day),
-        }
+        return UsageDay(
+            day=day.isoformat(),
+            devices={name: figures.get(name, _DayFigures()).summary() for name in names},
+            stations=self.stations.rollup(day),
+        )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> UsageDay:
         """Today so far (for /v1/status)."""
         return self.rollup(self.today())
 
@@ -273,9 +275,9 @@ class UsageReporter:
         self.load()
         sent = []
         for day in self.due():
-            body = self.tracker.rollup(day)
+            figures = self.tracker.rollup(day)
             try:
-                await self.sink.send(EVENT_STREAM, DAILY_TYPE, body)
+                await self.sink.send(EVENT_STREAM, DAILY_TYPE, msgspec.to_builtins(figures))
             except Exception as err:
                 log.warning("usage_report_failed", day=day.isoformat(), error=str(err))
                 break
@@ -286,7 +288,7 @@ class UsageReporter:
             self.tracker.floor = day + dt.timedelta(days=1)
             sent.append(day)
             await asyncio.to_thread(_write_atomic, self.marker, day.isoformat() + "\n")
-            log.info("usage_reported", day=day.isoformat(), devices=len(body["devices"]))
+            log.info("usage_reported", day=day.isoformat(), devices=len(figures.devices))
         return sent
 
     async def save(self) -> None:

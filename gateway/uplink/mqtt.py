@@ -39,12 +39,13 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiomqtt
+import msgspec
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.packettypes import PacketTypes
@@ -54,6 +55,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.errors import GatewayError
 from gateway.ratelimit import echo
+from gateway.status import LinkState
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.commands import MAX_DOWNLINK_BYTES
 from gateway.uplink.presence import presence_payload
@@ -139,40 +141,6 @@ class BrokerAddress:
         except ValueError as err:
             raise LinkConfigError(f"bad port in broker URL {url!r}") from err
         return cls(parts.scheme == "mqtts", parts.hostname, port)
-
-
-@dataclass(frozen=True)
-class LinkState:
-    """What /v1/status and the metrics show about the link."""
-
-    connected: bool = False
-    # Wall-clock time of the last change between connected and disconnected.
-    since: float = 0.0
-    last_error: str | None = None
-    # Failed attempts since the last stable connection (drives the backoff).
-    failures: int = 0
-    connects: int = 0
-    # The broker kept our session across the last connect (CONNACK Session Present).
-    session_present: bool | None = None
-    # The keepalive in use (ours with jitter, or the broker's Server Keep Alive).
-    keepalive_s: int | None = None
-    # Where the link connects now: the configured broker or a Server Reference it was sent to.
-    server: str | None = None
-    # Connections that came back with a new session (the broker had lost or expired ours).
-    sessions_lost: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "connected": self.connected,
-            "since": self.since,
-            "last_error": self.last_error,
-            "failures": self.failures,
-            "connects": self.connects,
-            "session_present": self.session_present,
-            "keepalive_s": self.keepalive_s,
-            "server": self.server,
-            "sessions_lost": self.sessions_lost,
-        }
 
 
 class PublishChannel(Protocol):
@@ -495,7 +463,7 @@ class MqttLink:
     # ---------------------------------------------------------------- the loop
 
     def _set_state(self, **changes: Any) -> None:
-        self._state = replace(self._state, **changes)
+        self._state = msgspec.structs.replace(self._state, **changes)
         if self._on_state is not None:
             try:
                 self._on_state(self._state)

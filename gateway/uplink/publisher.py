@@ -26,10 +26,10 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import structlog
 
+from gateway.status import PublisherStats
 from gateway.uplink.mqtt import NO_MATCHING_SUBSCRIBERS, PUBACK_FAILURE, LinkDown, PublishChannel
 from gateway.uplink.outbox import STREAMS, Outbox, OutboxError, Pending, StorageError
 
@@ -90,20 +90,20 @@ class Publisher:
         # Streams paused until a retry because nobody subscribed (monotonic deadline).
         self.held: dict[str, float] = {}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PublisherStats:
         """Counters of this process (the outbox keeps the persisted ones)."""
-        return {
-            "sent": self.sent,
-            "delivered": self.delivered,
-            "rejected": self.rejected,
-            "in_flight": self.in_flight,
-            "sessions": self.sessions,
-            "last_puback": self.last_puback,
-            "window": self._window,
-            "no_subscribers": sum(self.no_subscribers.values()),
-            "no_subscribers_by_class": dict(self.no_subscribers),
-            "held": sorted(self.held),
-        }
+        return PublisherStats(
+            sent=self.sent,
+            delivered=self.delivered,
+            rejected=self.rejected,
+            in_flight=self.in_flight,
+            sessions=self.sessions,
+            last_puback=self.last_puback,
+            window=self._window,
+            no_subscribers=sum(self.no_subscribers.values()),
+            no_subscribers_by_class=dict(self.no_subscribers),
+            held=sorted(self.held),
+        )
 
     def _on_commit(self, streams: frozenset[str]) -> None:
         self._dirty.update(streams)

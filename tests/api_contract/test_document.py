@@ -49,7 +49,7 @@ async def test_served_document_is_the_file_and_routes_match(state_dir: Path) -> 
             assert resp.status == 200
             assert resp.content_type == "application/json"
             served = await resp.read()
-        assert gw.daemon.server is not None
+        assert gw.daemon.server.app is not None
         routes = served_routes(gw.daemon.server.app)
 
     assert served == OPENAPI.read_bytes()

@@ -207,7 +207,7 @@ async def test_a_command_from_another_cloud_key_is_refused(
     )  # fmt: skip
     assert code == 1, out + err
     assert "no command_result" in err
-    assert gw.daemon.dispatcher.rejected.get("unknown_kid") == 1
+    assert gw.daemon.parts.uplink.dispatcher.rejected.get("unknown_kid") == 1
 
 
 async def test_forged_tampered_and_replayed_uplinks_are_flagged(
@@ -221,7 +221,7 @@ async def test_forged_tampered_and_replayed_uplinks_are_flagged(
         await attacker.publish(f"edge/{NODE}/up/tx", forged, qos=1)
         await wait_event(dev, lambda e: e["event"] == "uplink" and e.get("claimed_type") == "transaction")
         # 2. A genuine envelope with its payload changed.
-        genuine = gw.daemon.node_key
+        genuine = gw.daemon.parts.uplink.rotation.node_key
         real = Sealer(genuine, NODE).seal(
             stream="tx", seq=5000, prev=GENESIS_PREV, type="probe", body={"n": 1}
         )

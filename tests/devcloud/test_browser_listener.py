@@ -24,13 +24,13 @@ async def gw(state_dir: Any) -> AsyncIterator[InProcessDaemon]:
 
 
 def base(gw: InProcessDaemon) -> str:
-    assert gw.daemon.browser is not None
-    return gw.daemon.browser.url
+    assert gw.daemon.running.browser is not None
+    return gw.daemon.running.browser.url
 
 
 def listener_tickets(gw: InProcessDaemon) -> int:
-    assert gw.daemon.browser is not None
-    return len(gw.daemon.browser.tickets)
+    assert gw.daemon.running.browser is not None
+    return len(gw.daemon.running.browser.tickets)
 
 
 async def session(http: aiohttp.ClientSession, url: str) -> tuple[str, str]:
@@ -66,7 +66,7 @@ async def test_a_foreign_origin_is_refused_and_changes_nothing(gw: InProcessDaem
         # An <img>/<script> from another site sends no Origin, but the browser says cross-site.
         resp = await http.get(f"{url}/v1/devices", headers={"Sec-Fetch-Site": "cross-site"})
         assert resp.status == 403
-    assert gw.daemon.sessions.created_total == 0
+    assert gw.daemon.parts.sessions.created_total == 0
 
 
 async def test_a_forged_host_is_refused(gw: InProcessDaemon) -> None:
@@ -163,7 +163,7 @@ async def test_stream_ticket_is_single_use_and_bound_to_its_session(gw: InProces
 
 
 async def test_a_flood_of_connections_is_capped_and_silent_ones_are_closed(gw: InProcessDaemon) -> None:
-    listener = gw.daemon.browser
+    listener = gw.daemon.running.browser
     assert listener is not None
     listener.max_connections = 8
     listener.first_byte_timeout_s = 0.5

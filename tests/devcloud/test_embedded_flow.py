@@ -127,13 +127,13 @@ async def inprocess(state_dir: Path, request: pytest.FixtureRequest) -> AsyncIte
 
 
 def cloud_of(daemon: Daemon) -> SimCloudLink:
-    assert isinstance(daemon.link, SimCloudLink)
-    return daemon.link
+    assert isinstance(daemon.parts.uplink.link, SimCloudLink)
+    return daemon.parts.uplink.link
 
 
 async def test_face_flow_matching_and_not_matching_person(inprocess: Daemon) -> None:
     link = cloud_of(inprocess)
-    camera = inprocess.devices.named("camera_k1").simulator
+    camera = inprocess.parts.devices.named("camera_k1").simulator
     async with unix_session(inprocess.config.socket_path) as http:
         await wait_devices_online(http)
         # The card shows person A, the camera shows person B: a mismatch.
@@ -162,8 +162,8 @@ async def test_face_flow_matching_and_not_matching_person(inprocess: Daemon) -> 
 
 
 async def test_face_flow_with_another_persons_card(inprocess: Daemon) -> None:
-    camera = inprocess.devices.named("camera_k1").simulator
-    idcard = inprocess.devices.named("idcard_k1").simulator
+    camera = inprocess.parts.devices.named("camera_k1").simulator
+    idcard = inprocess.parts.devices.named("idcard_k1").simulator
     idcard.auto_present = False
     idcard.insert_card(replace(sample_card(), photo=sample_photo(1)))  # a card showing person B
     async with unix_session(inprocess.config.socket_path) as http:
@@ -206,7 +206,7 @@ async def test_signed_commands_and_every_uplink_verify_in_process(inprocess: Dae
 async def test_face_compare_asked_of_the_in_process_cloud(inprocess: Daemon) -> None:
     """`verifier = "cloud"`: the face goes up as a signed request and the dev cloud answers it."""
     link = cloud_of(inprocess)
-    camera = inprocess.devices.named("camera_k1").simulator
+    camera = inprocess.parts.devices.named("camera_k1").simulator
     async with unix_session(inprocess.config.socket_path) as http:
         await wait_devices_online(http)
         base, auth = await start_session(http)

@@ -66,9 +66,8 @@ async def test_peer_uid_allow_list(state_dir: Path) -> None:
         async with asyncio.timeout(5):
             assert await reader.read() == b""
         writer.close()
-        assert (
-            gw.daemon.server is not None and gw.daemon.server.stats()["connections"]["refused"]["peer"] == 1
-        )
+        connections = gw.daemon.server.stats().connections
+        assert connections is not None and connections.refused["peer"] == 1
     shutil.rmtree(state_dir / "log", ignore_errors=True)
     async with inprocess_daemon(state_dir, api_extra=f"allowed_uids = [{me}]") as gw, gw.client() as http:
         assert (await http.get("/v1/health")).status == 200
@@ -114,5 +113,5 @@ confirm_print = false
                 break
             await asyncio.sleep(0.05)
         assert state == "done"
-        simulator = gw.daemon.devices.named("printer").simulator
+        simulator = gw.daemon.parts.devices.named("printer").simulator
         assert any(b"no confirmation" in job for job in simulator.jobs), "the bytes reached the printer"

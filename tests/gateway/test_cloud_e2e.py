@@ -125,7 +125,7 @@ async def test_citizen_idcard_and_sms_code_then_transaction(state_dir: Path, bro
         assert tx.payload["body"]["id_number"] == sample_card().id_number
 
         # Everything that went up verifies against the node's public key, per stream, chained.
-        node_jwk = gw.daemon.node_key.public_jwk
+        node_jwk = gw.daemon.parts.uplink.rotation.node_key.public_jwk
         report = verify_lines(
             [u.raw for u in cloud.received if "/up/" in u.topic], KeyRing.from_jwks([node_jwk])
         )
@@ -302,7 +302,7 @@ async def test_transactions_queue_while_broker_is_down_and_flow_when_back(
         assert (await http.post(f"{base}/factors/otp", headers=auth, json={"code": OTP_CODE})).status == 200
         await broker.astop()
         async with asyncio.timeout(10):
-            while gw.daemon.is_online():
+            while gw.daemon.parts.uplink.is_online():
                 await asyncio.sleep(0.05)
         ids = []
         for n in range(5):
@@ -331,7 +331,7 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
     config = uplink_config(broker.url, jwk)
     async with Cloud(broker.port, NODE, cloud_key) as cloud:
         async with inprocess_daemon(state_dir, config) as gw, gw.client() as http:
-            first_jwk = gw.daemon.node_key.public_jwk
+            first_jwk = gw.daemon.parts.uplink.rotation.node_key.public_jwk
             await cloud.wait_for(lambda u: u.says_online)
             rotate_id = await cloud.send("keys.rotate", {})
             result = await cloud.wait_for(
@@ -339,7 +339,7 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
             )
             new_kid = result.payload["body"]["new_kid"]
             assert new_kid != first_jwk["kid"]
-            assert gw.daemon.node_key.kid == new_kid
+            assert gw.daemon.parts.uplink.rotation.node_key.kid == new_kid
             await http.post("/v1/sessions", json={})  # something more goes up, signed by the new key
             await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")
 
@@ -352,7 +352,7 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
             out, _ = await rotate.communicate()
             assert rotate.returncode == 0
             assert out.startswith(b"rotated: new kid ")
-            before = gw.daemon.node_key.kid
+            before = gw.daemon.parts.uplink.rotation.node_key.kid
             gw.daemon.reload()
             await cloud.wait_for(
                 lambda u: (
@@ -361,7 +361,7 @@ async def test_key_rotation_by_command_and_by_cli_is_announced_and_verifiable(
                     and u.payload["body"]["old_kid"] == before
                 )
             )
-            assert gw.daemon.node_key.kid != before
+            assert gw.daemon.parts.uplink.rotation.node_key.kid != before
 
         # A cloud that trusted only the first key follows both rotations and verifies everything.
         uplinks = [u.raw for u in cloud.received if "/up/" in u.topic]
@@ -377,7 +377,7 @@ async def test_retired_key_file_is_deleted_when_its_overlap_ends(state_dir: Path
     prev = state_dir / "keys" / "node.ed25519.prev"
     async with Cloud(broker.port, NODE, cloud_key) as cloud:
         async with inprocess_daemon(state_dir, config) as gw:
-            first_jwk = gw.daemon.node_key.public_jwk
+            first_jwk = gw.daemon.parts.uplink.rotation.node_key.public_jwk
             await cloud.wait_for(lambda u: u.says_online)
             await cloud.send("keys.rotate", {})
             await cloud.wait_for(lambda u: u.stream == "audit" and u.payload["type"] == "key_rotated")

@@ -57,7 +57,7 @@ async def test_idcard_and_face_pass_offline_and_queue_the_transaction(
     state_dir: Path, face_service: FaceService
 ) -> None:
     async with inprocess_daemon(state_dir, config(face_service.url)) as gw, gw.client() as http:
-        assert not gw.daemon.is_online()
+        assert not gw.daemon.parts.uplink.is_online()
         body = await (await http.post("/v1/sessions")).json()
         base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
         # The face is compared with this session's ID card photo: without the card, no capture.
@@ -99,7 +99,7 @@ async def test_certificate_print_is_protected_a_receipt_is_not(
     async with inprocess_daemon(state_dir, config(face_service.url)) as gw, gw.client() as http:
         body = await (await http.post("/v1/sessions")).json()
         base, auth = f"/v1/sessions/{body['id']}", {"Authorization": f"Bearer {body['token']}"}
-        printer = gw.daemon.devices.named("printer").simulator
+        printer = gw.daemon.parts.devices.named("printer").simulator
         certificate = {"lines": ["Certificate of residence"], "document": "certificate"}
         resp = await http.post(f"{base}/print", headers=auth, json=certificate)
         assert resp.status == 403

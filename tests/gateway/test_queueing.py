@@ -83,7 +83,7 @@ async def test_full_queue_answers_with_retry_after() -> None:
         with pytest.raises(QueueFull) as info:
             await q.submit(gate.hold, session="late")
         assert info.value.retry_after >= 1
-        assert q.snapshot()["rejected_full"] == 1
+        assert q.snapshot().rejected_full == 1
         gate.open()
         await asyncio.gather(running, *queued)
     finally:
@@ -103,7 +103,7 @@ async def test_expired_request_never_reaches_the_device(queue: DeviceQueue) -> N
     with pytest.raises(DeadlineExpired):
         await doomed
     assert reached == []
-    assert queue.snapshot()["expired"] == 1
+    assert queue.snapshot().expired == 1
 
 
 async def test_operation_overrunning_its_deadline_is_cut(queue: DeviceQueue) -> None:

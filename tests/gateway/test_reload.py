@@ -44,4 +44,4 @@ async def test_reload_changes_queue_limits_live(state_dir: Path) -> None:
         gw.daemon.reload()
         devices = (await (await http.get("/v1/devices")).json())["devices"]
         assert devices[0]["queue"]["depth_limit"] == 7
-        assert gw.daemon.devices.named("printer").queue.deadline_s == 4
+        assert gw.daemon.parts.devices.named("printer").queue.deadline_s == 4

@@ -93,7 +93,7 @@ async def test_a_token_that_is_not_utf8_is_401_and_only_the_sessions_own_errors_
         answer = await _exchange(gw.socket_path, junk)
         assert answer.startswith(b"HTTP/1.1 401"), answer
         assert b"application/problem+json" in answer and b"unauthenticated" in answer
-        live = gw.daemon.sessions.get(session.id)
+        live = gw.daemon.parts.sessions.get(session.id)
         assert live is not None and live.errors == 0
         # The scheme is case-insensitive (RFC 9110 section 11.1).
         token = session.auth["Authorization"].split(" ", 1)[1]

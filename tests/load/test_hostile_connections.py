@@ -149,4 +149,4 @@ async def test_out_of_descriptors_pauses_accepting_instead_of_spinning(state_dir
             async with asyncio.timeout(10):
                 assert (await reader.readline()).startswith(b"HTTP/1.1 200")
             writer.close()
-        assert guard.stats()["accept_errors"] == errors_while_out
+        assert guard.stats().accept_errors == errors_while_out

@@ -193,7 +193,7 @@ async def test_ending_a_session_cancels_its_queued_print(state_dir: Path) -> Non
         slow = await submit_print(http, first_session)
         await _printing(http, first_session, slow["job"])
         queued = await submit_print(http, leaving)
-        registry = gw.daemon.sessions
+        registry = gw.daemon.parts.sessions
         live = registry.get(leaving.id)
         assert live is not None
         await end_session(http, leaving)

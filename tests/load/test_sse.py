@@ -39,9 +39,9 @@ async def test_a_reader_that_never_reads_is_dropped_with_a_reason(state_dir: Pat
     api = f"event_buffer = {EVENT_BUFFER}"
     async with gateway(state_dir, api=api, devices=devices) as gw, gw.client() as http:
         stuck_session, reading_session = await open_session(http), await open_session(http)
-        stuck = gw.daemon.sessions.get(stuck_session.id)
+        stuck = gw.daemon.parts.sessions.get(stuck_session.id)
         assert stuck is not None
-        streams = gw.daemon.ctx.streams
+        streams = gw.daemon.running.ctx.streams
         stuck_reader, stuck_writer = await _subscribe_raw(gw.socket_path, stuck_session)
         await wait_until(lambda: _true(len(streams) == 1), what="the stuck stream subscribing")
         (stuck_sub,) = streams

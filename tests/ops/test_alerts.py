@@ -17,7 +17,9 @@ from gateway.ops.alerts import (
     WATCHDOG_SLACK,
     Alert,
     AlertEngine,
+    system_sample,
 )
+from gateway.status import SystemSample
 
 
 class ManualClock:
@@ -75,7 +77,7 @@ async def test_device_failure_rate_raises_once_and_clears_once(
     assert raised["value"] == 0.15
     assert raised["threshold"] == 0.15
     assert set(raised) == {"id", "severity", "rule", "subject", "detail", "value", "threshold"}
-    assert [a["id"] for a in engine.active()] == [raised["id"]]
+    assert [a.id for a in engine.active()] == [raised["id"]]
 
     for _ in range(5):  # worse and worse: no repeat
         engine.record_device_op("idcard", ok=False)
@@ -154,24 +156,24 @@ async def test_blue_rules_with_hysteresis_and_remedies(engine: AlertEngine, sink
     engine.add_remedy(DISK_NEARLY_FULL, shed_telemetry)
     engine.add_remedy(OUTBOX_BACKLOG, remedied.append)
 
-    engine.evaluate_system({"loop_lag_s": 0.6, "disk_free_fraction": 0.5, "watchdog_slack_s": 12.0})
-    engine.evaluate_system({"loop_lag_s": 0.4})  # under the raise line, over the clear line
-    engine.evaluate_system({"loop_lag_s": 0.7})
+    engine.evaluate_system(SystemSample(loop_lag_s=0.6, disk_free_fraction=0.5, watchdog_slack_s=12.0))
+    engine.evaluate_system(SystemSample(loop_lag_s=0.4))  # under the raise line, over the clear line
+    engine.evaluate_system(SystemSample(loop_lag_s=0.7))
     await engine.flush()
     assert [(t, b["rule"]) for t, b in alerts(sink)] == [("alert_raised", LOOP_LAG)]
-    engine.evaluate_system({"loop_lag_s": 0.1})
+    engine.evaluate_system(SystemSample(loop_lag_s=0.1))
     await engine.flush()
     assert [(t, b["rule"]) for t, b in alerts(sink)][-1] == ("alert_cleared", LOOP_LAG)
 
-    # The shape of a telemetry sample works too.
-    engine.evaluate_system({"disk": {"free_fraction": 0.03}})
-    engine.evaluate_system({"disk": {"free_fraction": 0.06}})
+    # The free disk as a telemetry sample gives it.
+    engine.evaluate_system(system_sample({"disk": {"free_fraction": 0.03}}))
+    engine.evaluate_system(system_sample({"disk": {"free_fraction": 0.06}}))
     await engine.flush()
     assert [a.rule for a in remedied] == [DISK_NEARLY_FULL]
-    engine.evaluate_system({"disk_free_fraction": 0.09})
-    engine.evaluate_system({"watchdog_slack_s": 3.0})
-    engine.evaluate_system({"watchdog_slack_s": 8.0})
-    engine.evaluate_system({"watchdog_slack_s": 11.0})
+    engine.evaluate_system(SystemSample(disk_free_fraction=0.09))
+    engine.evaluate_system(SystemSample(watchdog_slack_s=3.0))
+    engine.evaluate_system(SystemSample(watchdog_slack_s=8.0))
+    engine.evaluate_system(SystemSample(watchdog_slack_s=11.0))
     await engine.flush()
     tail = [(t, b["rule"], b["severity"]) for t, b in alerts(sink)][2:]
     assert tail == [
@@ -186,16 +188,16 @@ async def test_outbox_backlog_growing(engine: AlertEngine, sink: MemorySink) -> 
     shed: list[str] = []
     engine.add_remedy(OUTBOX_BACKLOG, lambda alert: shed.append(alert.subject))
     for backlog in (10, 20, 30, 40, 50):  # four growths
-        engine.evaluate_system({"outbox_backlog": backlog})
+        engine.evaluate_system(SystemSample(outbox_backlog=backlog))
     await engine.flush()
     assert sink.messages == []
-    engine.evaluate_system({"outbox": {"count": 60}})  # the fifth
+    engine.evaluate_system(SystemSample(outbox_backlog=60))  # the fifth
     for backlog in (70, 80, 75):
-        engine.evaluate_system({"outbox_backlog": backlog})
+        engine.evaluate_system(SystemSample(outbox_backlog=backlog))
     await engine.flush()
     assert [t for t, _ in alerts(sink)] == ["alert_raised"]
     assert shed == ["outbox"]
-    engine.evaluate_system({"outbox_backlog": 70})  # second shrink in a row
+    engine.evaluate_system(SystemSample(outbox_backlog=70))  # second shrink in a row
     await engine.flush()
     assert [t for t, _ in alerts(sink)] == ["alert_raised", "alert_cleared"]
 
@@ -207,6 +209,6 @@ async def test_a_failing_remedy_does_not_stop_alerts(engine: AlertEngine, sink: 
     engine.add_remedy(DEVICE_FAILURE_RATE, broken)
     for _ in range(10):
         engine.record_device_op("camera", ok=False)
-    engine.evaluate_system({"loop_lag_s": 2.0})
+    engine.evaluate_system(SystemSample(loop_lag_s=2.0))
     await engine.flush()
     assert [b["rule"] for _, b in alerts(sink)] == [DEVICE_FAILURE_RATE, LOOP_LAG]

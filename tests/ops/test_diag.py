@@ -8,23 +8,29 @@ import json
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
+from aiohttp import web
 
 from gateway.ops import BUILD_DATE
 from gateway.ops.diag import (
     CheckResult,
+    DaemonUnreachable,
     DiagReport,
     Verdict,
     check_clock,
+    check_daemon,
     check_disk,
     check_systemd,
     diagnose,
     disk_verdict,
+    fetch_status,
     outbox_verdict,
     parse_properties,
     run_diag,
     systemd_verdict,
 )
+from gateway.status import OutboxClassStats, OutboxStats
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import NodeKey
 from gateway.uplink.outbox import Outbox
@@ -272,21 +278,22 @@ def test_disk_thresholds(tmp_path: Path) -> None:
 
 
 def test_outbox_verdicts() -> None:
-    stats = {
-        "classes": {
-            "tx": {"count": 2, "bytes": 900, "oldest_age_s": 7200.0, "parked": 0},
-            "telemetry": {"count": 5, "bytes": 100, "oldest_age_s": 30.0, "parked": 0},
+    stats = OutboxStats(
+        classes={
+            "tx": OutboxClassStats(count=2, bytes=900, oldest_age_s=7200.0),
+            "telemetry": OutboxClassStats(count=5, bytes=100, oldest_age_s=30.0),
         },
-        "bytes": 1000,
-    }
+        count=7,
+        bytes=1000,
+    )
     verdict, detail, fix = outbox_verdict(stats, 1 << 30)
     assert verdict is Verdict.WARN
     assert "tx 2" in detail and "oldest 2.0 h" in detail
     assert fix and "broker" in fix
-    verdict, _detail, fix = outbox_verdict({**stats, "bytes": 990}, 1000)
+    verdict, _detail, fix = outbox_verdict(msgspec.structs.replace(stats, bytes=990), 1000)
     assert verdict is Verdict.FAIL
     assert fix and "full" in fix
-    verdict, detail, _fix = outbox_verdict({"classes": {}, "bytes": 0}, 1 << 30)
+    verdict, detail, _fix = outbox_verdict(OutboxStats(classes={}, count=0, bytes=0), 1 << 30)
     assert verdict is Verdict.PASS
     assert detail.startswith("empty")
 
@@ -328,3 +335,41 @@ async def test_systemd_skipped_without_systemd(tmp_path: Path) -> None:
     check = await check_systemd(systemd_dir=tmp_path / "no-systemd")
     assert check.status is Verdict.SKIP
     assert "systemd is not running" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b'{"hello": "world"}', "missing required field"),
+        (b"[1, 2, 3]", "Expected `object`"),
+        (
+            b'{"node": "n", "version": "1", "config": "c", "started_at": "soon", "listening": []}',
+            "started_at",
+        ),
+    ],
+)
+async def test_a_status_that_is_not_a_gateways_fails_the_daemon_check(
+    tmp_path: Path, body: bytes, named: str
+) -> None:
+    """Another program on the socket (or a damaged answer): the daemon check fails and says what
+    did not fit, and the checks that read the status fall back to the files."""
+    socket_path = tmp_path / "api.sock"
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v1/status", status)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.UnixSite(runner, str(socket_path))
+    await site.start()
+    try:
+        with pytest.raises(DaemonUnreachable) as caught:
+            await fetch_status(socket_path, timeout=5)
+    finally:
+        await runner.cleanup()
+    assert "not a gateway's status" in str(caught.value) and named in str(caught.value)
+    assert caught.value.fix == "is another program on this socket?"
+    check = check_daemon(socket_path, None, caught.value, now=0.0)
+    assert check.status is Verdict.FAIL and "not a gateway's status" in check.detail

@@ -9,6 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from gateway.ops.metrics import GatewayMetrics
+from gateway.status import (
+    AlertEntry,
+    DeviceEntry,
+    GatewayStatus,
+    LoopStatus,
+    OutboxClassStats,
+    OutboxStatus,
+    QueueSnapshot,
+    UplinkStatus,
+)
 from tests.support.daemon import inprocess_daemon
 
 SIM_DEVICES = """
@@ -85,24 +95,70 @@ async def test_metrics_endpoint_on_a_live_daemon(state_dir: Path) -> None:
     assert not any(session["id"] in label for label in labels)
 
 
-def test_render_is_tolerant_of_missing_and_odd_keys() -> None:
+def _status(**parts: Any) -> GatewayStatus:
+    loop = LoopStatus(lag_s=0.001, max_lag_s=0.002)
+    return GatewayStatus(
+        node="n1", version="9.9", config="c.toml", started_at=1.0, listening=[], loop=loop, **parts
+    )
+
+
+def _device(name: str, state: str) -> DeviceEntry:
+    queue = QueueSnapshot(depth_limit=8, queued=2, busy=False, service_estimate_s=0.5, served=7)
+    return DeviceEntry(
+        name=name,
+        kind="printer",
+        driver="escpos",
+        simulated=True,
+        state=state,
+        reason="",
+        since=0.0,
+        warnings=[],
+        last_error=None,
+        last_error_at=None,
+        last_success_at=None,
+        queue=queue,
+        stations=[],
+    )
+
+
+def test_render_reads_the_typed_status_and_leaves_out_missing_parts() -> None:
     metrics = GatewayMetrics(process=False)
-    assert samples(metrics.render({}).decode())["edge_gateway_info"][0].value == 1
-    odd = {
-        "sessions": {"open": "many"},
-        "devices": [{"state": "online"}, "junk", {"name": "printer", "queue": None}],
-        "outbox": {"classes": {"tx": {"count": 4, "bytes": 1200, "oldest_age_s": None}}},
-        "uplink": {"connected": True, "connects": 2},
-        "alerts": [{"severity": "blue"}, {"severity": "purple"}],
-    }
-    found = samples(metrics.render(odd).decode())
-    assert "edge_gateway_sessions_open" not in found
+    found = samples(metrics.render(_status()).decode())
+    assert value(found, "edge_gateway_info", node="n1", version="9.9") == 1
+    assert value(found, "edge_gateway_loop_max_lag_seconds") == 0.002
+    # A part the status does not carry (an older daemon, no broker) yields none of its families.
+    assert not {"edge_gateway_sessions_open", "edge_gateway_outbox_messages", "edge_gateway_device_up"} & set(
+        found
+    )
+    status = _status(
+        devices=[_device("printer", "user_error")],
+        outbox=OutboxStatus(classes={"tx": OutboxClassStats(count=4, bytes=1200)}, count=4, bytes=1200),
+        uplink=UplinkStatus(configured=True, connected=True, connects=2),
+        alerts=[
+            AlertEntry(
+                id="a",
+                severity="blue",
+                rule="loop_lag",
+                subject="s",
+                detail="",
+                value=1,
+                threshold=1,
+                raised_at=0,
+            )
+        ],
+    )
+    found = samples(metrics.render(status).decode())
     assert value(found, "edge_gateway_device_state", device="printer", state="online") == 0
+    assert value(found, "edge_gateway_device_state", device="printer", state="user_error") == 1
+    assert value(found, "edge_gateway_device_up", device="printer") == 0
+    assert value(found, "edge_gateway_device_queue_queued", device="printer") == 2
+    assert value(found, "edge_gateway_device_queue_served_total", device="printer") == 7
     assert value(found, "edge_gateway_outbox_messages", **{"class": "tx"}) == 4
     assert value(found, "edge_gateway_outbox_oldest_age_seconds", **{"class": "tx"}) == 0
     assert value(found, "edge_gateway_uplink_connected") == 1
     assert value(found, "edge_gateway_uplink_connects_total") == 2
     assert value(found, "edge_gateway_alerts_active", severity="blue") == 1
+    assert value(found, "edge_gateway_alerts_active", severity="red") == 0
     # A device that vanished from the status disappears from the metrics.
-    found = samples(metrics.render({"devices": []}).decode())
+    found = samples(metrics.render(_status(devices=[])).decode())
     assert "edge_gateway_device_state" not in found

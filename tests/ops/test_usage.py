@@ -6,6 +6,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import msgspec
+
 from gateway.cloud import MemorySink
 from gateway.ops.usage import UsageReporter, UsageTracker
 
@@ -32,15 +34,15 @@ def test_rollup_figures() -> None:
         tracker.record("idcard", ok=n % 5 != 0, seconds=n / 10)
     tracker.record("printer", ok=True, seconds=2.0)
     rollup = tracker.rollup(DAY1.date())
-    assert rollup["day"] == "2026-11-02"
-    idcard = rollup["devices"]["idcard"]
-    assert idcard["operations"] == 20
-    assert idcard["failures"] == 4
-    assert idcard["failure_rate"] == 0.2
-    assert idcard["mean_s"] == 1.05
-    assert idcard["p95_s"] == 1.9
-    assert rollup["devices"]["printer"]["p95_s"] == 2.0
-    assert rollup["devices"]["camera"] == {
+    assert rollup.day == "2026-11-02"
+    idcard = rollup.devices["idcard"]
+    assert idcard.operations == 20
+    assert idcard.failures == 4
+    assert idcard.failure_rate == 0.2
+    assert idcard.mean_s == 1.05
+    assert idcard.p95_s == 1.9
+    assert rollup.devices["printer"].p95_s == 2.0
+    assert msgspec.to_builtins(rollup.devices["camera"]) == {
         "operations": 0,
         "failures": 0,
         "failure_rate": 0.0,
@@ -50,18 +52,18 @@ def test_rollup_figures() -> None:
     assert tracker.snapshot() == rollup
     clock.advance(days=1)
     tracker.record("idcard", ok=True, seconds=0.5)
-    assert tracker.rollup(DAY1.date())["devices"]["idcard"]["operations"] == 20
-    assert tracker.snapshot()["devices"]["idcard"]["operations"] == 1
+    assert tracker.rollup(DAY1.date()).devices["idcard"].operations == 20
+    assert tracker.snapshot().devices["idcard"].operations == 1
 
 
 def test_reservoir_keeps_memory_flat() -> None:
     tracker = UsageTracker(ManualClock(DAY1), tz=dt.UTC, max_samples=100)
     for n in range(10_000):
         tracker.record("printer", ok=True, seconds=1.0 if n % 2 else 3.0)
-    figures = tracker.rollup(DAY1.date())["devices"]["printer"]
-    assert figures["operations"] == 10_000
-    assert figures["mean_s"] == 2.0
-    assert figures["p95_s"] == 3.0
+    figures = tracker.rollup(DAY1.date()).devices["printer"]
+    assert figures.operations == 10_000
+    assert figures.mean_s == 2.0
+    assert figures.p95_s == 3.0
     assert len(tracker.dump()["days"]["2026-11-02"]["printer"]["samples"]) == 100
 
 

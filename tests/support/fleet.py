@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.status import LinkState
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey
-from gateway.uplink.mqtt import LinkState, MqttLink
+from gateway.uplink.mqtt import MqttLink
 from gateway.uplink.outbox import Outbox
 from gateway.uplink.publisher import Publisher
 

@@ -82,7 +82,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
             order = first_arrivals(envelopes, stream)
             assert order == sorted(order) == list(range(1, len(order) + 1)), f"{stream} out of order"
         assert queued_during_outage > 0, "the outage must have caught messages in the outbox"
-        assert sum(c["delivered"] for c in outbox.stats()["classes"].values()) >= total
+        assert sum(c.delivered for c in outbox.stats().classes.values()) >= total
 
 
 async def test_acl_refusal_parks_the_message_and_the_queue_goes_on(
@@ -105,10 +105,10 @@ async def test_acl_refusal_parks_the_message_and_the_queue_goes_on(
             await outbox.enqueue("tx", "t", {"after": True})
             await cloud.wait_for(lambda: len(cloud.envelopes("tx")) == 4, timeout=10)
             await asyncio.sleep(0.1)
-        stats = outbox.stats()["classes"]
+        stats = outbox.stats().classes
     assert cloud.envelopes("audit") == []
-    assert stats["audit"]["rejected"] == 3 and stats["audit"]["parked"] == 3 and stats["audit"]["count"] == 0
-    assert stats["tx"]["delivered"] == 4 and stats["tx"]["rejected"] == 0
+    assert stats["audit"].rejected == 3 and stats["audit"].parked == 3 and stats["audit"].count == 0
+    assert stats["tx"].delivered == 4 and stats["tx"].rejected == 0
     rejected = [a for a in alerts if a.kind == "rejected"]
     assert [a.fields["seq"] for a in rejected] == [1, 2, 3]
     assert all(a.stream == "audit" and a.fields["reason"] == 0x87 for a in rejected)
@@ -153,11 +153,11 @@ async def test_rejected_messages_requeued_after_the_cause_is_fixed_go_out_as_the
             await link.wait_connected(timeout=10)
             for i in range(3):
                 await outbox.enqueue("audit", "a", {"i": i})
-            await until(lambda: outbox.stats()["classes"]["audit"]["parked"] == 3, timeout=10)
+            await until(lambda: outbox.stats().classes["audit"].parked == 3, timeout=10)
             # Requeued while the broker still refuses: sent again at once, parked again.
             assert await outbox.requeue_rejected("audit") == {"audit": 3}
-            await until(lambda: outbox.stats()["classes"]["audit"]["rejected"] == 6, timeout=10)
-            assert outbox.stats()["classes"]["audit"]["parked"] == 3
+            await until(lambda: outbox.stats().classes["audit"].rejected == 6, timeout=10)
+            assert outbox.stats().classes["audit"].parked == 3
 
         async with Collector("127.0.0.1", fixed.port) as cloud:
             publisher = Publisher(outbox, NODE)
@@ -172,7 +172,7 @@ async def test_rejected_messages_requeued_after_the_cause_is_fixed_go_out_as_the
                 assert await outbox.requeue_rejected() == {"audit": 1}
                 await cloud.wait_for(lambda: len(cloud.envelopes("audit")) == 4, timeout=10)
                 await until(lambda: outbox.backlog() == 0, timeout=10)
-        stats = outbox.stats()["classes"]["audit"]
+        stats = outbox.stats().classes["audit"]
         envelopes = cloud.envelopes("audit")
 
     def seq_of(raw: bytes) -> int:
@@ -182,7 +182,7 @@ async def test_rejected_messages_requeued_after_the_cause_is_fixed_go_out_as_the
 
     assert [seq_of(raw) for raw in envelopes] == [2, 3, 4, 1]
     assert len(set(envelopes)) == 4
-    assert stats["parked"] == 0 and stats["requeued"] == 6 and stats["delivered"] == 4
+    assert stats.parked == 0 and stats.requeued == 6 and stats.delivered == 4
     # Requeued messages arrive after newer ones; the receiver sees that, and the chain holds.
     report = verify_lines(envelopes, ring)
     assert (report.valid, report.invalid) == (4, 0)
@@ -244,9 +244,9 @@ async def test_no_subscribers_keeps_tx_until_a_consumer_subscribes(
             # tx is kept and tried again while nobody listens (a whole window of 0x10 answers is
             # one round: the wait grows per round, 0.1 s, 0.2 s, ...); telemetry is not kept.
             await until(lambda: publisher.no_subscribers["tx"] >= 65, timeout=10)
-            classes = outbox.stats()["classes"]
-            assert classes["tx"]["count"] == 25 and classes["tx"]["delivered"] == 0
-            assert classes["telemetry"]["count"] == 0 and classes["telemetry"]["delivered"] == 1
+            classes = outbox.stats().classes
+            assert classes["tx"].count == 25 and classes["tx"].delivered == 0
+            assert classes["telemetry"].count == 0 and classes["telemetry"].delivered == 1
             async with Collector("127.0.0.1", broker.port) as cloud:
                 await cloud.wait_for(lambda: len(set(cloud.envelopes("tx"))) == 25, timeout=20)
                 await until(lambda: outbox.backlog() == 0, timeout=10)
@@ -256,8 +256,8 @@ async def test_no_subscribers_keeps_tx_until_a_consumer_subscribes(
     assert all(payload_of(raw)["stream"] == "tx" for raw in envelopes), "telemetry was gone"
     report = verify_lines(envelopes, ring)
     assert report.ok, report.format_report()
-    assert stats["no_subscribers"] == stats["no_subscribers_by_class"]["tx"] + 1
-    assert stats["held"] == []
+    assert stats.no_subscribers == stats.no_subscribers_by_class["tx"] + 1
+    assert stats.held == []
 
 
 async def test_no_subscribers_counts_as_delivered_for_a_class_not_kept(
@@ -269,7 +269,7 @@ async def test_no_subscribers_counts_as_delivered_for_a_class_not_kept(
         async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await outbox.enqueue("tx", "t", {"i": 0})
-            await until(lambda: outbox.stats()["classes"]["tx"]["delivered"] == 1, timeout=10)
+            await until(lambda: outbox.stats().classes["tx"].delivered == 1, timeout=10)
     assert publisher.no_subscribers["tx"] == 1 and outbox.backlog() == 0
     with pytest.raises(ValueError, match="unknown classes"):
         Publisher(outbox, NODE, keep_on_no_subscribers=["tx", "bogus"])
@@ -342,6 +342,6 @@ async def test_a_held_stream_does_not_hold_the_others(
                 await outbox.enqueue("telemetry", "cpu", {"i": i})
             await cloud.wait_for(lambda: len(cloud.envelopes("telemetry")) == 5, timeout=10)
             # All telemetry went while tx waited for its first resend (3-6 s away).
-            assert publisher.no_subscribers["tx"] == 1 and publisher.stats()["held"] == ["tx"]
-            assert outbox.stats()["classes"]["tx"]["count"] == 1
-            assert publisher.stats()["no_subscribers_by_class"]["telemetry"] == 0
+            assert publisher.no_subscribers["tx"] == 1 and publisher.stats().held == ["tx"]
+            assert outbox.stats().classes["tx"].count == 1
+            assert publisher.stats().no_subscribers_by_class["telemetry"] == 0

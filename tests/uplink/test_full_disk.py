@@ -29,7 +29,7 @@ async def test_seq_mark_that_cannot_be_written_is_a_507_and_leaves_no_temp_file(
             with pytest.raises(OutboxFull) as caught:
                 await outbox.enqueue("tx", "t", {"i": 1})
             assert caught.value.reason == "disk", "the documented answer for a full store (HTTP 507)"
-            assert outbox.backlog() == 0 and outbox.stats()["classes"]["tx"]["refused"] == 1
+            assert outbox.backlog() == 0 and outbox.stats().classes["tx"].refused == 1
             assert not (disk / "o.db.seq.tmp").exists(), "no 0-byte temp file left behind"
             ballast.free()
             first = await outbox.enqueue("tx", "t", {"i": 2})
@@ -49,14 +49,14 @@ async def test_deletes_after_puback_on_a_full_disk_are_retried_when_space_return
             # The broker acknowledged them all; the deletes cannot be written now.
             await asyncio.gather(*(outbox.mark_delivered(item) for item in items))
             stats = outbox.stats()
-            assert stats["awaiting_delete"] == 40, "kept for a retry, not forgotten"
-            assert stats["classes"]["tx"]["delivered"] == 0
+            assert stats.awaiting_delete == 40, "kept for a retry, not forgotten"
+            assert stats.classes["tx"].delivered == 0
             await asyncio.sleep(1.5)
-            assert outbox.stats()["awaiting_delete"] == 40, "still waiting while the disk is full"
+            assert outbox.stats().awaiting_delete == 40, "still waiting while the disk is full"
             ballast.free()
-            await until(lambda: outbox.stats()["awaiting_delete"] == 0, timeout=10)
-            tx = outbox.stats()["classes"]["tx"]
-            assert (tx["count"], tx["delivered"]) == (0, 40), "no delivered message counted as backlog"
+            await until(lambda: outbox.stats().awaiting_delete == 0, timeout=10)
+            tx = outbox.stats().classes["tx"]
+            assert (tx.count, tx.delivered) == (0, 40), "no delivered message counted as backlog"
             assert outbox.backlog() == 0
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, LinkState, MqttLink
+from gateway.status import LinkState
+from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, MqttLink
 from gateway.uplink.presence import Presence
 from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
 from tests.uplink.conftest import NODE

@@ -94,7 +94,7 @@ async def test_seq_and_chain_continue_across_restarts_and_deliveries(
     # Delivered rows are gone from the file; the counters remain.
     assert stored(path) == []
     async with Outbox(path, sealer) as outbox:
-        assert outbox.stats()["classes"]["tx"]["delivered"] == 12
+        assert outbox.stats().classes["tx"].delivered == 12
         assert (await outbox.enqueue("tx", "t", {})).seq == 13
 
 
@@ -112,8 +112,8 @@ async def test_critical_class_over_quota_is_refused_with_an_alert(tmp_path: Path
         assert isinstance(caught.value, OutboxError)
         await asyncio.sleep(0)
         assert [a.kind for a in alerts] == ["outbox_full"]
-        stats = outbox.stats()["classes"]["tx"]
-        assert stats["count"] == accepted and stats["refused"] == 1 and stats["dropped"] == 0
+        stats = outbox.stats().classes["tx"]
+        assert stats.count == accepted and stats.refused == 1 and stats.dropped == 0
         # Nothing was dropped and other classes still flow.
         assert [seq for _, seq, _ in stored(outbox.path, "tx")] == list(range(1, accepted + 1))
         assert (await outbox.enqueue("audit", "login", {"ok": True})).seq == 1
@@ -128,13 +128,13 @@ async def test_telemetry_drops_oldest_when_full_and_counts_it(tmp_path: Path, se
     async with Outbox(path, sealer, config=config) as outbox:
         for i in range(60):
             await outbox.enqueue("telemetry", "cpu", {"i": i, "pad": "y" * 100})
-        stats = outbox.stats()["classes"]["telemetry"]
-        assert stats["bytes"] <= 5000
-        assert stats["dropped"] == 60 - stats["count"] > 0
+        stats = outbox.stats().classes["telemetry"]
+        assert stats.bytes <= 5000
+        assert stats.dropped == 60 - stats.count > 0
         kept = [seq for _, seq, _ in stored(path, "telemetry")]
-        assert kept == list(range(61 - stats["count"], 61)), "the oldest are dropped first"
+        assert kept == list(range(61 - stats.count, 61)), "the oldest are dropped first"
     async with Outbox(path, sealer, config=config) as outbox:
-        assert outbox.stats()["classes"]["telemetry"]["dropped"] == stats["dropped"], "counters persist"
+        assert outbox.stats().classes["telemetry"].dropped == stats.dropped, "counters persist"
 
 
 async def test_expired_messages_are_removed_counted_and_not_sent(tmp_path: Path, sealer: Sealer) -> None:
@@ -147,9 +147,9 @@ async def test_expired_messages_are_removed_counted_and_not_sent(tmp_path: Path,
         pending = await outbox.read_page("event", 0, 100)
         assert len(pending) == 5 and all(p.expires is not None and p.expires <= time.time() for p in pending)
         await outbox.sweep()
-        stats = outbox.stats()["classes"]
-        assert stats["event"]["expired"] == 5 and stats["event"]["count"] == 0
-        assert stats["tx"]["count"] == 1 and stats["tx"]["expired"] == 0
+        stats = outbox.stats().classes
+        assert stats["event"].expired == 5 and stats["event"].count == 0
+        assert stats["tx"].count == 1 and stats["tx"].expired == 0
 
 
 async def test_full_disk_keeps_running_drops_telemetry_and_refuses_critical(
@@ -161,8 +161,8 @@ async def test_full_disk_keeps_running_drops_telemetry_and_refuses_critical(
         pad = "z" * 1500
         for i in range(200):  # far more than 48 pages hold
             await outbox.enqueue("telemetry", "cpu", {"i": i, "pad": pad})
-        telemetry = outbox.stats()["classes"]["telemetry"]
-        assert telemetry["dropped"] > 0 and telemetry["count"] > 0
+        telemetry = outbox.stats().classes["telemetry"]
+        assert telemetry.dropped > 0 and telemetry.count > 0
         # A critical message makes room by evicting telemetry, never the reverse.
         first_tx = await outbox.enqueue("tx", "service_request", {"pad": pad})
         assert first_tx.seq == 1
@@ -174,7 +174,7 @@ async def test_full_disk_keeps_running_drops_telemetry_and_refuses_critical(
         assert caught.value.reason == "disk"
         await asyncio.sleep(0)
         assert "disk_full" in [a.kind for a in alerts]
-        assert outbox.stats()["classes"]["telemetry"]["count"] == 0
+        assert outbox.stats().classes["telemetry"].count == 0
         assert [seq for _, seq, _ in stored(path, "tx")] == list(range(1, accepted + 1)), "no tx was dropped"
         # Telemetry has nothing of its own left to drop: refused too, daemon alive.
         with pytest.raises(OutboxFull):
@@ -207,7 +207,7 @@ async def test_malformed_pages_are_detected_and_recovered(tmp_path: Path, sealer
     path = tmp_path / "o.db"
     async with Outbox(path, sealer) as outbox:
         await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i, "pad": "q" * 300}) for i in range(300)))
-        last = outbox.stats()["classes"]["tx"]["last_seq"]
+        last = outbox.stats().classes["tx"].last_seq
     size = path.stat().st_size
     with path.open("r+b") as fh:  # keep the header, smash pages in the middle
         fh.seek(size // 2)
@@ -228,7 +228,7 @@ async def test_messages_that_read_back_whole_are_queued_again_after_corruption(
         await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i, "pad": "q" * 300}) for i in range(300)))
         for i in range(20):
             await outbox.enqueue("audit", "a", {"i": i})
-        last = outbox.stats()["classes"]["tx"]["last_seq"]
+        last = outbox.stats().classes["tx"].last_seq
     original = {(stream, seq): raw for stream, seq, raw in stored(path)}
     size = path.stat().st_size
     with path.open("r+b") as fh:  # keep the header, smash pages in the middle
@@ -298,13 +298,12 @@ async def test_stats_report_every_class(tmp_path: Path, sealer: Sealer) -> None:
         await outbox.enqueue("tx", "t", {})
         await asyncio.sleep(0.02)
         stats = outbox.stats()
-    assert set(stats["classes"]) == {"tx", "audit", "alert", "telemetry", "event"}
-    tx = stats["classes"]["tx"]
-    for key in ("count", "bytes", "oldest_age_s", "delivered", "expired", "dropped", "rejected", "refused"):
-        assert key in tx
-    assert tx["count"] == 1 and tx["oldest_age_s"] > 0 and tx["bytes"] > 100
-    assert stats["classes"]["audit"]["oldest_age_s"] is None
-    assert "delivery_rate_per_s" in stats and "last_puback" in stats
+    assert set(stats.classes) == {"tx", "audit", "alert", "telemetry", "event"}
+    tx = stats.classes["tx"]
+    assert (tx.delivered, tx.expired, tx.dropped, tx.rejected, tx.refused) == (0, 0, 0, 0, 0)
+    assert tx.count == 1 and tx.oldest_age_s is not None and tx.oldest_age_s > 0 and tx.bytes > 100
+    assert stats.classes["audit"].oldest_age_s is None
+    assert stats.delivery_rate_per_s == 0.0 and stats.last_puback is None, "nothing delivered yet"
 
 
 def test_config_is_strict_and_protects_critical_classes() -> None:
@@ -345,16 +344,16 @@ async def test_requeue_puts_parked_rows_back_and_survives_a_restart(tmp_path: Pa
         assert outbox.backlog() == 1
         assert await outbox.requeue_rejected("tx") == {}, "nothing of tx was parked"
         assert await outbox.requeue_rejected("audit", seqs=[2, 9]) == {"audit": 1}
-        audit = outbox.stats()["classes"]["audit"]
-        assert (audit["count"], audit["parked"], audit["requeued"]) == (1, 2, 1)
+        audit = outbox.stats().classes["audit"]
+        assert (audit.count, audit.parked, audit.requeued) == (1, 2, 1)
         assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [2]
         with pytest.raises(UnknownStream):
             await outbox.requeue_rejected("nope")
         with pytest.raises(ValueError, match="stream"):
             await outbox.requeue_rejected(seqs=[1])
     async with Outbox(path, sealer) as outbox:
-        audit = outbox.stats()["classes"]["audit"]
-        assert (audit["count"], audit["parked"], audit["requeued"]) == (1, 2, 1)
+        audit = outbox.stats().classes["audit"]
+        assert (audit.count, audit.parked, audit.requeued) == (1, 2, 1)
         assert await outbox.requeue_rejected() == {"audit": 2}
         assert [p.seq for p in await outbox.read_page("audit", 0, 10)] == [1, 2, 3]
         assert outbox.backlog() == 4
@@ -393,7 +392,7 @@ async def test_lost_wal_tail_never_reuses_a_seq_and_is_reported(
         assert [(a.kind, a.severity) for a in alerts] == [("seq_gap", "red")]
         assert alerts[0].fields["unaccounted"] == {"tx": [13 - cut, 12]}
         stats = outbox.stats()
-        assert [i["possibly_lost"] for i in stats["incidents"]] == [cut]
+        assert [i.possibly_lost for i in stats.incidents or []] == [cut]
         new = await outbox.enqueue("tx", "t", {"after": True})
         assert new.seq == 13, "seq continues above the mark, never at 13 - cut"
         sent += [item.envelope for item in await outbox.read_page("tx", 12, 100)]
@@ -404,12 +403,12 @@ async def test_lost_wal_tail_never_reuses_a_seq_and_is_reported(
     # A clean restart reports nothing new; the incident stays until acknowledged.
     async with Outbox(copy, sealer) as outbox:
         assert outbox.incidents == []
-        assert len(outbox.stats()["incidents"]) == 1
+        assert len(outbox.stats().incidents or []) == 1
     from gateway.uplink.outbox import incidents
 
     assert [i.id for i in incidents.acknowledge(incidents.journal_path(copy))] == [incident.id]
     async with Outbox(copy, sealer) as outbox:
-        assert outbox.stats()["incidents"] == []
+        assert outbox.stats().incidents == []
 
 
 async def test_plain_crash_is_no_loss_and_no_gap(tmp_path: Path, sealer: Sealer) -> None:
@@ -419,7 +418,7 @@ async def test_plain_crash_is_no_loss_and_no_gap(tmp_path: Path, sealer: Sealer)
             await outbox.enqueue("audit", "a", {"i": i})
         copy = crash_copy(path, tmp_path / "crash")
     async with Outbox(copy, sealer) as outbox:
-        assert outbox.incidents == [] and outbox.stats()["incidents"] == []
+        assert outbox.incidents == [] and outbox.stats().incidents == []
         assert (await outbox.enqueue("audit", "a", {})).seq == 6
 
 

@@ -98,8 +98,8 @@ async def test_salvage_delivers_every_readable_row_and_counts_the_rest(
         assert incident.severity == "red" and incident.possibly_lost == len(original) - len(oracle)
         [alert] = [a for a in alerts if a.kind == "corrupt_db"]
         assert alert.severity == "red" and alert.fields["unreadable"] == lost_by_stream
-        [reported] = outbox.stats()["incidents"]
-        assert reported["unreadable"] == lost_by_stream and reported["salvaged"] == len(oracle)
+        [reported] = outbox.stats().incidents or []
+        assert reported.unreadable == lost_by_stream and reported.salvaged == len(oracle)
         verdict, detail, _fix = incident_verdict([reported], Verdict.PASS, "", None)
         assert verdict is Verdict.FAIL and "unreadable" in detail
 

@@ -33,4 +33,4 @@ async def test_messages_flow_in_order(
                     await asyncio.sleep(0.01)
         report = verify_lines(cloud.envelopes(), ring)
         assert report.ok, report.format_report()
-        assert outbox.stats()["classes"]["tx"]["delivered"] == 17
+        assert outbox.stats().classes["tx"].delivered == 17

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.status import IncidentReport
+
 log = structlog.get_logger(__name__)
 
 Kind = Literal["lost_tail", "database_missing", "corrupt"]
@@ -56,6 +58,23 @@ class Incident:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "possibly_lost": self.possibly_lost, "severity": self.severity}
+
+    def report(self) -> IncidentReport:
+        """As /v1/status and diag show it."""
+        return IncidentReport(
+            id=self.id,
+            kind=self.kind,
+            detail=self.detail,
+            at=self.at,
+            unaccounted={stream: (first, last) for stream, (first, last) in self.unaccounted.items()},
+            unreadable=dict(self.unreadable),
+            unusable=dict(self.unusable),
+            salvaged=self.salvaged,
+            moved_to=list(self.moved_to),
+            acknowledged_at=self.acknowledged_at,
+            possibly_lost=self.possibly_lost,
+            severity=self.severity,
+        )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Incident:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.status import IncidentReport
 from gateway.uplink.envelope import EnvelopeError, peek_envelope
 from gateway.uplink.outbox import incidents as journal
 from gateway.uplink.outbox.config import STREAMS
@@ -54,7 +55,7 @@ class IncidentLog:
         except OSError as err:
             log.error("outbox_incident_not_saved", path=str(self.path), error=str(err))
 
-    def open_incidents(self) -> list[dict[str, Any]]:
+    def open_incidents(self) -> list[IncidentReport]:
         """Incidents ops have not acknowledged yet (`edge-gateway outbox-ack`)."""
         try:
             stamp = self.path.stat().st_mtime_ns
@@ -67,7 +68,7 @@ class IncidentLog:
         # An incident the journal could not store (a full disk) is still reported.
         pending = [i for i in self._journal if i.acknowledged_at is None]
         pending += [i for i in self.recorded if i.id not in ids]
-        return [i.as_dict() for i in pending]
+        return [i.report() for i in pending]
 
 
 def incident_alert(incident: Incident) -> OutboxAlert:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import structlog
 
+from gateway.status import IncidentReport, OutboxClassStats, OutboxStats
 from gateway.tasks import cancel_and_wait
 from gateway.uplink.envelope import GENESIS_PREV, envelope_digest
 from gateway.uplink.outbox.config import STREAMS, OutboxConfig
@@ -69,15 +70,15 @@ class DeliveryRate:
         return sum(n for _, n in self._seconds) / 60.0
 
 
-def _class_stats(st: StreamState, now: float) -> dict[str, Any]:
-    return {
-        "count": st.count,
-        "bytes": st.bytes,
-        "oldest_age_s": None if st.oldest is None else max(0.0, now - st.oldest),
-        "parked": st.parked,
-        "last_seq": st.last_seq,
+def _class_stats(st: StreamState, now: float) -> OutboxClassStats:
+    return OutboxClassStats(
+        count=st.count,
+        bytes=st.bytes,
+        oldest_age_s=None if st.oldest is None else max(0.0, now - st.oldest),
+        parked=st.parked,
+        last_seq=st.last_seq,
         **st.counters,
-    }
+    )
 
 
 class Outbox:
@@ -156,7 +157,7 @@ class Outbox:
         """Storage incidents recorded by this process (the journal holds older ones too)."""
         return self._incidents.recorded
 
-    def open_incidents(self) -> list[dict[str, Any]]:
+    def open_incidents(self) -> list[IncidentReport]:
         """Storage incidents ops have not acknowledged yet (`edge-gateway outbox-ack`)."""
         return self._incidents.open_incidents()
 
@@ -309,24 +310,24 @@ class Outbox:
         """Messages waiting for delivery (not counting parked rejections)."""
         return sum(s.count for s in self._store.snapshot.values())
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> OutboxStats:
         """Per class: count, bytes, oldest age, delivered, expired, dropped, rejected, refused."""
         now = time.time()
         snap = self._store.snapshot
-        return {
-            "classes": {stream: _class_stats(snap[stream], now) for stream in STREAMS},
-            "count": sum(s.count for s in snap.values()),
-            "bytes": sum(s.bytes + s.parked_bytes for s in snap.values()),
-            "max_bytes": self.config.max_bytes,
-            "delivery_rate_per_s": self._delivery_rate.per_second(),
-            "last_puback": self.last_puback,
-            "commits": self.commits,
-            "generation": self.generation,
-            "recoveries": len(self.recoveries),
+        return OutboxStats(
+            classes={stream: _class_stats(snap[stream], now) for stream in STREAMS},
+            count=sum(s.count for s in snap.values()),
+            bytes=sum(s.bytes + s.parked_bytes for s in snap.values()),
+            max_bytes=self.config.max_bytes,
+            delivery_rate_per_s=self._delivery_rate.per_second(),
+            last_puback=self.last_puback,
+            commits=self.commits,
+            generation=self.generation,
+            recoveries=len(self.recoveries),
             # Storage incidents (lost WAL tail, corrupt or lost file) ops have not acknowledged.
-            "incidents": self.open_incidents(),
-            "awaiting_delete": len(self._writer.undeleted),
-        }
+            incidents=self.open_incidents(),
+            awaiting_delete=len(self._writer.undeleted),
+        )
 
     # ---------------------------------------------------------------- loop side
 
