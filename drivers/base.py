@@ -37,18 +37,6 @@ class DeviceStatus:
     last_error_at: float | None = None
     last_success_at: float | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for the API and diag."""
-        return {
-            "state": self.state.value,
-            "reason": self.reason,
-            "since": self.since,
-            "warnings": list(self.warnings),
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "last_success_at": self.last_success_at,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class DeviceEvent:
