@@ -371,26 +371,10 @@ class Daemon:
             )
         if not config.uplink.broker:
             return None
-        up = config.uplink
-        return MqttLink(
-            up.broker,
-            node,
-            ca_file=up.ca_file or None,
-            client_cert=up.client_cert or None,
-            client_key=up.client_key or None,
-            keepalive_s=up.keepalive_s,
-            backoff_min_s=up.backoff_min_s,
-            backoff_max_s=up.backoff_max_s,
-            first_connect_jitter_s=up.first_connect_jitter_s,
-            reconnect_spread_s=up.reconnect_spread_s,
-            session_expiry_s=up.session_expiry_s,
-            stable_after_s=up.stable_after_s,
-            connect_timeout_s=up.connect_timeout_s,
-            publish_timeout_s=config.outbox.publish_timeout_s,
-            inflight=config.outbox.inflight,
-            on_command=self._on_command,
-            workers=[publisher.run],
-        )
+        from gateway.uplink.mqtt import LinkSettings
+
+        settings = LinkSettings.from_config(config.uplink, config.outbox)
+        return MqttLink(settings, node, on_command=self._on_command, workers=[publisher.run])
 
     @property
     def node_key(self) -> NodeKey:
