@@ -115,7 +115,7 @@ class RssSampler:
 
 
 async def drain_outbox(path: Path, sealer: Any, url: str, n: int, window: int) -> tuple[float, RssSampler]:
-    from gateway.uplink.mqtt import MqttLink
+    from gateway.uplink.mqtt import LinkSettings, MqttLink
     from gateway.uplink.outbox import ClassConfig, Outbox, OutboxConfig
     from gateway.uplink.publisher import Publisher
 
@@ -133,7 +133,7 @@ async def drain_outbox(path: Path, sealer: Any, url: str, n: int, window: int) -
         rss.start()
         # No one subscribes here: tx would wait for a consumer (PUBACK 0x10), the drain would never end.
         publisher = Publisher(outbox, "bench-node", keep_on_no_subscribers=())
-        link = MqttLink(url, "bench-node", workers=[publisher.run], inflight=window)
+        link = MqttLink(LinkSettings(url, inflight=window), "bench-node", workers=[publisher.run])
         start = time.perf_counter()
         async with link:
             while outbox.backlog() or publisher.in_flight:

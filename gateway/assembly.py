@@ -35,7 +35,7 @@ from gateway.stations import StationMap
 from gateway.uplink.commands import CommandVerifier, ReplayStore
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey
-from gateway.uplink.mqtt import CommandHandler, MqttLink
+from gateway.uplink.mqtt import CommandHandler, LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.requests import CloudRequests
@@ -239,26 +239,8 @@ def build_link(
         )
     if not config.uplink.broker:
         return None
-    up = config.uplink
-    return MqttLink(
-        up.broker,
-        node,
-        ca_file=up.ca_file or None,
-        client_cert=up.client_cert or None,
-        client_key=up.client_key or None,
-        keepalive_s=up.keepalive_s,
-        backoff_min_s=up.backoff_min_s,
-        backoff_max_s=up.backoff_max_s,
-        first_connect_jitter_s=up.first_connect_jitter_s,
-        reconnect_spread_s=up.reconnect_spread_s,
-        session_expiry_s=up.session_expiry_s,
-        stable_after_s=up.stable_after_s,
-        connect_timeout_s=up.connect_timeout_s,
-        publish_timeout_s=config.outbox.publish_timeout_s,
-        inflight=config.outbox.inflight,
-        on_command=on_command,
-        workers=[publisher.run],
-    )
+    settings = LinkSettings.from_config(config.uplink, config.outbox)
+    return MqttLink(settings, node, on_command=on_command, workers=[publisher.run])
 
 
 def _submit_outbox_alert(sender: OrderedSender, alert: OutboxAlert) -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
+from gateway.auth.attempts import AuditSink as AuditSink
+from gateway.auth.attempts import FactorAttempts, audit_body
 from gateway.auth.errors import (
     FactorDisabled,
-    FactorFailed,
     FactorUnavailable,
     PolicyDenied,
     Throttled,
-    VerifierError,
 )
 from gateway.auth.face import (
     CloudFaceVerifier,
@@ -43,11 +43,6 @@ from gateway.auth.throttle import Throttle
 from gateway.auth.totp import TotpOutcome, TotpVerifier
 
 log = structlog.get_logger(__name__)
-
-AuditSink = Callable[[str, dict[str, Any]], Awaitable[None]]
-"""`async audit(type, body)`: the lead routes it to the signed `audit` stream."""
-
-Check = Callable[[], Awaitable[str | None]]
 
 
 def _always_online() -> bool:
@@ -99,6 +94,7 @@ class Authenticator:
         self.throttle = Throttle(
             store, settings.lockout, overrides={"face": settings.face.lockout}, clock=clock
         )
+        self._attempts = FactorAttempts(self.throttle, audit, clock=clock)
         self._totp = TotpVerifier(store, clock=clock)
         self.otp = OtpService(
             settings.otp,
@@ -126,93 +122,14 @@ class Authenticator:
         """A fresh AuthState for a new session."""
         return AuthState(session_id=session_id, kind=kind)
 
-    # --- audit and the common proof path ----------------------------------------
+    # --- audit and the session kind (the common proof path is FactorAttempts) -----
 
     async def _emit(self, type_: str, body: dict[str, Any]) -> None:
         await self._audit(type_, body)
 
-    @staticmethod
-    def _body(state: AuthState, kind: str, subject: Subject | None, **extra: Any) -> dict[str, Any]:
-        body: dict[str, Any] = {"session": state.session_id, "factor": kind}
-        if subject is not None:
-            body["subject"] = subject.masked
-            body["subject_kind"] = subject.kind
-        body.update(extra)
-        return body
-
     def _require_session_kind(self, state: AuthState, kind: FactorKind) -> None:
         if FACTORS[kind].session_kind != state.kind:
             raise PolicyDenied("factor_not_for_session_kind", factor=kind)
-
-    async def _attempt(
-        self,
-        state: AuthState,
-        kind: FactorKind,
-        subject: Subject,
-        check: Check,
-        *,
-        extra: dict[str, Any] | None = None,
-        document_type: str | None = None,
-    ) -> ProvenFactor:
-        """Throttle check, the factor's own check, counting, state update and audit, in order."""
-        await self._emit("auth.attempt", self._body(state, kind, subject))
-        try:
-            await self.throttle.check(subject, kind)
-        except (Throttled, FactorDisabled) as err:
-            await self._emit("auth.refused", self._body(state, kind, subject, **err.fields()))
-            raise
-        try:
-            reason = await check()
-        except (FactorUnavailable, VerifierError) as err:
-            await self._emit("auth.unavailable", self._body(state, kind, subject, **err.fields()))
-            log.warning("factor_unavailable", factor=kind, reason=err.reason)
-            raise
-        if reason is not None:
-            await self._fail(state, kind, subject, reason)
-        await self.throttle.success(subject, kind)
-        info = FACTORS[kind]
-        factor = ProvenFactor(
-            kind=kind,
-            category=info.category,
-            subject=subject,
-            cryptographic=info.cryptographic,
-            at=self._clock(),
-            session_id=state.session_id,
-            document_type=document_type,
-        )
-        state.add(factor)
-        await self._emit(
-            "auth.success",
-            self._body(
-                state,
-                kind,
-                factor.subject,
-                category=info.category,
-                cryptographic=info.cryptographic,
-                **(extra or {}),
-            ),
-        )
-        log.info("factor_proven", factor=kind, session=state.session_id, subject=subject.masked)
-        return factor
-
-    async def _fail(self, state: AuthState, kind: FactorKind, subject: Subject, reason: str) -> NoReturn:
-        record = await self.throttle.failure(subject, kind)
-        body = self._body(state, kind, subject, reason=reason, consecutive=record.consecutive)
-        await self._emit("auth.failure", body)
-        log.info("factor_failed", factor=kind, reason=reason, consecutive=record.consecutive)
-        err = FactorFailed(reason, factor=kind)
-        if record.disabled:
-            await self._emit("auth.disabled", self._body(state, kind, subject))
-            log.warning("factor_disabled", factor=kind, subject=subject.masked)
-        else:
-            retry = self.throttle.retry_after(record)
-            if retry > 0:
-                err.retry_after_s = retry
-                await self._emit(
-                    "auth.lockout",
-                    self._body(state, kind, subject, retry_after_s=retry, consecutive=record.consecutive),
-                )
-        raise err
 
     # --- card factors -------------------------------------------------------------
 
@@ -242,7 +159,7 @@ class Authenticator:
             return None
 
         async with state.lock:
-            factor = await self._attempt(state, "idcard", subject, check, document_type=document_type)
+            factor = await self._attempts.prove(state, "idcard", subject, check, document_type=document_type)
             state.idcard = CardHolder(id_number, subject, bytes(photo))
             return factor
 
@@ -256,7 +173,7 @@ class Authenticator:
             return None if valid_id_number(id_number) else "bad_id_number"
 
         async with state.lock:
-            factor = await self._attempt(state, "sscard", subject, check)
+            factor = await self._attempts.prove(state, "sscard", subject, check)
             state.sscard = CardHolder(id_number, subject)
             return factor
 
@@ -273,7 +190,7 @@ class Authenticator:
             return None if member.enabled else "staff_disabled"
 
         async with state.lock:
-            return await self._attempt(state, "staffcard", subject, check)
+            return await self._attempts.prove(state, "staffcard", subject, check)
 
     # --- face ---------------------------------------------------------------------
 
@@ -304,7 +221,7 @@ class Authenticator:
             return None
 
         async with state.lock:
-            return await self._attempt(state, "face", holder.subject, check, extra=seen)
+            return await self._attempts.prove(state, "face", holder.subject, check, extra=seen)
 
     # --- SMS OTP ------------------------------------------------------------------
 
@@ -326,18 +243,18 @@ class Authenticator:
             try:
                 await self.throttle.check(subject, "otp")
             except (Throttled, FactorDisabled) as err:
-                await self._emit("auth.refused", self._body(state, "otp", subject, **err.fields()))
+                await self._emit("auth.refused", audit_body(state, "otp", subject, **err.fields()))
                 raise
             try:
                 challenge = await self.otp.challenge(holder.id_number, subject)
             except FactorUnavailable as err:
-                body = self._body(state, "otp", subject, **err.fields())
+                body = audit_body(state, "otp", subject, **err.fields())
                 await self._emit("auth.unavailable", body)
                 raise
             state.otp_challenge = challenge
             state.otp_challenged_at = now
             expires_in = max(0, round(challenge.expires_at - now))
-            body = self._body(state, "otp", subject, expires_in_s=expires_in)
+            body = audit_body(state, "otp", subject, expires_in_s=expires_in)
             await self._emit("auth.otp_challenge", body)
             return {"expires_in_s": expires_in, "digits": self.settings.otp.digits}
 
@@ -354,7 +271,7 @@ class Authenticator:
                 outcome = await self.otp.verify(challenge, code)
                 return None if outcome is OtpOutcome.ACCEPTED else outcome.value
 
-            factor = await self._attempt(state, "otp", challenge.subject, check)
+            factor = await self._attempts.prove(state, "otp", challenge.subject, check)
             state.otp_challenge = None
             return factor
 
@@ -362,7 +279,7 @@ class Authenticator:
         try:
             self.otp.ensure_online()
         except FactorUnavailable as err:
-            await self._emit("auth.unavailable", self._body(state, "otp", subject, **err.fields()))
+            await self._emit("auth.unavailable", audit_body(state, "otp", subject, **err.fields()))
             raise
 
     # --- staff TOTP and PIN ---------------------------------------------------------
@@ -386,7 +303,7 @@ class Authenticator:
             return None if outcome is TotpOutcome.ACCEPTED else outcome.value
 
         async with state.lock:
-            return await self._attempt(state, "totp", subject, check)
+            return await self._attempts.prove(state, "totp", subject, check)
 
     async def prove_pin(self, state: AuthState, staff_id: str | None, pin: str) -> ProvenFactor:
         """A staff member's PIN against its scrypt hash (staff_id None: this session's staff card)."""
@@ -406,7 +323,7 @@ class Authenticator:
             return None if await verify_pin(pin, member.pin_hash) else "wrong_pin"
 
         async with state.lock:
-            return await self._attempt(state, "pin", subject, check)
+            return await self._attempts.prove(state, "pin", subject, check)
 
     def _dummy_hash(self) -> str:
         if self._dummy_pin_hash is None:

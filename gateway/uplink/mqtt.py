@@ -7,6 +7,9 @@ connection stayed up `stable_after_s`). While connected, the link runs its sessi
 publisher) beside the downlink receive loop; when any of them ends, the connection is torn down
 and rebuilt.
 
+How one connection is made (the settings, TLS, the aiomqtt client, the TCP probe) is
+`gateway.uplink.mqtt_client`; its public names are importable from here too.
+
 Every connection resumes one persistent session (Clean Start 0, Session Expiry Interval
 `session_expiry_s`), so the broker keeps QoS 1 commands sent while the node is away; the link
 subscribes again only when the CONNACK says the session is new (Session Present 0). The broker's
@@ -33,52 +36,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
-import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 import aiomqtt
 import msgspec
-import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.errors import GatewayError
 from gateway.ratelimit import echo
 from gateway.status import LinkState
 from gateway.tasks import cancel_and_wait
-from gateway.uplink.commands import MAX_DOWNLINK_BYTES
-from gateway.uplink.presence import presence_payload
+from gateway.uplink.mqtt_client import DEFAULT_PORTS as DEFAULT_PORTS
+from gateway.uplink.mqtt_client import DOWNLINK_BACKLOG as DOWNLINK_BACKLOG
+from gateway.uplink.mqtt_client import MAX_PACKET_BYTES as MAX_PACKET_BYTES
+from gateway.uplink.mqtt_client import PUBACK_FAILURE as PUBACK_FAILURE
+from gateway.uplink.mqtt_client import BrokerAddress as BrokerAddress
+from gateway.uplink.mqtt_client import ClientFactory as ClientFactory
+from gateway.uplink.mqtt_client import DropHandler as DropHandler
+from gateway.uplink.mqtt_client import LinkChannel, LinkClient, probe
+from gateway.uplink.mqtt_client import LinkConfigError as LinkConfigError
+from gateway.uplink.mqtt_client import LinkDown as LinkDown
+from gateway.uplink.mqtt_client import LinkError as LinkError
+from gateway.uplink.mqtt_client import LinkSettings as LinkSettings
+from gateway.uplink.mqtt_client import LinkTimeout as LinkTimeout
+from gateway.uplink.mqtt_client import PublishTimeout as PublishTimeout
+from gateway.uplink.mqtt_client import tls_context as tls_context
 from gateway.uplink.reconnect import (
     BUSY_CODES,
     REDIRECT_CODES,
     USE_ANOTHER_SERVER,
-    ReconnectPolicy,
     parse_server_reference,
 )
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
-# PUBACK reason codes below this are successes (0x10 "no matching subscribers" included).
-PUBACK_FAILURE: Final = 0x80
-# Downlink messages aiomqtt holds before the receive loop takes them; more are dropped, counted.
-DOWNLINK_BACKLOG: Final = 128
-# MQTT v5 Maximum Packet Size in CONNECT (OASIS MQTT 5.0 §3.1.2.11.4): the broker discards a
-# message larger than this instead of sending it (mosquitto's own test
-# test/broker/12-prop-maximum-packet-size-publish.py checks exactly that). Room for the largest
-# command, the longest topic and the headers.
-MAX_PACKET_BYTES: Final = MAX_DOWNLINK_BYTES + 65_535 + 1024
 # Retained downlinks are never delivered at subscribe: subscription option Retain Handling 2,
 # "do not send retained messages at the time of the subscribe" (OASIS MQTT 5.0 §3.8.3.1; the same
 # value 2 in Eclipse Paho C's MQTTSubscribe_options.retainHandling and AWS IoT SDK's
@@ -91,56 +85,10 @@ NO_MATCHING_SUBSCRIBERS: Final = 0x10
 _MAX_REDIRECTS: Final = 3
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
-DropHandler = Callable[[str, str, str], None]
-
-
-class LinkError(GatewayError):
-    """Root of the MQTT link errors."""
-
-
-class LinkConfigError(LinkError, ValueError):
-    """The broker URL or the TLS files are unusable."""
-
-
-class LinkDown(LinkError):
-    """The connection is gone (or never came up); pending publishes fail with it."""
-
-
-class LinkTimeout(LinkError, TimeoutError):
-    """The link did not reach the awaited state (up or down) in time."""
-
-
-class PublishTimeout(LinkDown, TimeoutError):
-    """No PUBACK within the timeout: the connection is treated as dead."""
-
-    def __init__(self, topic: str, timeout: float) -> None:
-        super().__init__(f"no PUBACK for {topic} within {timeout}s")
-        self.topic = topic
-        self.timeout = timeout
 
 
 class _NotConnected(LinkDown, LinkTimeout):
     """wait_connected ran out of time."""
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """A parsed `mqtt://host:port` or `mqtts://host:port`."""
-
-    tls: bool
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/"):
-            raise LinkConfigError(f"broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got {url!r}")
-        try:
-            port = parts.port or DEFAULT_PORTS[parts.scheme]
-        except ValueError as err:
-            raise LinkConfigError(f"bad port in broker URL {url!r}") from err
-        return cls(parts.scheme == "mqtts", parts.hostname, port)
 
 
 class PublishChannel(Protocol):
@@ -160,234 +108,39 @@ class PublishChannel(Protocol):
 SessionWorker = Callable[[PublishChannel], Awaitable[None]]
 
 
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """An SSLSocket that closes itself when the handshake fails (paho would leak it)."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-def tls_context(
-    *, ca_file: str | Path | None, client_cert: str | Path | None, client_key: str | Path | None
-) -> ssl.SSLContext:
-    """Client TLS: TLS 1.2 or newer, the broker's CA, our certificate, hostname checked."""
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.sslsocket_class = _ClosingSSLSocket
-        if client_cert:
-            ctx.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
-    except (OSError, ssl.SSLError) as err:
-        raise LinkConfigError(f"cannot load TLS files: {err}") from err
-    return ctx
-
-
-class _Client(aiomqtt.Client):
-    """aiomqtt's client with a publish that returns the PUBACK reason code (aiomqtt drops it)
-    and the CONNACK / server DISCONNECT details aiomqtt does not keep (session present, reason
-    code, properties)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._acks: dict[int, asyncio.Future[int]] = {}
-        self.session_present = False
-        self.connack_code: int | None = None
-        self.server_code: int | None = None
-        self.server_properties: Properties | None = None
-        # Told of every downlink message dropped here: (kind, topic, reason).
-        self.on_drop: DropHandler = lambda _kind, _topic, _reason: None
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        # Refused before aiomqtt queues it, without aiomqtt's log line per dropped message.
-        size = len(message.payload)
-        if message.retain:
-            kind, reason = "retained", "a retained downlink message is never a command"
-        elif size > MAX_DOWNLINK_BYTES:
-            kind, reason = "oversize", f"{size} bytes, limit {MAX_DOWNLINK_BYTES}"
-        elif self._queue.full():
-            kind, reason = "backlog_full", f"{self._queue.maxsize} messages already wait"
-        else:
-            super()._on_message(client, userdata, message)
-            return
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = "<topic not UTF-8>"
-        self.on_drop(kind, topic, reason)
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        self.connack_code = _code(reason_code)
-        self.session_present = bool(flags.session_present)
-        if self.connack_code >= PUBACK_FAILURE:
-            self.server_code, self.server_properties = self.connack_code, properties
-        super()._on_connect(client, userdata, flags, reason_code, properties)
-
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
-        super()._on_publish(client, userdata, mid, reason_code, properties)
-        fut = self._acks.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(int(reason_code.value))
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None = None,
-    ) -> None:
-        if self.connack_code == 0 and (properties is not None or _code(reason_code) >= PUBACK_FAILURE):
-            # The end of an accepted connection: a server DISCONNECT may say why or name another
-            # server. (After a refused CONNACK, paho reports a protocol error here: not the server's.)
-            self.server_code, self.server_properties = _code(reason_code), properties
-        super()._on_disconnect(client, userdata, flags, reason_code, properties)
-        if self._disconnected.done() and not self._disconnected.cancelled():
-            # aiomqtt stores an unexpected disconnect here and never reads it; the link learns
-            # of the loss from the receive loop and fail_pending, so mark it seen.
-            self._disconnected.exception()
-        self.fail_pending(LinkDown(f"connection lost: {reason_code}"))
-
-    def fail_pending(self, error: LinkDown) -> None:
-        """Connection loss fails every publish still waiting for its PUBACK, at once."""
-        acks, self._acks = self._acks, {}
-        for fut in acks.values():
-            if not fut.done():
-                fut.set_exception(error)
-                # Nobody may be left to await it (the worker was cancelled first).
-                fut.exception()
-
-    async def publish_acked(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        timeout: float,
-        expiry_s: int | None = None,
-    ) -> int:
-        """QoS 1 publish (with a Message Expiry Interval when given); returns the PUBACK reason code."""
-        info = self._client.publish(topic, payload, 1, retain, _expiry_properties(expiry_s))
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise LinkDown(f"cannot publish: {paho.error_string(info.rc)}")
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._acks[info.mid] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError as err:
-            raise PublishTimeout(topic, timeout) from err
-        finally:
-            if self._acks.get(info.mid) is fut:
-                del self._acks[info.mid]
-
-
-class _Channel:
-    """The PublishChannel handed to session workers for one connection."""
-
-    def __init__(self, client: _Client, default_timeout: float) -> None:
-        self._client = client
-        self._timeout = default_timeout
-
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        timeout: float | None = None,
-        expiry_s: int | None = None,
-    ) -> int:
-        return await self._client.publish_acked(
-            topic,
-            payload,
-            retain=retain,
-            timeout=self._timeout if timeout is None else timeout,
-            expiry_s=expiry_s,
-        )
-
-
 class MqttLink:
     """One node's connection to the broker, kept up for as long as the link runs."""
 
     def __init__(
         self,
-        broker: str,
+        settings: LinkSettings,
         node_id: str,
         *,
-        ca_file: str | Path | None = None,
-        client_cert: str | Path | None = None,
-        client_key: str | Path | None = None,
-        keepalive_s: int = 30,
-        backoff_min_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        first_connect_jitter_s: float = 0.0,
-        reconnect_spread_s: float = 0.0,
-        session_expiry_s: int = 3600,
-        stable_after_s: float = 30.0,
-        connect_timeout_s: float = 10.0,
-        publish_timeout_s: float = 30.0,
-        command_timeout_s: float = 30.0,
-        inflight: int = 20,
         on_command: CommandHandler | None = None,
         workers: Sequence[SessionWorker] = (),
         on_state: Callable[[LinkState], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.address = BrokerAddress.parse(broker)
-        if not 0 <= session_expiry_s <= 0xFFFFFFFF:
-            raise LinkConfigError("session_expiry_s must be 0..4294967295")
-        if client_cert and not client_key:
-            raise LinkConfigError("client_cert needs client_key")
+        self.settings = settings
+        self.address = settings.address
         self.node_id = node_id
-        self._ca_file = ca_file
-        self._client_cert = client_cert
-        self._client_key = client_key
-        self._keepalive_s = keepalive_s
-        self._policy = ReconnectPolicy(
-            backoff_min_s=backoff_min_s,
-            backoff_max_s=backoff_max_s,
-            first_connect_jitter_s=first_connect_jitter_s,
-            reconnect_spread_s=reconnect_spread_s,
-        )
-        self._session_expiry_s = session_expiry_s
+        self._policy = settings.policy()
         self._rng = rng or random.Random()
         # Presence identity: this link's epoch (ms) and a counter per connection attempt.
         self.epoch = time.time_ns() // 1_000_000
         self._conn = 0
+        # Builds each connection's client (and loads the TLS files at start).
+        self.clients = ClientFactory(
+            settings, node_id, status_topic=self.status_topic, epoch=self.epoch, rng=self._rng
+        )
         # (host, port) a Server Reference sent us to, and whether it was only for one connection.
         self._target: tuple[str, int] | None = None
         self._target_once = False
         self._redirects = 0
-        self._last_client: _Client | None = None
-        self._stable_after_s = stable_after_s
-        self._connect_timeout_s = connect_timeout_s
-        self._publish_timeout_s = publish_timeout_s
-        self._command_timeout_s = command_timeout_s
-        self._inflight = inflight
+        self._last_client: LinkClient | None = None
         self._on_command = on_command
         self._workers = list(workers)
         self._on_state = on_state
-        self._tls: ssl.SSLContext | None = None
         self._state = LinkState(since=time.time(), server=self._broker_text())
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -418,10 +171,7 @@ class MqttLink:
         """Load the TLS files (errors surface here) and start the connection loop."""
         if self._task is not None:
             return self
-        if self.address.tls:
-            self._tls = await asyncio.to_thread(
-                tls_context, ca_file=self._ca_file, client_cert=self._client_cert, client_key=self._client_key
-            )
+        await self.clients.load_tls()
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-link-{self.node_id}")
         return self
@@ -494,7 +244,7 @@ class MqttLink:
         spread = False
         while not self._stop.is_set():
             if failures:
-                probe_error = await self._probe()
+                probe_error = await probe(*self._endpoint(), timeout=self.settings.connect_timeout_s)
                 if probe_error is not None:
                     failures += 1
                     spread = True
@@ -525,7 +275,7 @@ class MqttLink:
                 self._set_state(connected=False, since=time.time())
             if self._stop.is_set():
                 break
-            if was_up and time.monotonic() - connected_at[0] >= self._stable_after_s:
+            if was_up and time.monotonic() - connected_at[0] >= self.settings.stable_after_s:
                 failures = connect_failures = 0
             failures += 1
             connect_failures += 1
@@ -580,72 +330,9 @@ class MqttLink:
     def _endpoint(self) -> tuple[str, int]:
         return self._target or (self.address.host, self.address.port)
 
-    async def _probe(self) -> str | None:
-        """A plain TCP connect to the broker (no TLS, no MQTT); None when it answered."""
-        host, port = self._endpoint()
-        try:
-            async with asyncio.timeout(min(self._connect_timeout_s, 5.0)):
-                _, writer = await asyncio.open_connection(host, port)
-        except (OSError, TimeoutError) as err:
-            return f"unreachable: {type(err).__name__}: {err}"
-        sock = writer.get_extra_info("socket")
-        # A connect to a loopback port nobody listens on can pick that very port as its source
-        # and connect to itself (TCP simultaneous open): that is not a broker, and it would
-        # hold the port the broker wants to listen on again.
-        selfish = sock is not None and sock.getsockname() == sock.getpeername()
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await writer.wait_closed()
-        return "unreachable: connected to itself (nobody listens)" if selfish else None
-
     def _broker_text(self) -> str:
         host, port = self._endpoint()
         return f"{'mqtts' if self.address.tls else 'mqtt'}://{host}:{port}"
-
-    def presence(self, state: str, conn: int) -> bytes:
-        """The presence payload: what a consumer needs to order it against others of this node."""
-        return presence_payload(self.node_id, state, epoch=self.epoch, conn=conn)
-
-    def _presence_expiry(self) -> int | None:
-        return self._session_expiry_s or None
-
-    def _keepalive(self) -> int:
-        """Ours, shortened by up to a quarter at random so nodes that connected together drift
-        out of phase (their pings and, after a silent drop, their wills do not come in bursts)."""
-        low = max(2, math.ceil(self._keepalive_s * 0.75))
-        return self._rng.randint(min(low, self._keepalive_s), self._keepalive_s)
-
-    def _client(self, conn: int, keepalive: int) -> _Client:
-        host, port = self._endpoint()
-        connect = _connect_properties()
-        connect.SessionExpiryInterval = self._session_expiry_s
-        will = aiomqtt.Will(
-            self.status_topic,
-            self.presence("offline", conn),
-            qos=1,
-            retain=True,
-            properties=_expiry_properties(self._presence_expiry(), PacketTypes.WILLMESSAGE),
-        )
-        client = _Client(
-            host,
-            port,
-            identifier=self.node_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=connect,
-            will=will,
-            keepalive=keepalive,
-            timeout=self._connect_timeout_s,
-            tls_context=self._tls,
-            max_inflight_messages=self._inflight + 4,
-            max_queued_incoming_messages=DOWNLINK_BACKLOG,
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
-        # paho's own TCP/TLS connect timeout, used in the executor thread.
-        client._client.connect_timeout = self._connect_timeout_s
-        client.on_drop = self._dropped
-        return client
 
     def _dropped(self, kind: str, topic: str, reason: str) -> None:
         self.downlink_dropped[kind] = self.downlink_dropped.get(kind, 0) + 1
@@ -655,7 +342,7 @@ class MqttLink:
     async def _session(self, connected_at: list[float]) -> None:
         self._conn += 1
         conn = self._conn
-        client = self._client(conn, self._keepalive())
+        client = self.clients.build(*self._endpoint(), conn, on_drop=self._dropped)
         self._last_client = client
         async with client:
             connected_at.append(time.monotonic())
@@ -685,18 +372,21 @@ class MqttLink:
             # resumed session still holds the subscription (and the commands queued for it).
             if self._on_command is not None and not client.session_present:
                 await client.subscribe(
-                    self.down_topic, options=DOWN_SUBSCRIPTION, timeout=self._connect_timeout_s
+                    self.down_topic, options=DOWN_SUBSCRIPTION, timeout=self.settings.connect_timeout_s
                 )
             await client.publish_acked(
-                self.status_topic, self.presence("online", conn), retain=True, timeout=self._connect_timeout_s
+                self.status_topic,
+                self.clients.presence("online", conn),
+                retain=True,
+                timeout=self.settings.connect_timeout_s,
             )
             try:
                 await self._serve(client, conn)
             finally:
                 client.fail_pending(LinkDown("connection closed"))
 
-    async def _serve(self, client: _Client, conn: int) -> None:
-        channel = _Channel(client, self._publish_timeout_s)
+    async def _serve(self, client: LinkClient, conn: int) -> None:
+        channel = LinkChannel(client, self.settings.publish_timeout_s)
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._receive(client), name="mqtt-receive")]
         tasks += [asyncio.create_task(_as_none(w(channel)), name="mqtt-worker") for w in self._workers]
         stop = asyncio.create_task(_as_none(self._stop.wait()), name="mqtt-stop")
@@ -710,10 +400,10 @@ class MqttLink:
             with contextlib.suppress(aiomqtt.MqttError, LinkError):
                 await client.publish_acked(
                     self.status_topic,
-                    self.presence("offline", conn),
+                    self.clients.presence("offline", conn),
                     retain=True,
                     timeout=2.0,
-                    expiry_s=self._presence_expiry(),
+                    expiry_s=self.clients.presence_expiry(),
                 )
             return
         for result in results:
@@ -721,37 +411,18 @@ class MqttLink:
                 raise result
         raise LinkDown("a session task ended")
 
-    async def _receive(self, client: _Client) -> None:
+    async def _receive(self, client: LinkClient) -> None:
         async for message in client.messages:
             payload = message.payload
             data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
             if self._on_command is None:
                 continue
             try:
-                async with asyncio.timeout(self._command_timeout_s):
+                async with asyncio.timeout(self.settings.command_timeout_s):
                     await self._on_command(str(message.topic), data)
             except Exception:
                 log.exception("downlink_handler_failed", topic=echo(message.topic))
         raise LinkDown("message stream ended")
-
-
-def _connect_properties() -> Properties:
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.MaximumPacketSize = MAX_PACKET_BYTES
-    return props
-
-
-def _code(reason_code: ReasonCode | int) -> int:
-    return int(reason_code.value) if isinstance(reason_code, ReasonCode) else int(reason_code)
-
-
-def _expiry_properties(expiry_s: int | None, packet: int = PacketTypes.PUBLISH) -> Properties | None:
-    """A Message Expiry Interval property (PUBLISH or will), or None for no expiry."""
-    if not expiry_s:
-        return None
-    props = Properties(packet)  # type: ignore[no-untyped-call]
-    props.MessageExpiryInterval = min(int(expiry_s), 0xFFFFFFFF)
-    return props
 
 
 async def _as_none(awaitable: Awaitable[Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.status import LinkState
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox
 from gateway.uplink.publisher import Publisher
 
@@ -72,6 +72,7 @@ class Fleet:
     async def start(self, *, seed: int = 0) -> None:
         """Build every node, then start all links at once (each applies its first-connect jitter)."""
         rng = random.Random(seed)
+        settings = LinkSettings(self.broker_url, **self.link_options)
         for i in range(self.count):
             node_id = f"{self.prefix}-{i:04d}"
             key = NodeKey.generate(node_id)
@@ -80,13 +81,12 @@ class Fleet:
             publisher = Publisher(outbox, node_id)
             node = FleetNode(node_id, key, outbox, publisher)
             node.link = MqttLink(
-                self.broker_url,
+                settings,
                 node_id,
                 on_command=node.on_command,
                 workers=[publisher.run],
                 on_state=node.on_state,
                 rng=random.Random(rng.random()),
-                **self.link_options,
             )
             self.nodes.append(node)
         self.started_at = time.monotonic()

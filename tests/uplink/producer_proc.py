@@ -18,7 +18,7 @@ import structlog
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import load_key
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox, OutboxConfig
 from gateway.uplink.publisher import Publisher
 
@@ -31,12 +31,9 @@ async def main(args: argparse.Namespace) -> int:
     async with Outbox(Path(args.db), sealer, config=config) as outbox:
         publisher = Publisher(outbox, args.node)
         link = MqttLink(
-            args.broker,
+            LinkSettings(args.broker, backoff_min_s=0.05, backoff_max_s=0.2, keepalive_s=5),
             args.node,
             workers=[publisher.run],
-            backoff_min_s=0.05,
-            backoff_max_s=0.2,
-            keepalive_s=5,
         )
         async with link:
             print("READY", flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import ClassConfig, Outbox, OutboxConfig
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines
@@ -42,14 +42,14 @@ async def test_rows_passed_over_as_expired_never_go_out_after_higher_seqs(
         for i in range(3, 5):
             await outbox.enqueue("event", "e", {"i": i})  # seqs 4-5 expire at T+3660
         publisher = Publisher(outbox, NODE)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await cloud.wait_for(lambda: len(cloud.envelopes("event")) >= 2, timeout=10)
             await until(lambda: outbox.stats().classes["event"].count == 0, timeout=10)
         assert outbox.stats().classes["event"].expired == 3, "passed over means dropped, counted"
         clock.now -= 3600  # and back: seqs 1-3 would not look expired any more
         await outbox.enqueue("event", "e", {"i": 5})
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await cloud.wait_for(lambda: len(cloud.envelopes("event")) >= 3, timeout=10)
             await asyncio.sleep(0.3)

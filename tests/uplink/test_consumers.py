@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing, NodeKey
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines, verify_logs
@@ -50,7 +50,9 @@ async def test_a_shared_subscription_splits_streams_and_the_merged_logs_verify(
         ]
         outbox = await stack.enter_async_context(Outbox(tmp_path / "o.db", sealer))
         publisher = Publisher(outbox, NODE)
-        link = await stack.enter_async_context(MqttLink(broker.url, NODE, workers=[publisher.run]))
+        link = await stack.enter_async_context(
+            MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run])
+        )
         await link.wait_connected(timeout=10)
         for i in range(total):
             await outbox.enqueue("tx" if i % 3 else "audit", "t", {"i": i})

@@ -17,7 +17,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import ClassConfig, Outbox, OutboxAlert, OutboxConfig
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines
@@ -49,7 +49,9 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     total = 1000
     async with Collector("127.0.0.1", broker.port) as cloud, Outbox(tmp_path / "o.db", sealer) as outbox:
         publisher = Publisher(outbox, NODE)
-        link = MqttLink(broker.url, NODE, workers=[publisher.run], backoff_min_s=0.1, backoff_max_s=0.5)
+        link = MqttLink(
+            LinkSettings(broker.url, backoff_min_s=0.1, backoff_max_s=0.5), NODE, workers=[publisher.run]
+        )
         async with link:
             await link.wait_connected(timeout=10)
             rng = random.Random(7)
@@ -96,7 +98,7 @@ async def test_acl_refusal_parks_the_message_and_the_queue_goes_on(
         Outbox(tmp_path / "o.db", sealer, on_alert=alerts.append) as outbox,
     ):
         publisher = Publisher(outbox, NODE, inflight=1)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             for i in range(3):
                 await outbox.enqueue("tx", "t", {"i": i})
@@ -134,7 +136,7 @@ async def test_higher_priority_classes_go_first_and_expired_never_go(
             await outbox.enqueue("alert", "door_open", {"i": i})
         await asyncio.sleep(0.3)
         publisher = Publisher(outbox, NODE)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]):
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]):
             await cloud.wait_for(lambda: len(cloud.envelopes()) >= 40, timeout=15)
             await asyncio.sleep(0.2)
     streams = [str(payload_of(raw)["stream"]) for raw in cloud.envelopes()]
@@ -149,7 +151,7 @@ async def test_rejected_messages_requeued_after_the_cause_is_fixed_go_out_as_the
     fixed = make_broker()
     async with Outbox(tmp_path / "o.db", sealer) as outbox:
         publisher = Publisher(outbox, NODE, inflight=1)
-        async with MqttLink(denying.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(denying.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             for i in range(3):
                 await outbox.enqueue("audit", "a", {"i": i})
@@ -161,7 +163,7 @@ async def test_rejected_messages_requeued_after_the_cause_is_fixed_go_out_as_the
 
         async with Collector("127.0.0.1", fixed.port) as cloud:
             publisher = Publisher(outbox, NODE)
-            async with MqttLink(fixed.url, NODE, workers=[publisher.run]) as link:
+            async with MqttLink(LinkSettings(fixed.url), NODE, workers=[publisher.run]) as link:
                 await link.wait_connected(timeout=10)
                 await asyncio.sleep(0.2)
                 assert cloud.envelopes("audit") == [], "parked messages stay parked until requeued"
@@ -209,7 +211,7 @@ async def test_a_file_damaged_while_running_is_recovered_and_what_reads_back_is_
             side.execute("UPDATE counters SET value = value")
         async with Collector("127.0.0.1", broker.port) as cloud:
             publisher = Publisher(outbox, NODE)
-            async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+            async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
                 await link.wait_connected(timeout=10)
                 await until(lambda: bool(outbox.recoveries), timeout=15)
                 salvaged = outbox.recoveries[0].salvaged
@@ -236,7 +238,7 @@ async def test_no_subscribers_keeps_tx_until_a_consumer_subscribes(
     broker = make_broker()
     async with Outbox(tmp_path / "o.db", sealer) as outbox:
         publisher = Publisher(outbox, NODE, no_subscribers_retry_min_s=0.1, no_subscribers_retry_max_s=30)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await asyncio.gather(*(outbox.enqueue("tx", "t", {"i": i}) for i in range(25)))
             await outbox.enqueue("telemetry", "cpu", {"load": 1})
@@ -266,7 +268,7 @@ async def test_no_subscribers_counts_as_delivered_for_a_class_not_kept(
     broker = make_broker()
     async with Outbox(tmp_path / "o.db", sealer) as outbox:
         publisher = Publisher(outbox, NODE, keep_on_no_subscribers=["audit"])
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await outbox.enqueue("tx", "t", {"i": 0})
             await until(lambda: outbox.stats().classes["tx"].delivered == 1, timeout=10)
@@ -301,7 +303,7 @@ async def test_stale_telemetry_expires_on_the_broker_and_the_expiry_is_on_the_wi
     ):
         await raw.subscribe(f"edge/{NODE}/up/#", qos=1)
         publisher = Publisher(outbox, NODE)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await outbox.enqueue("telemetry", "cpu", {"load": 1})
             await outbox.enqueue("tx", "t", {"i": 0})
@@ -334,7 +336,7 @@ async def test_a_held_stream_does_not_hold_the_others(
         Outbox(tmp_path / "o.db", sealer) as outbox,
     ):
         publisher = Publisher(outbox, NODE, no_subscribers_retry_min_s=6.0, no_subscribers_retry_max_s=6.0)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]) as link:
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]) as link:
             await link.wait_connected(timeout=10)
             await outbox.enqueue("tx", "t", {"i": 0})  # nobody subscribes to tx
             await until(lambda: publisher.no_subscribers["tx"] >= 1, timeout=10)

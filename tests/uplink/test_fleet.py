@@ -121,7 +121,7 @@ def newer_online(payload: bytes, first: Presence) -> bool:
 
 
 async def test_presence_orders_a_late_will_behind_the_newer_online(make_broker: BrokerFactory) -> None:
-    from gateway.uplink.mqtt import MqttLink
+    from gateway.uplink.mqtt import LinkSettings, MqttLink
 
     broker = make_broker()
     async with (
@@ -129,12 +129,14 @@ async def test_presence_orders_a_late_will_behind_the_newer_online(make_broker: 
         SilentProxy(broker.port) as proxy,
     ):
         link = MqttLink(
-            f"mqtt://127.0.0.1:{proxy.port}",
+            LinkSettings(
+                f"mqtt://127.0.0.1:{proxy.port}",
+                keepalive_s=2,
+                backoff_min_s=0.2,
+                backoff_max_s=1.0,
+                connect_timeout_s=2.0,
+            ),
             NODE,
-            keepalive_s=2,
-            backoff_min_s=0.2,
-            backoff_max_s=1.0,
-            connect_timeout_s=2.0,
         )
         async with link:
             await link.wait_connected(timeout=10)

@@ -11,8 +11,10 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from gateway.config import UplinkConfig
 from gateway.status import LinkState
-from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, MqttLink
+from gateway.uplink.mqtt import BrokerAddress, LinkConfigError, LinkDown, LinkSettings, MqttLink
+from gateway.uplink.outbox import OutboxConfig
 from gateway.uplink.presence import Presence
 from tests.support.mosquitto import BrokerFactory, BrokerTls, free_port
 from tests.uplink.conftest import NODE
@@ -44,7 +46,7 @@ async def retained_raw(port: int) -> bytes:
 
 async def test_presence_online_then_offline_on_clean_close(make_broker: BrokerFactory) -> None:
     broker = make_broker()
-    link = MqttLink(broker.url, NODE)
+    link = MqttLink(LinkSettings(broker.url), NODE)
     async with link:
         await link.wait_connected(timeout=10)
         assert link.state.connected and link.state.connects == 1
@@ -69,7 +71,7 @@ async def test_downlink_commands_reach_the_callback_raw(make_broker: BrokerFacto
         if len(got) == 1:
             raise RuntimeError("a failing handler must not break the link")
 
-    async with MqttLink(broker.url, NODE, on_command=on_command) as link:
+    async with MqttLink(LinkSettings(broker.url), NODE, on_command=on_command) as link:
         await link.wait_connected(timeout=10)
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
             await cloud.publish(f"edge/{NODE}/down/ping", b'{"signed":1}', qos=1)
@@ -95,12 +97,14 @@ async def test_silent_network_is_noticed_within_two_keepalives_and_recovers(
     ):
         keepalive = 2
         link = MqttLink(
-            f"mqtt://127.0.0.1:{proxy.port}",
+            LinkSettings(
+                f"mqtt://127.0.0.1:{proxy.port}",
+                keepalive_s=keepalive,
+                backoff_min_s=0.2,
+                backoff_max_s=1.0,
+                connect_timeout_s=2.0,
+            ),
             NODE,
-            keepalive_s=keepalive,
-            backoff_min_s=0.2,
-            backoff_max_s=1.0,
-            connect_timeout_s=2.0,
             on_state=states.append,
         )
         async with link:
@@ -124,7 +128,8 @@ async def test_silent_network_is_noticed_within_two_keepalives_and_recovers(
 async def test_backoff_retries_until_the_broker_appears(tmp_path: Path, make_broker: BrokerFactory) -> None:
     port = free_port()
     link = MqttLink(
-        f"mqtt://127.0.0.1:{port}", NODE, backoff_min_s=0.1, backoff_max_s=0.3, connect_timeout_s=1
+        LinkSettings(f"mqtt://127.0.0.1:{port}", backoff_min_s=0.1, backoff_max_s=0.3, connect_timeout_s=1),
+        NODE,
     )
     async with link:
         with pytest.raises(LinkDown):
@@ -137,7 +142,7 @@ async def test_backoff_retries_until_the_broker_appears(tmp_path: Path, make_bro
 
 
 def test_backoff_is_full_jitter_capped() -> None:
-    link = MqttLink("mqtt://127.0.0.1:1883", NODE, backoff_min_s=1.0, backoff_max_s=60.0)
+    link = MqttLink(LinkSettings("mqtt://127.0.0.1:1883", backoff_min_s=1.0, backoff_max_s=60.0), NODE)
     for failures, cap in ((1, 1.0), (3, 4.0), (6, 32.0), (7, 60.0), (30, 60.0)):
         delays = [link._delay(failures) for _ in range(300)]
         assert all(0 <= d <= cap for d in delays)
@@ -150,6 +155,40 @@ def test_broker_url_parsing() -> None:
     for bad in ("http://h", "mqtt://", "mqtt://h:1/x", "mqtt://h:99999"):
         with pytest.raises(LinkConfigError):
             BrokerAddress.parse(bad)
+
+
+def test_link_settings_from_config_take_every_uplink_and_outbox_figure() -> None:
+    uplink = UplinkConfig(
+        broker="mqtts://broker.example:8884",
+        ca_file="/etc/edge/ca.pem",
+        keepalive_s=45,
+        backoff_min_s=2.0,
+        backoff_max_s=90.0,
+        first_connect_jitter_s=3.0,
+        reconnect_spread_s=9.0,
+        session_expiry_s=7200,
+        stable_after_s=40.0,
+        connect_timeout_s=12.0,
+    )
+    settings = LinkSettings.from_config(uplink, OutboxConfig(publish_timeout_s=25.0, inflight=7))
+    assert settings == LinkSettings(
+        "mqtts://broker.example:8884",
+        ca_file="/etc/edge/ca.pem",
+        keepalive_s=45,
+        backoff_min_s=2.0,
+        backoff_max_s=90.0,
+        first_connect_jitter_s=3.0,
+        reconnect_spread_s=9.0,
+        session_expiry_s=7200,
+        stable_after_s=40.0,
+        connect_timeout_s=12.0,
+        publish_timeout_s=25.0,
+        inflight=7,
+    )
+    assert settings.address == BrokerAddress(True, "broker.example", 8884)
+    for bad in ({"session_expiry_s": -1}, {"client_cert": "/etc/edge/node.pem"}):
+        with pytest.raises(LinkConfigError):
+            LinkSettings("mqtt://h", **bad)
 
 
 @pytest.fixture
@@ -175,7 +214,10 @@ async def test_mutual_tls_connects_and_publishes(make_broker: BrokerFactory, pki
     broker = make_broker(tls=BrokerTls(pki["ca"], pki["server_cert"], pki["server_key"]))
     assert broker.url.startswith("mqtts://")
     link = MqttLink(
-        broker.url, NODE, ca_file=pki["ca"], client_cert=pki["client_cert"], client_key=pki["client_key"]
+        LinkSettings(
+            broker.url, ca_file=pki["ca"], client_cert=pki["client_cert"], client_key=pki["client_key"]
+        ),
+        NODE,
     )
     async with link:
         await link.wait_connected(timeout=10)
@@ -187,13 +229,15 @@ async def test_tls_refuses_a_broker_signed_by_another_ca(
 ) -> None:
     broker = make_broker(tls=BrokerTls(pki["ca"], pki["server_cert"], pki["server_key"]))
     link = MqttLink(
-        broker.url,
+        LinkSettings(
+            broker.url,
+            ca_file=pki["other_ca"],
+            client_cert=pki["client_cert"],
+            client_key=pki["client_key"],
+            backoff_min_s=0.1,
+            backoff_max_s=0.2,
+        ),
         NODE,
-        ca_file=pki["other_ca"],
-        client_cert=pki["client_cert"],
-        client_key=pki["client_key"],
-        backoff_min_s=0.1,
-        backoff_max_s=0.2,
     )
     async with link:
         with pytest.raises(LinkDown):
@@ -205,13 +249,15 @@ async def test_tls_refuses_a_broker_signed_by_another_ca(
 async def test_tls_checks_the_broker_hostname(make_broker: BrokerFactory, pki: dict[str, Path]) -> None:
     broker = make_broker(tls=BrokerTls(pki["ca"], pki["wrong_cert"], pki["wrong_key"]))
     link = MqttLink(
-        broker.url,
+        LinkSettings(
+            broker.url,
+            ca_file=pki["ca"],
+            client_cert=pki["client_cert"],
+            client_key=pki["client_key"],
+            backoff_min_s=0.1,
+            backoff_max_s=0.2,
+        ),
         NODE,
-        ca_file=pki["ca"],
-        client_cert=pki["client_cert"],
-        client_key=pki["client_key"],
-        backoff_min_s=0.1,
-        backoff_max_s=0.2,
     )
     async with link:
         with pytest.raises(LinkDown):
@@ -225,7 +271,10 @@ async def test_tls_broker_requires_our_client_certificate(
 ) -> None:
     broker = make_broker(tls=BrokerTls(pki["ca"], pki["server_cert"], pki["server_key"]))
     link = MqttLink(
-        broker.url, NODE, ca_file=pki["ca"], backoff_min_s=0.1, backoff_max_s=0.2, connect_timeout_s=1
+        LinkSettings(
+            broker.url, ca_file=pki["ca"], backoff_min_s=0.1, backoff_max_s=0.2, connect_timeout_s=1
+        ),
+        NODE,
     )
     async with link:
         with pytest.raises(LinkDown):
@@ -234,7 +283,7 @@ async def test_tls_broker_requires_our_client_certificate(
 
 
 async def test_unreadable_tls_files_fail_at_start(tmp_path: Path) -> None:
-    link = MqttLink("mqtts://127.0.0.1:8883", NODE, ca_file=tmp_path / "missing.pem")
+    link = MqttLink(LinkSettings("mqtts://127.0.0.1:8883", ca_file=tmp_path / "missing.pem"), NODE)
     with pytest.raises(LinkConfigError):
         await link.start()
 
@@ -315,7 +364,10 @@ async def test_server_busy_connack_waits_the_longest_backoff() -> None:
     # 0x89 Server busy (MQTT v5.0 §3.2.2.2).
     async with RefusingBroker(connack(0x89)) as fake:
         link = MqttLink(
-            f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=1.0, connect_timeout_s=2
+            LinkSettings(
+                f"mqtt://127.0.0.1:{fake.port}", backoff_min_s=0.05, backoff_max_s=1.0, connect_timeout_s=2
+            ),
+            NODE,
         )
         async with link:
             await until(lambda: len(fake.connects) >= 3, timeout=15)
@@ -332,7 +384,9 @@ async def test_use_another_server_sends_the_next_attempt_to_the_server_reference
     broker = make_broker()
     # 0x9C Use another server, with Server Reference "127.0.0.1:<port of a real broker>".
     async with RefusingBroker(connack(0x9C, server_reference(f"127.0.0.1:{broker.port}"))) as fake:
-        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.2)
+        link = MqttLink(
+            LinkSettings(f"mqtt://127.0.0.1:{fake.port}", backoff_min_s=0.05, backoff_max_s=0.2), NODE
+        )
         async with link:
             await link.wait_connected(timeout=10)
             assert link.state.server == f"mqtt://127.0.0.1:{broker.port}"
@@ -350,7 +404,9 @@ async def test_a_server_disconnect_naming_another_server_moves_the_link_there(
     body = bytes([0x9D, len(reference)]) + reference
     disconnect = bytes([0xE0, len(body)]) + body
     async with RefusingBroker(connack(0x00), then=disconnect) as fake:
-        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.2)
+        link = MqttLink(
+            LinkSettings(f"mqtt://127.0.0.1:{fake.port}", backoff_min_s=0.05, backoff_max_s=0.2), NODE
+        )
         async with link:
             await until(lambda: link.state.server == f"mqtt://127.0.0.1:{broker.port}", timeout=10)
             await link.wait_connected(timeout=10)
@@ -360,7 +416,9 @@ async def test_a_server_disconnect_naming_another_server_moves_the_link_there(
 
 async def test_a_server_reference_that_is_not_host_port_is_ignored() -> None:
     async with RefusingBroker(connack(0x9D, server_reference("http://evil.example/x"))) as fake:
-        link = MqttLink(f"mqtt://127.0.0.1:{fake.port}", NODE, backoff_min_s=0.05, backoff_max_s=0.1)
+        link = MqttLink(
+            LinkSettings(f"mqtt://127.0.0.1:{fake.port}", backoff_min_s=0.05, backoff_max_s=0.1), NODE
+        )
         async with link:
             await until(lambda: len(fake.connects) >= 2, timeout=10)
             assert link.state.server == f"mqtt://127.0.0.1:{fake.port}"
@@ -374,7 +432,7 @@ async def test_commands_sent_while_the_node_is_away_wait_in_its_session(make_bro
     async def on_command(topic: str, payload: bytes) -> None:
         got.append(payload)
 
-    first = MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=600)
+    first = MqttLink(LinkSettings(broker.url, session_expiry_s=600), NODE, on_command=on_command)
     async with first:
         await first.wait_connected(timeout=10)
         assert first.state.session_present is False
@@ -382,7 +440,7 @@ async def test_commands_sent_while_the_node_is_away_wait_in_its_session(make_bro
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
         for i in range(3):
             await cloud.publish(f"edge/{NODE}/down/ping", f"while-away-{i}".encode(), qos=1)
-    second = MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=600)
+    second = MqttLink(LinkSettings(broker.url, session_expiry_s=600), NODE, on_command=on_command)
     async with second:
         await second.wait_connected(timeout=10)
         assert second.state.session_present is True
@@ -402,11 +460,11 @@ async def test_without_a_session_expiry_commands_sent_while_away_are_gone(make_b
     async def on_command(topic: str, payload: bytes) -> None:
         got.append(payload)
 
-    async with MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=0) as link:
+    async with MqttLink(LinkSettings(broker.url, session_expiry_s=0), NODE, on_command=on_command) as link:
         await link.wait_connected(timeout=10)
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
         await cloud.publish(f"edge/{NODE}/down/ping", b"lost", qos=1)
-    async with MqttLink(broker.url, NODE, on_command=on_command, session_expiry_s=0) as link:
+    async with MqttLink(LinkSettings(broker.url, session_expiry_s=0), NODE, on_command=on_command) as link:
         await link.wait_connected(timeout=10)
         assert link.state.session_present is False
         async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as cloud:
@@ -418,23 +476,23 @@ async def test_without_a_session_expiry_commands_sent_while_away_are_gone(make_b
 async def test_the_broker_server_keep_alive_replaces_ours(make_broker: BrokerFactory) -> None:
     # mosquitto's max_keepalive: a v5 client asking for more gets Server Keep Alive in the CONNACK.
     broker = make_broker(extra=("max_keepalive 10",))
-    async with MqttLink(broker.url, NODE, keepalive_s=60) as link:
+    async with MqttLink(LinkSettings(broker.url, keepalive_s=60), NODE) as link:
         await link.wait_connected(timeout=10)
         assert link.state.keepalive_s == 10
 
 
 def test_keepalive_phase_is_spread_within_a_quarter() -> None:
-    link = MqttLink("mqtt://127.0.0.1:1883", NODE, keepalive_s=40, rng=random.Random(3))
-    values = {link._keepalive() for _ in range(200)}
+    link = MqttLink(LinkSettings("mqtt://127.0.0.1:1883", keepalive_s=40), NODE, rng=random.Random(3))
+    values = {link.clients.keepalive() for _ in range(200)}
     assert min(values) >= 30 and max(values) <= 40
     assert len(values) > 5, "nodes that connect together must not all ping in phase"
-    tiny = MqttLink("mqtt://127.0.0.1:1883", NODE, keepalive_s=2)
-    assert {tiny._keepalive() for _ in range(20)} == {2}
+    tiny = MqttLink(LinkSettings("mqtt://127.0.0.1:1883", keepalive_s=2), NODE)
+    assert {tiny.clients.keepalive() for _ in range(20)} == {2}
 
 
 async def test_the_will_and_offline_expire_with_the_session(make_broker: BrokerFactory) -> None:
     broker = make_broker()
-    async with MqttLink(broker.url, NODE, session_expiry_s=900) as link:
+    async with MqttLink(LinkSettings(broker.url, session_expiry_s=900), NODE) as link:
         await link.wait_connected(timeout=10)
     async with aiomqtt.Client("127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
         await client.subscribe(f"edge/{NODE}/status", qos=1)
@@ -452,7 +510,9 @@ async def test_a_broker_that_lost_the_session_gets_the_subscription_again(make_b
     async def on_command(topic: str, payload: bytes) -> None:
         got.append(payload)
 
-    link = MqttLink(broker.url, NODE, on_command=on_command, backoff_min_s=0.1, backoff_max_s=0.5)
+    link = MqttLink(
+        LinkSettings(broker.url, backoff_min_s=0.1, backoff_max_s=0.5), NODE, on_command=on_command
+    )
     async with link:
         await link.wait_connected(timeout=10)
         await broker.astop()

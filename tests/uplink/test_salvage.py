@@ -13,7 +13,7 @@ import pytest
 
 from gateway.ops.diag import Verdict, incident_verdict
 from gateway.uplink.envelope import Sealer
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox, OutboxAlert
 from gateway.uplink.publisher import Publisher
 from tests.support.mosquitto import BrokerFactory
@@ -104,7 +104,7 @@ async def test_salvage_delivers_every_readable_row_and_counts_the_rest(
         assert verdict is Verdict.FAIL and "unreadable" in detail
 
         publisher = Publisher(outbox, NODE)
-        async with MqttLink(broker.url, NODE, workers=[publisher.run]):
+        async with MqttLink(LinkSettings(broker.url), NODE, workers=[publisher.run]):
             await cloud.wait_for(lambda: len(cloud.envelopes()) >= len(oracle), timeout=30)
     delivered = {}
     for raw in cloud.envelopes():

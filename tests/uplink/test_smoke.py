@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.uplink.envelope import Sealer
 from gateway.uplink.keys import KeyRing
-from gateway.uplink.mqtt import MqttLink
+from gateway.uplink.mqtt import LinkSettings, MqttLink
 from gateway.uplink.outbox import Outbox
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.verifier import verify_lines
@@ -22,7 +22,7 @@ async def test_messages_flow_in_order(
     broker = make_broker()
     async with Collector("127.0.0.1", broker.port) as cloud, Outbox(tmp_path / "o.db", sealer) as outbox:
         publisher = Publisher(outbox, NODE)
-        link = MqttLink(broker.url, NODE, workers=[publisher.run], backoff_max_s=1)
+        link = MqttLink(LinkSettings(broker.url, backoff_max_s=1), NODE, workers=[publisher.run])
         async with link:
             await link.wait_connected(timeout=10)
             for i in range(50):
