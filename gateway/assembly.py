@@ -26,7 +26,7 @@ from gateway.ops.alerts import OrderedSender
 from gateway.ops.metrics import GatewayMetrics
 from gateway.ops.supervision import Supervision
 from gateway.ops.usage import UsageTracker
-from gateway.parts import Link, Parts, Uplink
+from gateway.parts import Link, Parts, Uplink, link_up
 from gateway.remote import CommandDispatcher
 from gateway.sessions import Session, SessionRegistry
 from gateway.simulation import SIM_BROKER
@@ -147,9 +147,6 @@ async def build_uplink(
     elif link is not None:  # the in-process dev cloud's link drops nothing
         link.on_drop = dispatcher.count_dropped
 
-    def is_online() -> bool:
-        return link is not None and link.state.connected
-
     return Uplink(
         sealer=sealer,
         outbox=outbox,
@@ -158,7 +155,7 @@ async def build_uplink(
         publisher=publisher,
         link=link,
         broker=cfg.uplink.broker,
-        requests=CloudRequests(cloud, is_online=is_online),
+        requests=CloudRequests(cloud, is_online=lambda: link_up(link)),
         rotation=rotation,
         dispatcher=dispatcher,
     )

@@ -33,6 +33,11 @@ from gateway.uplink.sink import OutboxSink, SwitchableSealer
 Link = MqttLink | SimCloudLink
 
 
+def link_up(link: Link | None) -> bool:
+    """Connected to a broker now (never, without one)."""
+    return link is not None and link.state.connected
+
+
 @dataclass(frozen=True, slots=True)
 class Uplink:
     """The node's link with the cloud: signing, the durable outbox, the broker link (none when
@@ -52,7 +57,7 @@ class Uplink:
     dispatcher: CommandDispatcher
 
     def is_online(self) -> bool:
-        return self.link is not None and self.link.state.connected
+        return link_up(self.link)
 
     def outbox_status(self) -> OutboxStatus:
         stats = self.outbox.stats()
