@@ -19,6 +19,8 @@ from gateway.status import DeviceEntry
 
 log = structlog.get_logger(__name__)
 
+_WORKING = frozenset({DeviceState.ONLINE.value, DeviceState.BUSY.value})
+
 T = TypeVar("T")
 
 
@@ -99,7 +101,9 @@ class DeviceManager:
 
     def _relay(self, event: DeviceEvent) -> None:
         if event.kind == "state":
-            log.info("device_state", device=event.device, **dict(event.data))
+            # A device going busy and back for every request is at work, not news: debug only.
+            working = {event.data.get("state"), event.data.get("previous")} <= _WORKING
+            (log.debug if working else log.info)("device_state", device=event.device, **dict(event.data))
         for listener in list(self._listeners):
             try:
                 listener(event)

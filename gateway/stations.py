@@ -81,6 +81,10 @@ class StationMap:
         self.stations = stations_of(config)
         self.pools = {name: list(table.devices) for name, table in config.pools.items()}
         self._turn = itertools.count()
+        # Who each device serves, worked out once (stations and pools change only with a restart):
+        # every device event and the failure-share rule ask it.
+        self._pool_of = {device: pool for pool, names in self.pools.items() for device in names}
+        self._using = {device: self._stations_using(device) for device in devices.devices}
 
     @property
     def names(self) -> list[str]:
@@ -132,10 +136,14 @@ class StationMap:
         return min(rotated, key=lambda m: m.queue.estimate_wait(m.queue.queued))
 
     def pool_of(self, device: str) -> str | None:
-        return next((p for p, names in self.pools.items() if device in names), None)
+        return self._pool_of.get(device)
 
     def stations_using(self, device: str) -> list[str]:
         """The stations a device serves, directly or through its pool."""
+        using = self._using.get(device)
+        return list(using) if using is not None else self._stations_using(device)
+
+    def _stations_using(self, device: str) -> list[str]:
         pool = self.pool_of(device)
         return sorted(
             name

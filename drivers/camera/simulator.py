@@ -18,6 +18,7 @@ import binascii
 import collections
 import contextlib
 import enum
+import functools
 import hashlib
 import hmac
 import secrets
@@ -44,6 +45,26 @@ _WHITE = rgb_to_ycbcr(235, 235, 235)
 _BLACK = rgb_to_ycbcr(16, 16, 16)
 _GREY = rgb_to_ycbcr(64, 64, 64)
 _DISTINCT_FRAMES = 32  # the picture repeats after this many frames; the COM stamp does not
+
+
+@functools.lru_cache(maxsize=4 * _DISTINCT_FRAMES)
+def _picture(width: int, height: int, step: int) -> bytes:
+    """Frame `step` of the test picture (colour bars, a moving block, the step in binary): the same
+    for every simulated camera of that size, so a node with many cameras encodes each once (the
+    pure-Python encoder takes ~8 ms a frame, time the event loop of a daemon running simulators
+    would otherwise lose on every camera's first 32 captures)."""
+    cols, rows = width // 8, height // 8
+    bar_rows = rows * 2 // 3
+    mover = (step * max(1, cols // _DISTINCT_FRAMES)) % cols
+
+    def tile(bx: int, by: int) -> Colour:
+        if by < bar_rows:
+            return _WHITE if bx == mover else _BARS[bx * len(_BARS) // cols]
+        if by == rows - 2 and bx < 5:
+            return _WHITE if step >> (4 - bx) & 1 else _BLACK
+        return _GREY
+
+    return encode_tiles(cols * 8, rows * 8, tile)
 
 
 class CameraFault(enum.StrEnum):
@@ -129,7 +150,6 @@ class CameraSimulator:
         self.person = "A"
         self.frames_served = 0
         self.unauthorized = 0
-        self._frames: dict[int, bytes] = {}
         self._nonces: collections.deque[str] = collections.deque(maxlen=256)
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -169,26 +189,9 @@ class CameraSimulator:
 
     def frame(self, number: int) -> bytes:
         """The JPEG for frame `number`, stamped with a COM segment."""
-        key = number % _DISTINCT_FRAMES
-        base = self._frames.get(key)
-        if base is None:
-            base = self._frames[key] = self._render(key)
+        base = _picture(self.width, self.height, number % _DISTINCT_FRAMES)
         stamp = f"edge-gateway-sim frame={number} t={time.time():.3f} person={self.person}"
         return with_comment(base, stamp.encode())
-
-    def _render(self, step: int) -> bytes:
-        cols, rows = self.width // 8, self.height // 8
-        bar_rows = rows * 2 // 3
-        mover = (step * max(1, cols // _DISTINCT_FRAMES)) % cols
-
-        def tile(bx: int, by: int) -> Colour:
-            if by < bar_rows:
-                return _WHITE if bx == mover else _BARS[bx * len(_BARS) // cols]
-            if by == rows - 2 and bx < 5:
-                return _WHITE if step >> (4 - bx) & 1 else _BLACK
-            return _GREY
-
-        return encode_tiles(cols * 8, rows * 8, tile)
 
     # --- HTTP ---
 

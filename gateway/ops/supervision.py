@@ -114,7 +114,11 @@ class Supervision:
             self.usage.stations.transaction(session.station)
 
     def _device_share_event(self, event: DeviceEvent) -> None:
-        if event.kind == "state":
+        # A change between working states (online, busy, a user's mistake) leaves the failed set
+        # and its ages as they were: only a change into, out of or between failure states counts.
+        if event.kind == "state" and (
+            event.data.get("state") in FAILED_STATES or event.data.get("previous") in FAILED_STATES
+        ):
             self._judge_device_share()
 
     def _judge_device_share(self) -> None:
