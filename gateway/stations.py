@@ -139,9 +139,8 @@ class StationMap:
         return self._pool_of.get(device)
 
     def stations_using(self, device: str) -> list[str]:
-        """The stations a device serves, directly or through its pool."""
-        using = self._using.get(device)
-        return list(using) if using is not None else self._stations_using(device)
+        """The stations a device serves, directly or through its pool (none for an unknown name)."""
+        return list(self._using.get(device, ()))
 
     def _stations_using(self, device: str) -> list[str]:
         pool = self.pool_of(device)
